@@ -1,0 +1,33 @@
+//! Flare's resource model: the documents every other layer stores, watches
+//! and serves, their validation, and the error codes the whole platform
+//! speaks.
+//!
+//! - [`Resource`] is the `{apiVersion, kind, metadata, spec}` document of
+//!   every kind; [`Spec`] ties a spec type to its [`Kind`] and validation.
+//! - [`FunctionSpec`] and [`HttpTriggerSpec`] are the specs served today.
+//! - [`PathPattern`] is the parsed form of an HTTP trigger's URL pattern.
+//! - [`Error`] carries an [`ErrorCode`]; the code alone decides the HTTP
+//!   status ([`ErrorCode::status`]) so every server maps errors the same way.
+//!
+//! Everything here is validated once, when it enters the system (`validate`
+//! on create and update); inner layers trust what they read back.
+
+mod cron;
+mod environment;
+mod error;
+mod function;
+mod logs;
+mod name;
+mod pattern;
+mod resource;
+mod trigger;
+
+pub use cron::{Cron, parse_timezone};
+pub use environment::{EnvironmentRuntime, EnvironmentSpec};
+pub use error::{Error, ErrorCode, Result};
+pub use function::{FunctionSpec, KeepAlive, Limits, PackageRef, RuntimeKind};
+pub use logs::{LogEntry, LogRecord, LogStream, now_us};
+pub use name::validate_name;
+pub use pattern::{PathPattern, Segment};
+pub use resource::{API_VERSION, DEFAULT_NAMESPACE, Document, Kind, Metadata, Resource, Spec};
+pub use trigger::{HttpTriggerSpec, MessageQueueTriggerSpec, MqKind, TimerTriggerSpec};
