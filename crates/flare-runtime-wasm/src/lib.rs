@@ -1,0 +1,194 @@
+//! Flare's WebAssembly runtime: WASI 0.2 components that export
+//! `wasi:http/incoming-handler`, run in-process on wasmtime.
+//!
+//! - [`WasmRuntime`] owns the [`wasmtime::Engine`] (pooling allocator when the
+//!   machine's address space allows it, on-demand allocation otherwise), the
+//!   linker, and the one epoch ticker thread that enforces timeouts.
+//! - [`WasmRuntime::prepare`] validates and compiles a package once, caches
+//!   the compiled artifact on disk by digest (a restart deserializes instead
+//!   of recompiling) and returns a [`Prepared`] function: an `InstancePre`
+//!   ready to instantiate.
+//! - [`WasmRuntime::invoke`] runs one request in a fresh instance with the
+//!   function's limits (memory, timeout), environment and outbound-host
+//!   allow list, capturing stdout and stderr line by line into the log.
+//!
+//! Deny by default: no preopened directories, no host environment, no
+//! sockets, outbound HTTP only to the hosts a function lists.
+
+mod capture;
+mod host;
+mod invoke;
+mod prepare;
+
+pub use invoke::{Call, InvokeError, ResponseBody, full_body};
+pub use prepare::{PrepareError, Prepared};
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::host::Host;
+
+/// How often the epoch advances; the granularity of timeouts and of the
+/// yields that keep a spinning guest from starving other requests.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings of the runtime, decoded once at start-up.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled artifacts are cached, by package digest.
+    pub cache_dir: PathBuf,
+    /// The largest memory any function may ask for; the size of a pool slot.
+    pub max_memory_bytes: usize,
+    /// Instances that may exist at once in the pool.
+    pub pool_instances: u32,
+    /// `None`: use the pooling allocator if the address space allows it.
+    pub pooling: Option<bool>,
+}
+
+impl RuntimeConfig {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        RuntimeConfig {
+            cache_dir,
+            max_memory_bytes: (flare_model::Limits::MAX_MEMORY_MB as usize) << 20,
+            pool_instances: 1000,
+            pooling: None,
+        }
+    }
+}
+
+/// The wasm runtime. One per process.
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<Host>,
+    cache_dir: PathBuf,
+    pooling: bool,
+    prepared: Mutex<std::collections::HashMap<String, Prepared>>,
+    ticker: EpochTicker,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the wasm runtime: {0}")]
+pub struct StartError(String);
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config
+}
+
+fn pooling_config(settings: &RuntimeConfig) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(settings.pool_instances)
+        .total_core_instances(settings.pool_instances * 4)
+        .total_memories(settings.pool_instances * 2)
+        .total_tables(settings.pool_instances * 4)
+        .max_memory_size(settings.max_memory_bytes)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .max_core_instances_per_component(32);
+    pool
+}
+
+impl WasmRuntime {
+    pub fn new(settings: RuntimeConfig) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&settings.cache_dir).map_err(|e| {
+            StartError(format!(
+                "cannot create {}: {e}",
+                settings.cache_dir.display()
+            ))
+        })?;
+        let want_pooling = settings.pooling.unwrap_or(true);
+        let (engine, pooling) = match want_pooling {
+            true => {
+                let mut config = base_config();
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+                    &settings,
+                )));
+                match Engine::new(&config) {
+                    Ok(engine) => (engine, true),
+                    Err(e) if settings.pooling.is_none() => {
+                        tracing::warn!("pooling allocator unavailable ({e}); allocating on demand");
+                        (Self::on_demand_engine()?, false)
+                    }
+                    Err(e) => return Err(StartError(format!("pooling allocator: {e}"))),
+                }
+            }
+            false => (Self::on_demand_engine()?, false),
+        };
+        let mut linker = Linker::new(&engine);
+        // Components built by Rust's std import wasi:cli and friends besides
+        // the proxy world, so link all of WASI 0.2 (as `wasmtime serve -Scli`);
+        // the context below grants none of the ambient authority.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| StartError(format!("linking WASI: {e}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| StartError(format!("linking wasi:http: {e}")))?;
+        let ticker = EpochTicker::start(engine.clone())?;
+        Ok(WasmRuntime {
+            engine,
+            linker,
+            cache_dir: settings.cache_dir,
+            pooling,
+            prepared: Mutex::default(),
+            ticker,
+        })
+    }
+
+    fn on_demand_engine() -> Result<Engine, StartError> {
+        Engine::new(&base_config()).map_err(|e| StartError(e.to_string()))
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
+}
+
+/// The one thread that advances the engine's epoch.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Self, StartError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("flare-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| StartError(format!("cannot start the epoch thread: {e}")))?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
