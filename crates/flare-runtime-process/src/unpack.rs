@@ -1,0 +1,322 @@
+//! A package becomes a directory of code: a single source file is copied,
+//! a zip or tar.gz archive is unpacked — safely. No entry may leave the
+//! directory (absolute paths, `..`), links are refused, and the number of
+//! files and the unpacked size are limited, so a zip bomb is an error, not
+//! a full disk.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use flare_model::{Error, Result};
+
+/// Limits on what an archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct UnpackLimits {
+    pub max_files: usize,
+    pub max_bytes: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits {
+            max_files: 10_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What a package turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unpacked {
+    /// One source file, stored under this name.
+    File(String),
+    Archive,
+}
+
+fn safe_path(root: &Path, name: &str) -> Result<PathBuf> {
+    let relative = Path::new(name);
+    let mut out = root.to_path_buf();
+    for part in relative.components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                    "archive entry \"{name}\" points outside the package"
+                )));
+            }
+        }
+    }
+    if out == root {
+        return Err(Error::invalid(format!(
+            "archive entry \"{name}\" has no name"
+        )));
+    }
+    Ok(out)
+}
+
+struct Budget {
+    limits: UnpackLimits,
+    files: usize,
+    bytes: u64,
+}
+
+impl Budget {
+    fn file(&mut self) -> Result<()> {
+        self.files += 1;
+        if self.files > self.limits.max_files {
+            return Err(Error::invalid(format!(
+                "archive has more than {} files",
+                self.limits.max_files
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies at most the remaining budget; more is an error.
+    fn copy(&mut self, reader: &mut impl Read, path: &Path) -> Result<()> {
+        let room = self.limits.max_bytes - self.bytes;
+        let mut file = std::fs::File::create(path)
+            .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
+        let copied = std::io::copy(&mut reader.take(room + 1), &mut file)
+            .map_err(|e| Error::invalid(format!("cannot unpack archive: {e}")))?;
+        if copied > room {
+            return Err(Error::invalid(format!(
+                "archive unpacks to more than {} bytes",
+                self.limits.max_bytes
+            )));
+        }
+        self.bytes += copied;
+        Ok(())
+    }
+}
+
+fn mkdirs(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", path.display())))
+}
+
+fn unzip(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| Error::invalid(format!("invalid zip archive: {e}")))?;
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| Error::invalid(format!("invalid zip archive: {e}")))?;
+        let name = entry
+            .name()
+            .map_err(|e| Error::invalid(format!("invalid zip entry name: {e}")))?
+            .to_string();
+        let path = safe_path(dest, &name)?;
+        if entry.is_symlink() {
+            return Err(Error::invalid(format!(
+                "archive entry \"{name}\" is a link; links are not allowed"
+            )));
+        }
+        if entry.is_dir() {
+            mkdirs(&path)?;
+            continue;
+        }
+        budget.file()?;
+        if let Some(parent) = path.parent() {
+            mkdirs(parent)?;
+        }
+        budget.copy(&mut entry, &path)?;
+    }
+    Ok(())
+}
+
+fn untar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::invalid(format!("invalid tar.gz archive: {e}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| Error::invalid(format!("invalid tar.gz archive: {e}")))?;
+        let name = entry
+            .path()
+            .map_err(|e| Error::invalid(format!("invalid tar.gz entry: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            mkdirs(&safe_path(dest, &name)?)?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(Error::invalid(format!(
+                "archive entry \"{name}\" is not a regular file or directory (links are not allowed)"
+            )));
+        }
+        let path = safe_path(dest, &name)?;
+        budget.file()?;
+        if let Some(parent) = path.parent() {
+            mkdirs(parent)?;
+        }
+        budget.copy(&mut entry, &path)?;
+    }
+    Ok(())
+}
+
+/// Makes everything readable by the sandbox's unprivileged user.
+fn open_up(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::internal(format!("cannot read {}: {e}", dir.display())))?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            open_up(&path)?;
+        } else {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks `bytes` into `dest` (which must not exist yet). A package that
+/// is not a zip or gzip archive is one source file named `file_name`.
+pub fn unpack(
+    bytes: &[u8],
+    dest: &Path,
+    file_name: &str,
+    limits: UnpackLimits,
+) -> Result<Unpacked> {
+    mkdirs(dest)?;
+    let mut budget = Budget {
+        limits,
+        files: 0,
+        bytes: 0,
+    };
+    let result = if bytes.starts_with(b"PK\x03\x04") {
+        unzip(bytes, dest, &mut budget).map(|()| Unpacked::Archive)
+    } else if bytes.starts_with(&[0x1f, 0x8b]) {
+        untar_gz(bytes, dest, &mut budget).map(|()| Unpacked::Archive)
+    } else {
+        std::fs::write(dest.join(file_name), bytes)
+            .map(|()| Unpacked::File(file_name.to_string()))
+            .map_err(|e| Error::internal(format!("cannot write package: {e}")))
+    };
+    match result {
+        Ok(unpacked) => {
+            open_up(dest)?;
+            Ok(unpacked)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dest);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut zip = zip::ZipWriter::new(&mut buf);
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            for (name, data) in entries {
+                zip.start_file(*name, options).unwrap();
+                zip.write_all(data).unwrap();
+            }
+            zip.finish().unwrap();
+        }
+        buf.into_inner()
+    }
+
+    #[test]
+    fn single_files_and_zips_unpack() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack(
+            b"def main(): return 'hi'\n",
+            &dir.path().join("a"),
+            "main.py",
+            UnpackLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(out, Unpacked::File("main.py".into()));
+        assert!(dir.path().join("a/main.py").is_file());
+
+        let zip = zip_of(&[
+            ("app/__init__.py", b""),
+            ("app/handler.py", b"def handler(r): return 'x'"),
+        ]);
+        assert_eq!(
+            unpack(
+                &zip,
+                &dir.path().join("b"),
+                "main.py",
+                UnpackLimits::default()
+            )
+            .unwrap(),
+            Unpacked::Archive
+        );
+        assert!(dir.path().join("b/app/handler.py").is_file());
+    }
+
+    #[test]
+    fn traversal_bombs_and_too_many_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let evil = zip_of(&[("../evil.py", b"x")]);
+        let err = unpack(&evil, &dir.path().join("a"), "m", UnpackLimits::default()).unwrap_err();
+        assert!(
+            err.message.contains("outside the package"),
+            "{}",
+            err.message
+        );
+        assert!(!dir.path().join("evil.py").exists());
+        assert!(!dir.path().join("a").exists(), "nothing is left behind");
+
+        let bomb = zip_of(&[("zeros", &vec![0u8; 2 << 20])]);
+        let limits = UnpackLimits {
+            max_files: 10,
+            max_bytes: 1 << 20,
+        };
+        let err = unpack(&bomb, &dir.path().join("b"), "m", limits).unwrap_err();
+        assert!(
+            err.message.contains("more than 1048576 bytes"),
+            "{}",
+            err.message
+        );
+        assert!(bomb.len() < 20_000, "the bomb is small: {}", bomb.len());
+
+        let many: Vec<(String, &[u8])> = (0..11).map(|i| (format!("f{i}"), &b"x"[..])).collect();
+        let many: Vec<(&str, &[u8])> = many.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        let err = unpack(&zip_of(&many), &dir.path().join("c"), "m", limits).unwrap_err();
+        assert!(
+            err.message.contains("more than 10 files"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn tar_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        builder
+            .append_link(&mut header, "link", "/etc/shadow")
+            .unwrap();
+        let bytes = builder.into_inner().unwrap().finish().unwrap();
+        let err = unpack(&bytes, &dir.path().join("a"), "m", UnpackLimits::default()).unwrap_err();
+        assert!(
+            err.message.contains("links are not allowed"),
+            "{}",
+            err.message
+        );
+    }
+}

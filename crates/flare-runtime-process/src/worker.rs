@@ -1,0 +1,486 @@
+//! One sandboxed worker process and its connection.
+//!
+//! A reader task owns the read half of the socket and hands each answer to
+//! the request waiting for it (by invocation id), so several invocations
+//! can be in flight on one worker. When the worker dies, every waiter is
+//! told, with the reason (memory limit, exit status).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flare_model::{LogRecord, LogStream, now_us};
+use flare_store::logs::LogSender;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use crate::protocol::{self, Frame};
+use crate::sandbox::{Cgroups, SandboxCommand};
+
+/// How long a worker may take to connect and say `ready`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a worker could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker failed to start: {0}")]
+    Start(String),
+    #[error("the function exceeded its memory limit and was killed")]
+    OutOfMemory,
+    #[error("the worker exited ({0})")]
+    Exited(String),
+    #[error("{0}")]
+    Function(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Who the worker's output belongs to, once it is specialized.
+#[derive(Default)]
+struct Attribution {
+    function: Option<Arc<str>>,
+    in_flight: Vec<Arc<str>>,
+}
+
+struct Shared {
+    id: String,
+    pending: Mutex<HashMap<String, oneshot::Sender<Result<Frame, WorkerError>>>>,
+    /// The answer to a control message (specialize, health).
+    control: Mutex<Option<oneshot::Sender<Result<Frame, WorkerError>>>>,
+    dead: AtomicBool,
+    attribution: Mutex<Attribution>,
+    logs: LogSender,
+    cgroups: Mutex<Cgroups>,
+    child: tokio::sync::Mutex<Child>,
+}
+
+/// A running worker.
+pub struct Worker {
+    shared: Arc<Shared>,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pub(crate) in_flight: AtomicU32,
+    dir: PathBuf,
+}
+
+/// What to start.
+pub struct WorkerPlan<'a> {
+    pub id: String,
+    pub dir: PathBuf,
+    pub seccomp: &'a Path,
+    pub ro_binds: Vec<PathBuf>,
+    pub argv: Vec<String>,
+    pub network: bool,
+    pub logs: LogSender,
+    /// Memory (bytes), processes and CPUs for the generic worker; tightened
+    /// when it is specialized.
+    pub memory_bytes: u64,
+    pub pids: u32,
+    pub cpus: f64,
+    /// Host directory of the worker program, shown read-only at `/env`.
+    pub env_dir: Option<PathBuf>,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> WorkerError + '_ {
+    move |e| WorkerError::Start(format!("{what}: {e}"))
+}
+
+impl Worker {
+    /// Starts a worker in its sandbox and waits for `ready`.
+    pub async fn start(plan: WorkerPlan<'_>) -> Result<Worker, WorkerError> {
+        use std::os::unix::fs::PermissionsExt;
+        let code = plan.dir.join("code");
+        let run = plan.dir.join("run");
+        std::fs::create_dir_all(&code).map_err(io("create code dir"))?;
+        std::fs::create_dir_all(&run).map_err(io("create run dir"))?;
+        for dir in [&plan.dir, &code, &run] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(io("chmod"))?;
+        }
+        let socket = run.join("worker.sock");
+        let listener = UnixListener::bind(&socket).map_err(io("bind socket"))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777))
+            .map_err(io("chmod socket"))?;
+
+        let cgroups = Cgroups::create(&plan.id);
+        cgroups.limit(plan.memory_bytes, plan.pids, plan.cpus);
+        let env = [
+            ("FLARE_SOCKET", "/run/flare/worker.sock".to_string()),
+            ("FLARE_WORKER_ID", plan.id.clone()),
+            ("PATH", "/usr/bin:/bin".to_string()),
+            ("HOME", "/tmp".to_string()),
+            ("PYTHONUNBUFFERED", "1".to_string()),
+            ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
+            ("LANG", "C.UTF-8".to_string()),
+        ];
+        let script = SandboxCommand {
+            cgroups: &cgroups,
+            seccomp: plan.seccomp,
+            code: &code,
+            run: &run,
+            ro_binds: &plan.ro_binds,
+            env_dir: plan.env_dir.as_deref(),
+            network: plan.network,
+            env: &env,
+            argv: &plan.argv,
+        }
+        .script();
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("spawn sandbox"))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => accepted,
+            status = child.wait() => {
+                let mut err = String::new();
+                if let Some(mut stderr) = stderr {
+                    use tokio::io::AsyncReadExt;
+                    let _ = stderr.read_to_string(&mut err).await;
+                }
+                return Err(WorkerError::Start(format!(
+                    "worker exited before connecting ({}): {}",
+                    status.map(|s| s.to_string()).unwrap_or_default(),
+                    err.trim()
+                )));
+            }
+        };
+        let (stream, _) = accepted
+            .map_err(|_| WorkerError::Start("worker did not connect within 10s".into()))?
+            .map_err(io("accept"))?;
+        let _ = std::fs::remove_file(&socket);
+        let (mut reader, writer) = stream.into_split();
+        let ready = tokio::time::timeout(START_TIMEOUT, protocol::read(&mut reader))
+            .await
+            .map_err(|_| WorkerError::Start("worker did not say ready within 10s".into()))?
+            .map_err(|e| WorkerError::Start(format!("reading ready: {e}")))?;
+        if ready.op() != "ready" {
+            return Err(WorkerError::Protocol(format!(
+                "expected ready, got {}",
+                ready.op()
+            )));
+        }
+        tracing::debug!(
+            "worker {} ready: {}",
+            plan.id,
+            ready.str("runtime").unwrap_or("unknown runtime")
+        );
+
+        let shared = Arc::new(Shared {
+            id: plan.id,
+            pending: Mutex::default(),
+            control: Mutex::default(),
+            dead: AtomicBool::new(false),
+            attribution: Mutex::default(),
+            logs: plan.logs,
+            cgroups: Mutex::new(cgroups),
+            child: tokio::sync::Mutex::new(child),
+        });
+        if let Some(stdout) = stdout {
+            tokio::spawn(pump(stdout, LogStream::Stdout, shared.clone()));
+        }
+        if let Some(stderr) = stderr {
+            tokio::spawn(pump(stderr, LogStream::Stderr, shared.clone()));
+        }
+        tokio::spawn(read_loop(reader, shared.clone()));
+        Ok(Worker {
+            shared,
+            writer: tokio::sync::Mutex::new(writer),
+            in_flight: AtomicU32::new(0),
+            dir: plan.dir,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    /// The host directory shown read-only at `/code`.
+    pub fn code_dir(&self) -> PathBuf {
+        self.dir.join("code")
+    }
+
+    async fn send(&self, frame: &Frame) -> Result<(), WorkerError> {
+        let mut writer = self.writer.lock().await;
+        protocol::write(&mut *writer, frame)
+            .await
+            .map_err(|e| WorkerError::Exited(format!("cannot write to worker: {e}")))
+    }
+
+    async fn control(&self, frame: Frame, timeout: Duration) -> Result<Frame, WorkerError> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut control) = self.shared.control.lock() {
+            *control = Some(tx);
+        }
+        self.send(&frame).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(self.death().await),
+            Err(_) => Err(WorkerError::Function(format!(
+                "worker did not answer {} within {timeout:?}",
+                frame.op()
+            ))),
+        }
+    }
+
+    /// Turns this generic worker into `function`'s: its code is already in
+    /// [`Worker::code_dir`]. Tightens the limits to the function's.
+    pub async fn specialize(
+        &self,
+        function: Arc<str>,
+        file: Option<&str>,
+        entrypoint: Option<&str>,
+        memory_bytes: u64,
+        timeout: Duration,
+    ) -> Result<(), WorkerError> {
+        if let Ok(cgroups) = self.shared.cgroups.lock() {
+            cgroups.limit(memory_bytes, crate::PIDS_PER_WORKER, crate::CPUS_PER_WORKER);
+        }
+        if let Ok(mut attribution) = self.shared.attribution.lock() {
+            attribution.function = Some(function);
+        }
+        let answer = self
+            .control(
+                Frame::new(json!({"op": "specialize", "code": "/code", "file": file, "entrypoint": entrypoint})),
+                timeout,
+            )
+            .await?;
+        match answer.op() {
+            "specialized" => Ok(()),
+            _ => Err(WorkerError::Function(
+                answer
+                    .str("message")
+                    .unwrap_or("specialize failed")
+                    .to_string(),
+            )),
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn invoke(
+        &self,
+        invocation: &Arc<str>,
+        request: &http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, WorkerError> {
+        let headers: Vec<Value> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+            .collect();
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut frame = Frame::new(json!({
+            "op": "invoke",
+            "id": &**invocation,
+            "method": request.method().as_str(),
+            "path": path,
+            "headers": headers,
+        }));
+        frame.body = request.body().clone();
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.insert(invocation.to_string(), tx);
+        }
+        if let Ok(mut attribution) = self.shared.attribution.lock() {
+            attribution.in_flight.push(invocation.clone());
+        }
+        let result = match self.send(&frame).await {
+            Ok(()) => match rx.await {
+                Ok(answer) => answer,
+                Err(_) => Err(self.death().await),
+            },
+            Err(e) => Err(e),
+        };
+        if let Ok(mut attribution) = self.shared.attribution.lock() {
+            attribution.in_flight.retain(|id| id != invocation);
+        }
+        let answer = result?;
+        self.log_lines(invocation, answer_logs(&answer.header));
+        match answer.op() {
+            "response" => {
+                let status = answer
+                    .header
+                    .get("status")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(200);
+                let mut response =
+                    http::Response::builder().status(u16::try_from(status).unwrap_or(500));
+                if let Some(list) = answer.header.get("headers").and_then(Value::as_array) {
+                    for pair in list {
+                        if let (Some(k), Some(v)) = (
+                            pair.get(0).and_then(Value::as_str),
+                            pair.get(1).and_then(Value::as_str),
+                        ) {
+                            response = response.header(k, v);
+                        }
+                    }
+                }
+                let response = response.body(answer.body).map_err(|e| {
+                    WorkerError::Protocol(format!("invalid response from the function: {e}"))
+                })?;
+                Ok(response)
+            }
+            _ => Err(WorkerError::Function(
+                answer
+                    .str("message")
+                    .unwrap_or("the function failed")
+                    .to_string(),
+            )),
+        }
+    }
+
+    /// Stores lines a worker reported for an invocation.
+    pub fn log_lines(&self, invocation: &str, lines: Vec<(LogStream, String)>) {
+        let function = self
+            .shared
+            .attribution
+            .lock()
+            .ok()
+            .and_then(|a| a.function.clone());
+        let Some(function) = function else { return };
+        for (stream, line) in lines {
+            self.shared.logs.send(LogRecord {
+                ts_us: now_us(),
+                function: function.to_string(),
+                invocation: invocation.to_string(),
+                stream,
+                line,
+            });
+        }
+    }
+
+    /// Why the worker stopped answering: waits for it to exit.
+    async fn death(&self) -> WorkerError {
+        self.shared.dead.store(true, Ordering::Release);
+        let status = {
+            let mut child = self.shared.child.lock().await;
+            tokio::time::timeout(Duration::from_secs(2), child.wait()).await
+        };
+        let oom = self
+            .shared
+            .cgroups
+            .lock()
+            .map(|c| c.memory_exceeded())
+            .unwrap_or(false);
+        if oom {
+            return WorkerError::OutOfMemory;
+        }
+        match status {
+            Ok(Ok(status)) => WorkerError::Exited(status.to_string()),
+            _ => WorkerError::Exited("it stopped answering".into()),
+        }
+    }
+
+    /// Kills the worker and everything it started.
+    pub async fn kill(&self) {
+        self.shared.dead.store(true, Ordering::Release);
+        {
+            let mut child = self.shared.child.lock().await;
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        }
+        if let Ok(mut cgroups) = self.shared.cgroups.lock() {
+            cgroups.destroy();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared.dead.store(true, Ordering::Release);
+        if let Ok(mut child) = self.shared.child.try_lock() {
+            let _ = child.start_kill();
+        }
+        if let Ok(mut cgroups) = self.shared.cgroups.lock() {
+            cgroups.destroy();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn answer_logs(header: &Value) -> Vec<(LogStream, String)> {
+    header
+        .get("logs")
+        .and_then(Value::as_array)
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|pair| {
+                    let stream = match pair.get(0)?.as_str()? {
+                        "stderr" => LogStream::Stderr,
+                        _ => LogStream::Stdout,
+                    };
+                    Some((stream, pair.get(1)?.as_str()?.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn read_loop(mut reader: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>) {
+    while let Ok(frame) = protocol::read(&mut reader).await {
+        let id = frame.str("id").map(str::to_string);
+        let waiter = match id {
+            Some(id) => shared.pending.lock().ok().and_then(|mut p| p.remove(&id)),
+            None => shared.control.lock().ok().and_then(|mut c| c.take()),
+        };
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(Ok(frame));
+            }
+            None => tracing::debug!("worker {}: unexpected {} frame", shared.id, frame.op()),
+        }
+    }
+    // The worker is gone: wake everyone still waiting; they ask why.
+    shared.dead.store(true, Ordering::Release);
+    if let Ok(mut pending) = shared.pending.lock() {
+        pending.clear();
+    }
+    if let Ok(mut control) = shared.control.lock() {
+        control.take();
+    }
+}
+
+/// Logs what the worker writes to its real stdout/stderr: for the one
+/// invocation in flight if there is exactly one, else for the worker.
+async fn pump(pipe: impl tokio::io::AsyncRead + Unpin, stream: LogStream, shared: Arc<Shared>) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (function, invocation) = match shared.attribution.lock() {
+            Ok(a) => (
+                a.function.clone(),
+                match a.in_flight.as_slice() {
+                    [one] => one.to_string(),
+                    _ => format!("worker-{}", shared.id),
+                },
+            ),
+            Err(_) => (None, String::new()),
+        };
+        match function {
+            Some(function) => shared.logs.send(LogRecord {
+                ts_us: now_us(),
+                function: function.to_string(),
+                invocation,
+                stream,
+                line,
+            }),
+            None => tracing::info!("worker {}: {line}", shared.id),
+        }
+    }
+}

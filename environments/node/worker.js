@@ -1,0 +1,154 @@
+'use strict';
+// Flare's Node.js worker: speaks environments/PROTOCOL.md on FLARE_SOCKET.
+//
+// Function contract (Fission style):
+//   module.exports = async (context) => ({ status: 200, headers: {}, body: 'hi' });
+// context.request has method, url, path, query, headers and body (a Buffer);
+// body may be a string, a Buffer, or any other value (sent as JSON).
+// Invocations run concurrently; console output is attributed to its own
+// invocation through AsyncLocalStorage. Standard library only.
+
+const net = require('net');
+const path = require('path');
+const { AsyncLocalStorage } = require('async_hooks');
+
+const current = new AsyncLocalStorage();
+
+function frame(header, body) {
+  const h = Buffer.from(JSON.stringify(header));
+  const b = body ? Buffer.from(body) : Buffer.alloc(0);
+  const out = Buffer.alloc(8 + h.length + b.length);
+  out.writeUInt32BE(h.length, 0);
+  h.copy(out, 4);
+  out.writeUInt32BE(b.length, 4 + h.length);
+  b.copy(out, 8 + h.length);
+  return out;
+}
+
+// Route console output of an invocation into its logs.
+for (const stream of ['stdout', 'stderr']) {
+  const original = process[stream].write.bind(process[stream]);
+  process[stream].write = (chunk, encoding, callback) => {
+    const logs = current.getStore();
+    if (!logs) return original(chunk, encoding, callback);
+    const text = logs.partial[stream] + chunk.toString();
+    const lines = text.split('\n');
+    logs.partial[stream] = lines.pop();
+    for (const line of lines) logs.lines.push([stream, line]);
+    if (typeof encoding === 'function') encoding();
+    else if (typeof callback === 'function') callback();
+    return true;
+  };
+}
+
+function finish(logs) {
+  for (const stream of ['stdout', 'stderr']) {
+    if (logs.partial[stream]) logs.lines.push([stream, logs.partial[stream]]);
+    logs.partial[stream] = '';
+  }
+  return logs.lines;
+}
+
+function load(header) {
+  const file = header.file ? path.join(header.code, header.file) : header.code;
+  const mod = require(file);
+  if (!header.entrypoint) {
+    if (typeof mod === 'function') return mod;
+    if (typeof mod.main === 'function') return mod.main;
+    throw new TypeError('the module exports no function (module.exports = async (context) => ...)');
+  }
+  let target = mod;
+  for (const part of header.entrypoint.split('.')) target = target && target[part];
+  if (typeof target !== 'function') throw new TypeError(`${header.entrypoint} is not a function`);
+  return target;
+}
+
+function toResponse(result) {
+  result = result || {};
+  const status = result.status || 200;
+  const headers = Object.entries(result.headers || {}).map(([k, v]) => [String(k), String(v)]);
+  let body = result.body;
+  const has = (name) => headers.some(([k]) => k.toLowerCase() === name);
+  if (body === undefined || body === null) body = Buffer.alloc(0);
+  else if (Buffer.isBuffer(body)) {
+    if (!has('content-type')) headers.push(['content-type', 'application/octet-stream']);
+  } else if (typeof body === 'string') {
+    body = Buffer.from(body);
+    if (!has('content-type')) headers.push(['content-type', 'text/plain; charset=utf-8']);
+  } else {
+    body = Buffer.from(JSON.stringify(body));
+    if (!has('content-type')) headers.push(['content-type', 'application/json']);
+  }
+  return { status, headers, body };
+}
+
+function main() {
+  const socket = net.createConnection(process.env.FLARE_SOCKET);
+  let fn = null;
+  let buffer = Buffer.alloc(0);
+  const send = (header, body) => socket.write(frame(header, body));
+
+  socket.on('connect', () => send({ op: 'ready', runtime: `node ${process.version}` }));
+  socket.on('close', () => process.exit(0));
+  socket.on('error', () => process.exit(1));
+  socket.on('data', (chunk) => {
+    buffer = Buffer.concat([buffer, chunk]);
+    for (;;) {
+      if (buffer.length < 4) return;
+      const hlen = buffer.readUInt32BE(0);
+      if (buffer.length < 8 + hlen) return;
+      const blen = buffer.readUInt32BE(4 + hlen);
+      if (buffer.length < 8 + hlen + blen) return;
+      const header = JSON.parse(buffer.subarray(4, 4 + hlen).toString());
+      const body = Buffer.from(buffer.subarray(8 + hlen, 8 + hlen + blen));
+      buffer = buffer.subarray(8 + hlen + blen);
+      handle(header, body);
+    }
+  });
+
+  function handle(header, body) {
+    switch (header.op) {
+      case 'specialize':
+        if (fn) return send({ op: 'error', message: 'already specialized' });
+        try {
+          fn = load(header);
+          send({ op: 'specialized' });
+        } catch (e) {
+          send({ op: 'error', message: `cannot load the function: ${e && e.message}` });
+        }
+        return;
+      case 'invoke': {
+        const logs = { lines: [], partial: { stdout: '', stderr: '' } };
+        current.run(logs, async () => {
+          try {
+            if (!fn) throw new Error('worker is not specialized');
+            const url = new URL(header.path, 'http://localhost');
+            const request = {
+              method: header.method,
+              url: header.path,
+              path: url.pathname,
+              query: Object.fromEntries(url.searchParams),
+              headers: Object.fromEntries(header.headers.map(([k, v]) => [k.toLowerCase(), v])),
+              body,
+            };
+            const response = toResponse(await fn({ request }));
+            send({ op: 'response', id: header.id, status: response.status, headers: response.headers, logs: finish(logs) }, response.body);
+          } catch (e) {
+            const trace = String((e && e.stack) || e).split('\n').map((line) => ['stderr', line]);
+            const lines = finish(logs).concat(trace);
+            send({ op: 'error', id: header.id, message: String((e && e.message) || e), logs: lines });
+          }
+        });
+        return;
+      }
+      case 'health':
+        return send({ op: 'ok' });
+      case 'shutdown':
+        return process.exit(0);
+      default:
+        return send({ op: 'error', id: header.id, message: `unknown op ${header.op}` });
+    }
+  }
+}
+
+main();

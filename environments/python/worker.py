@@ -1,0 +1,173 @@
+"""Flare's Python worker: speaks environments/PROTOCOL.md on FLARE_SOCKET.
+
+Function contract:
+    def main(req):          # or def main(): with no argument
+        return "text"       # or bytes, a dict/list (sent as JSON), or
+                            # (body, status) / (body, status, headers)
+
+req has .method, .path, .query (dict of first values), .headers (dict,
+lower-case names), .body (bytes) and .json().
+Standard library only.
+"""
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import io
+import json
+import os
+import platform
+import socket
+import struct
+import sys
+import traceback
+import urllib.parse
+
+
+def read_exact(sock, n):
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data.extend(chunk)
+    return bytes(data)
+
+
+def read_frame(sock):
+    (hlen,) = struct.unpack(">I", read_exact(sock, 4))
+    header = json.loads(read_exact(sock, hlen))
+    (blen,) = struct.unpack(">I", read_exact(sock, 4))
+    body = read_exact(sock, blen) if blen else b""
+    return header, body
+
+
+def write_frame(sock, header, body=b""):
+    h = json.dumps(header).encode()
+    sock.sendall(struct.pack(">I", len(h)) + h + struct.pack(">I", len(body)) + body)
+
+
+class Request:
+    def __init__(self, header, body):
+        self.method = header.get("method", "GET")
+        self.path = header.get("path", "/")
+        parsed = urllib.parse.urlsplit(self.path)
+        self.query = {k: v[0] for k, v in urllib.parse.parse_qs(parsed.query).items()}
+        self.headers = {k.lower(): v for k, v in header.get("headers", [])}
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body or b"null")
+
+
+def to_response(result):
+    status, headers = 200, {}
+    if isinstance(result, tuple):
+        if len(result) == 2:
+            result, status = result
+        elif len(result) == 3:
+            result, status, headers = result
+        else:
+            raise TypeError("return (body, status) or (body, status, headers)")
+    if result is None:
+        body = b""
+    elif isinstance(result, bytes):
+        body = result
+        headers.setdefault("content-type", "application/octet-stream")
+    elif isinstance(result, str):
+        body = result.encode()
+        headers.setdefault("content-type", "text/plain; charset=utf-8")
+    elif isinstance(result, (dict, list)):
+        body = json.dumps(result).encode()
+        headers.setdefault("content-type", "application/json")
+    else:
+        raise TypeError(f"cannot send a {type(result).__name__}; return str, bytes, dict, list or a tuple")
+    return int(status), [[str(k), str(v)] for k, v in headers.items()], body
+
+
+class Lines(io.TextIOBase):
+    """Collects what the function prints, line by line, for its log."""
+
+    def __init__(self, stream, logs):
+        self.stream, self.logs, self.partial = stream, logs, ""
+
+    def write(self, text):
+        self.partial += text
+        *lines, self.partial = self.partial.split("\n")
+        self.logs.extend([self.stream, line] for line in lines)
+        return len(text)
+
+    def finish(self):
+        if self.partial:
+            self.logs.append([self.stream, self.partial])
+            self.partial = ""
+
+
+def load(code, file, entrypoint):
+    sys.path.insert(0, code)
+    if file:
+        spec = importlib.util.spec_from_file_location("function", os.path.join(code, file))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        name = entrypoint or "main"
+    else:
+        module_name, _, name = (entrypoint or "main.main").rpartition(".")
+        module = importlib.import_module(module_name or "main")
+    target = module
+    for part in name.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{entrypoint or name} is not callable")
+    takes_request = len(inspect.signature(target).parameters) > 0
+    return target, takes_request
+
+
+def main():
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(os.environ["FLARE_SOCKET"])
+    write_frame(sock, {"op": "ready", "runtime": f"python {platform.python_version()}"})
+    function = None
+    while True:
+        try:
+            header, body = read_frame(sock)
+        except EOFError:
+            return
+        op = header.get("op")
+        if op == "specialize":
+            if function is not None:
+                write_frame(sock, {"op": "error", "message": "already specialized"})
+                continue
+            try:
+                function = load(header["code"], header.get("file"), header.get("entrypoint"))
+                write_frame(sock, {"op": "specialized"})
+            except BaseException as e:  # report anything, keep serving the protocol
+                detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+                write_frame(sock, {"op": "error", "message": f"cannot load the function: {detail}"})
+        elif op == "invoke":
+            logs = []
+            out, err = Lines("stdout", logs), Lines("stderr", logs)
+            try:
+                if function is None:
+                    raise RuntimeError("worker is not specialized")
+                target, takes_request = function
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    result = target(Request(header, body)) if takes_request else target()
+                status, headers, payload = to_response(result)
+                out.finish(), err.finish()
+                write_frame(sock, {"op": "response", "id": header["id"], "status": status,
+                                   "headers": headers, "logs": logs}, payload)
+            except BaseException as e:
+                out.finish(), err.finish()
+                logs.extend(["stderr", line] for line in traceback.format_exc().rstrip().split("\n"))
+                message = "".join(traceback.format_exception_only(type(e), e)).strip()
+                write_frame(sock, {"op": "error", "id": header.get("id"), "message": message, "logs": logs})
+                if isinstance(e, (SystemExit, KeyboardInterrupt)):
+                    return
+        elif op == "health":
+            write_frame(sock, {"op": "ok"})
+        elif op == "shutdown":
+            return
+
+
+if __name__ == "__main__":
+    main()
