@@ -1,0 +1,236 @@
+//! The live router: the current table behind an atomic swap, kept in step
+//! with the store, and the hyper server in front of the executor.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use flare_executor::accepted;
+use flare_executor::{Executor, INVOCATION_HEADER};
+use flare_model::{Error, ErrorCode, HttpTriggerSpec, Kind, Resource};
+use flare_runtime_wasm::{ResponseBody, full_body};
+use flare_store::invocations::AsyncQueue;
+use flare_store::{Revision, Store};
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+use crate::RouteTable;
+
+const PARAM_HEADER_PREFIX: &str = "x-flare-param-";
+
+/// The HTTP ingress. One per process.
+pub struct Router {
+    table: ArcSwap<RouteTable>,
+    executor: Arc<Executor>,
+    applied: watch::Sender<Revision>,
+    /// Where asynchronous invocations are queued, when enabled.
+    queue: Option<AsyncQueue>,
+}
+
+/// The JSON error response every router error uses, with the invocation id
+/// when a function was started and `Retry-After` when retrying may help.
+pub fn error_response(error: &Error, invocation: Option<&str>) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::new(full_body(Bytes::from(error.to_json())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if error.code == ErrorCode::Unavailable {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let Some(value) = invocation.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(INVOCATION_HEADER, value);
+    }
+    response
+}
+
+impl Router {
+    pub fn new(executor: Arc<Executor>, queue: Option<AsyncQueue>) -> Arc<Self> {
+        Arc::new(Router {
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            executor,
+            applied: watch::Sender::new(0),
+            queue,
+        })
+    }
+
+    /// The store revision the route table reflects.
+    pub fn applied(&self) -> watch::Receiver<Revision> {
+        self.applied.subscribe()
+    }
+
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Rebuilds the table whenever a trigger changes, until the store closes.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut events = store.watch();
+        self.rebuild(&*store);
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if event.kind == Kind::HttpTrigger {
+                        self.rebuild(&*store);
+                    }
+                    self.applied.send_replace(event.revision);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.rebuild(&*store),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn rebuild(&self, store: &dyn Store) {
+        let revision = store.revision();
+        let triggers = match store.list(Kind::HttpTrigger) {
+            Ok(docs) => docs
+                .into_iter()
+                .filter_map(|doc| Resource::<HttpTriggerSpec>::from_document(doc).ok()),
+            Err(e) => {
+                tracing::error!("cannot list triggers: {e}");
+                return;
+            }
+        };
+        self.table.store(Arc::new(RouteTable::new(triggers)));
+        self.applied.send_if_modified(|applied| {
+            let newer = revision > *applied;
+            if newer {
+                *applied = revision;
+            }
+            newer
+        });
+    }
+
+    /// Serves HTTP/1.1 on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(router.handle(request).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!("connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    /// Routes one request and runs it.
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        // /async/fn/{name}/... is /fn/{name}/..., queued.
+        let (path, queued) = match path
+            .strip_prefix("/async")
+            .filter(|p| p.starts_with("/fn/"))
+        {
+            Some(rest) => (rest, true),
+            None => (path, false),
+        };
+        let resolved = match self
+            .table
+            .load()
+            .resolve(request.method().as_str(), host, path)
+        {
+            Ok(resolved) => resolved,
+            Err(e) => return error_response(&e, None),
+        };
+        let queued = queued
+            || request
+                .headers()
+                .get(flare_executor::ASYNC_HEADER)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+
+        // Parameter headers come only from the router, never the client.
+        let headers = request.headers_mut();
+        if headers
+            .keys()
+            .any(|k| k.as_str().starts_with(PARAM_HEADER_PREFIX))
+        {
+            let spoofed: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with(PARAM_HEADER_PREFIX))
+                .cloned()
+                .collect();
+            for name in spoofed {
+                headers.remove(name);
+            }
+        }
+        for (name, value) in &resolved.params {
+            let name = HeaderName::try_from(format!(
+                "{PARAM_HEADER_PREFIX}{}",
+                name.to_ascii_lowercase()
+            ));
+            if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(rewritten) = &resolved.rewritten {
+            match rewritten.parse::<Uri>() {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(e) => return error_response(&Error::invalid(format!("bad path: {e}")), None),
+            }
+        }
+
+        if queued {
+            let Some(queue) = &self.queue else {
+                let e = Error::new(
+                    ErrorCode::Unavailable,
+                    "asynchronous invocation is not enabled",
+                );
+                return error_response(&e, None);
+            };
+            return match self
+                .executor
+                .submit(queue, &resolved.function, request)
+                .await
+            {
+                Ok(id) => accepted(&id).map(full_body),
+                Err(e) => error_response(&e, None),
+            };
+        }
+        let invoked = self.executor.invoke(&resolved.function, request).await;
+        match invoked.result {
+            Ok(response) => response,
+            Err(e) => error_response(&e, invoked.invocation.as_deref()),
+        }
+    }
+}
