@@ -1,0 +1,202 @@
+//! Asynchronous invocations: run what callers left in the queue.
+//!
+//! At-least-once: an invocation is marked running while it runs and its
+//! outcome is recorded after; one left running by a crash is queued again
+//! on start. A 5xx or a failure to run is retried with exponential backoff
+//! (1 s, 2 s, 4 s, ... up to 60 s) until the invocation's max retries; then
+//! it stays failed, the dead letter listed by `flare invocations list
+//! --failed`. A 503 (the function is at capacity) is not a failure: the
+//! invocation waits and is tried again without spending a retry. When a
+//! callback URL was given, the outcome is POSTed to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flare_executor::Executor;
+use flare_model::ErrorCode;
+use flare_store::invocations::{AsyncQueue, Attempt, Invocation, InvocationStatus};
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::sync::Semaphore;
+
+/// Invocations run at once.
+const CONCURRENCY: usize = 16;
+/// How long a saturated function's invocation waits before it is tried again.
+const SATURATED_DELAY: Duration = Duration::from_millis(200);
+/// Response bytes kept per invocation.
+const MAX_RESULT: usize = 1 << 20;
+
+pub struct AsyncInvoker {
+    queue: AsyncQueue,
+    executor: Arc<Executor>,
+    slots: Arc<Semaphore>,
+    http: reqwest::Client,
+}
+
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(6)).min(Duration::from_secs(60))
+}
+
+impl AsyncInvoker {
+    pub fn new(queue: AsyncQueue, executor: Arc<Executor>) -> Arc<Self> {
+        Arc::new(AsyncInvoker {
+            queue,
+            executor,
+            slots: Arc::new(Semaphore::new(CONCURRENCY)),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Runs queued invocations until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let store = &self.queue.store;
+        match store.requeue_running() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} invocations left running by a crash are queued again"),
+            Err(e) => tracing::error!("cannot requeue running invocations: {e}"),
+        }
+        // Nothing runs before the stored functions are deployed.
+        let mut deployed = self.executor.applied();
+        let revision = flare_store::Store::revision(&**store);
+        let _ = deployed.wait_for(|r| *r >= revision).await;
+        loop {
+            let room = self.slots.available_permits();
+            let claimed = if room > 0 {
+                store.claim_due(room).unwrap_or_else(|e| {
+                    tracing::error!("cannot read the invocation queue: {e}");
+                    Vec::new()
+                })
+            } else {
+                Vec::new()
+            };
+            for invocation in claimed {
+                let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.execute(invocation).await;
+                    drop(slot);
+                    me.queue.wake.notify_one();
+                });
+            }
+            let now_us = flare_model::now_us();
+            let wait = match store.next_due_us() {
+                Ok(Some(due)) if self.slots.available_permits() > 0 => {
+                    Duration::from_micros(due.saturating_sub(now_us).max(0) as u64)
+                }
+                _ => Duration::from_secs(1),
+            };
+            let _ =
+                tokio::time::timeout(wait.min(Duration::from_secs(1)), self.queue.wake.notified())
+                    .await;
+        }
+    }
+
+    async fn execute(&self, invocation: Invocation) {
+        let r = &invocation.request;
+        let mut request = http::Request::new(Full::new(Bytes::from(r.body.clone())));
+        *request.method_mut() =
+            http::Method::from_bytes(r.method.as_bytes()).unwrap_or(http::Method::POST);
+        if let Ok(uri) = r.path.parse() {
+            *request.uri_mut() = uri;
+        }
+        for (name, value) in &r.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                request.headers_mut().append(name, value);
+            }
+        }
+        if let Ok(value) = http::HeaderValue::from_str(&r.id) {
+            request.headers_mut().insert("x-flare-async-id", value);
+        }
+        let invoked = self.executor.invoke(&r.function, request).await;
+        if let Err(e) = &invoked.result
+            && e.code == ErrorCode::Unavailable
+        {
+            // Saturated, not failed: wait for capacity without spending a
+            // retry (the function's own queue and limits still apply).
+            if let Err(e) = self
+                .queue
+                .store
+                .defer(&r.id, SATURATED_DELAY.as_micros() as i64)
+            {
+                tracing::error!("invocation {}: cannot defer it: {e}", r.id);
+            }
+            return;
+        }
+        let attempt = match invoked.result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = match Limited::new(response.into_body(), MAX_RESULT)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => body.to_bytes().to_vec(),
+                    Err(e) => format!("[response body not kept: {e}]").into_bytes(),
+                };
+                Attempt {
+                    status: Some(status),
+                    body,
+                    error: (status >= 500).then(|| format!("function answered {status}")),
+                    retry: status >= 500,
+                    fatal: false,
+                }
+            }
+            Err(e) => Attempt {
+                status: Some(e.status()),
+                body: Vec::new(),
+                fatal: e.code == ErrorCode::NotFound,
+                retry: true,
+                error: Some(e.message),
+            },
+        };
+        let status = match self.queue.store.record_attempt(
+            &invocation,
+            &attempt,
+            backoff(invocation.attempts).as_micros() as i64,
+        ) {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::error!("invocation {}: cannot record its outcome: {e}", r.id);
+                return;
+            }
+        };
+        if status != InvocationStatus::Queued
+            && let Some(url) = &r.callback_url
+        {
+            self.call_back(url, &invocation, status, &attempt).await;
+        }
+    }
+
+    /// POSTs the outcome to the caller's callback URL; best effort.
+    async fn call_back(
+        &self,
+        url: &str,
+        invocation: &Invocation,
+        status: InvocationStatus,
+        attempt: &Attempt,
+    ) {
+        let sent = self
+            .http
+            .post(url)
+            .header("x-flare-invocation-id", &invocation.request.id)
+            .header("x-flare-invocation-status", status.as_str())
+            .header(
+                "x-flare-function-status",
+                attempt.status.unwrap_or(0).to_string(),
+            )
+            .body(attempt.body.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(
+                "invocation {}: callback to {url} failed: {e}",
+                invocation.request.id
+            );
+        }
+    }
+}

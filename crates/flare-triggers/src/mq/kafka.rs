@@ -1,0 +1,105 @@
+//! Kafka: a consumer group (`flare-<trigger>`) that commits a message's
+//! offset only after its outcome is produced to the response / error topic,
+//! so a crash replays from the last committed offset. Messages are handled
+//! one at a time in partition order (offsets commit in order), which also
+//! satisfies `ordered` for every partition key. The broker URL is
+//! `kafka://host:port[,host:port...]`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{Context, Message, Outcome, reconnect_delay};
+
+pub(crate) async fn run(context: Arc<Context>) {
+    let mut failures = 0u32;
+    loop {
+        if let Err(e) = consume(&context).await {
+            context.disconnected(e);
+            tokio::time::sleep(reconnect_delay(failures)).await;
+            failures += 1;
+        }
+    }
+}
+
+async fn consume(context: &Context) -> Result<(), String> {
+    let spec = &context.spec;
+    let brokers = spec
+        .broker_url()
+        .trim_start_matches("kafka://")
+        .trim_end_matches('/');
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("flare-{}", context.name))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .map_err(|e| format!("kafka producer: {e}"))?;
+    // librdkafka connects lazily: ask for metadata to know the broker is there.
+    let probe = producer.clone();
+    let topic = spec.topic.clone();
+    tokio::task::spawn_blocking(move || {
+        probe
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .map(|_| ())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot reach {brokers}: {e}"))?;
+    consumer
+        .subscribe(&[spec.topic.as_str()])
+        .map_err(|e| format!("cannot subscribe to {}: {e}", spec.topic))?;
+    context.connected();
+    loop {
+        let record = consumer
+            .recv()
+            .await
+            .map_err(|e| format!("receiving: {e}"))?;
+        let key = record
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_else(|| format!("partition-{}", record.partition()));
+        let payload = record.payload().unwrap_or_default().to_vec();
+        let message = Message {
+            key: key.clone(),
+            payload: payload.clone().into(),
+        };
+        let (topic, body) = match context.handle(&message).await {
+            Outcome::Answered(body) => (spec.resptopic.as_ref(), body.to_vec()),
+            Outcome::Failed(error) => (
+                spec.errortopic.as_ref(),
+                serde_json::json!({
+                    "topic": spec.topic,
+                    "key": key,
+                    "payload": String::from_utf8_lossy(&payload),
+                    "error": error,
+                })
+                .to_string()
+                .into_bytes(),
+            ),
+        };
+        if let Some(topic) = topic {
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&body),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| format!("producing to {topic}: {e}"))?;
+        }
+        consumer
+            .commit_message(&record, CommitMode::Sync)
+            .map_err(|e| format!("committing: {e}"))?;
+    }
+}

@@ -1,0 +1,244 @@
+//! Message-queue triggers: consume a topic, invoke the function for each
+//! message, publish its answer, acknowledge.
+//!
+//! Invariants, whatever the broker:
+//! - a message is acknowledged only after its outcome has been published
+//!   (response topic on success, error topic after the last retry), so a
+//!   crash before that redelivers it: at-least-once;
+//! - a failure (5xx, trap, timeout, function missing) is retried with
+//!   exponential backoff up to `maxretries`; a 4xx is the function refusing
+//!   the message and goes to the error topic at once;
+//! - with `ordered`, messages are handled one at a time in arrival order;
+//!   otherwise up to `concurrency` at once.
+//!
+//! A broker that is down or goes away is reported in the trigger's status
+//! and retried with backoff; the rest of the server is unaffected.
+
+mod amqp;
+mod kafka;
+mod mqtt;
+mod nats;
+mod redis;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use flare_executor::Executor;
+use flare_model::{ErrorCode, Kind, MessageQueueTriggerSpec, MqKind, Resource};
+use flare_store::{Change, Revision, Store};
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// One message as a connector hands it over.
+pub(crate) struct Message {
+    /// The ordering key: NATS subject, Redis stream.
+    pub key: String,
+    pub payload: Bytes,
+}
+
+/// What became of a message.
+pub(crate) enum Outcome {
+    Answered(Bytes),
+    Failed(String),
+}
+
+/// What `flare mqt get` shows.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct MqStatus {
+    pub connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub processed: u64,
+    pub failed: u64,
+}
+
+/// Shared by a trigger's connector and the component.
+pub(crate) struct Context {
+    pub name: String,
+    pub spec: MessageQueueTriggerSpec,
+    executor: Arc<Executor>,
+    status: Arc<Mutex<HashMap<String, MqStatus>>>,
+}
+
+const MAX_RESPONSE: usize = 16 << 20;
+
+impl Context {
+    pub fn report(&self, update: impl FnOnce(&mut MqStatus)) {
+        if let Ok(mut all) = self.status.lock() {
+            update(all.entry(self.name.clone()).or_default());
+        }
+    }
+
+    pub fn connected(&self) {
+        self.report(|s| {
+            s.connected = true;
+            s.error = None;
+        });
+    }
+
+    pub fn disconnected(&self, error: String) {
+        tracing::warn!("mq trigger {}: {error}; retrying", self.name);
+        self.report(|s| {
+            s.connected = false;
+            s.error = Some(error);
+        });
+    }
+
+    /// Runs the function for one message, with retries.
+    pub async fn handle(&self, message: &Message) -> Outcome {
+        let mut attempt = 0u32;
+        loop {
+            let request = crate::cloud_event(
+                &format!("dev.flare.mq.{}", self.spec.mqtype.as_str()),
+                &format!("{}/{}", self.spec.mqtype.as_str(), self.spec.topic),
+                &self.name,
+                Utc::now(),
+                message.payload.clone(),
+            );
+            let mut request = request;
+            if let Ok(subject) = http::HeaderValue::from_str(&message.key) {
+                request.headers_mut().insert("ce-subject", subject);
+            }
+            let invoked = self.executor.invoke(&self.spec.function, request).await;
+            let (retry, error) = match invoked.result {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = Limited::new(response.into_body(), MAX_RESPONSE)
+                        .collect()
+                        .await;
+                    match body {
+                        Ok(body) if status < 400 => {
+                            self.report(|s| s.processed += 1);
+                            return Outcome::Answered(body.to_bytes());
+                        }
+                        Ok(body) => (
+                            status >= 500,
+                            format!(
+                                "function answered {status}: {}",
+                                String::from_utf8_lossy(&body.to_bytes())
+                            ),
+                        ),
+                        Err(e) => (true, format!("cannot read the response: {e}")),
+                    }
+                }
+                Err(e) => (e.code != ErrorCode::InvalidArgument, e.message),
+            };
+            if !retry || attempt >= self.spec.maxretries {
+                self.report(|s| s.failed += 1);
+                return Outcome::Failed(error);
+            }
+            attempt += 1;
+            let backoff = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// Backoff between reconnections.
+pub(crate) fn reconnect_delay(failures: u32) -> Duration {
+    Duration::from_millis(200 << failures.min(5)).min(Duration::from_secs(5))
+}
+
+/// The message-queue component: one connector task per trigger.
+pub struct MqTriggers {
+    store: Arc<dyn Store>,
+    executor: Arc<Executor>,
+    status: Arc<Mutex<HashMap<String, MqStatus>>>,
+    applied: watch::Sender<Revision>,
+}
+
+impl MqTriggers {
+    pub fn new(store: Arc<dyn Store>, executor: Arc<Executor>) -> Arc<Self> {
+        Arc::new(MqTriggers {
+            store,
+            executor,
+            status: Arc::default(),
+            applied: watch::Sender::new(0),
+        })
+    }
+
+    pub fn applied(&self) -> watch::Receiver<Revision> {
+        self.applied.subscribe()
+    }
+
+    pub fn status(&self, name: &str) -> Option<MqStatus> {
+        self.status.lock().ok()?.get(name).cloned()
+    }
+
+    fn start(&self, doc: flare_model::Document) -> Option<(u64, JoinHandle<()>)> {
+        let generation = doc.metadata.generation;
+        let trigger = Resource::<MessageQueueTriggerSpec>::from_document(doc).ok()?;
+        let context = Arc::new(Context {
+            name: trigger.metadata.name.clone(),
+            spec: trigger.spec,
+            executor: self.executor.clone(),
+            status: self.status.clone(),
+        });
+        context.report(|s| *s = MqStatus::default());
+        let task = match context.spec.mqtype {
+            MqKind::Nats => tokio::spawn(nats::run(context)),
+            MqKind::Redis => tokio::spawn(redis::run(context)),
+            MqKind::Mqtt => tokio::spawn(mqtt::run(context)),
+            MqKind::Amqp => tokio::spawn(amqp::run(context)),
+            MqKind::Kafka => tokio::spawn(kafka::run(context)),
+        };
+        Some((generation, task))
+    }
+
+    /// Keeps one connector per trigger until the store closes.
+    pub async fn run(self: Arc<Self>) {
+        let mut events = self.store.watch();
+        let revision = self.store.revision();
+        let mut deployed = self.executor.applied();
+        let _ = deployed.wait_for(|r| *r >= revision).await;
+        let mut tasks: HashMap<String, (u64, JoinHandle<()>)> = HashMap::new();
+        if let Ok(docs) = self.store.list(Kind::MessageQueueTrigger) {
+            for doc in docs {
+                let name = doc.metadata.name.clone();
+                if let Some(task) = self.start(doc) {
+                    tasks.insert(name, task);
+                }
+            }
+        }
+        self.applied.send_replace(revision);
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if event.kind == Kind::MessageQueueTrigger {
+                        match event.change {
+                            Change::Put(doc) => {
+                                if tasks
+                                    .get(&event.name)
+                                    .is_none_or(|(g, _)| *g != doc.metadata.generation)
+                                {
+                                    if let Some((_, old)) = tasks.remove(&event.name) {
+                                        old.abort();
+                                    }
+                                    if let Some(task) = self.start(*doc) {
+                                        tasks.insert(event.name.clone(), task);
+                                    }
+                                }
+                            }
+                            Change::Deleted => {
+                                if let Some((_, old)) = tasks.remove(&event.name) {
+                                    old.abort();
+                                }
+                                if let Ok(mut status) = self.status.lock() {
+                                    status.remove(&event.name);
+                                }
+                            }
+                        }
+                    }
+                    self.applied.send_replace(event.revision);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Timer triggers: cron schedules that invoke functions.
+//!
+//! Invariants: a trigger fires at most once per scheduled slot; the slot is
+//! recorded in the store as fired before the function is invoked, so a
+//! crash between the two loses that run rather than repeating it (timers
+//! are at-most-once per slot); on start, a trigger whose next slot after
+//! its last firing has already passed fires once, immediately — not once
+//! per missed slot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use flare_executor::Executor;
+use flare_model::{Cron, Document, Kind, Resource, TimerTriggerSpec};
+use flare_store::{Change, Revision, Store};
+use tokio::sync::{broadcast, watch};
+
+struct Timer {
+    function: String,
+    cron: Cron,
+    tz: Tz,
+    generation: u64,
+    next: Option<DateTime<Utc>>,
+}
+
+/// The timer component: one task for every timer trigger.
+pub struct Timers {
+    store: Arc<dyn Store>,
+    executor: Arc<Executor>,
+    applied: watch::Sender<Revision>,
+}
+
+fn state_key(name: &str) -> String {
+    format!("timer/{name}/last")
+}
+
+impl Timers {
+    pub fn new(store: Arc<dyn Store>, executor: Arc<Executor>) -> Arc<Self> {
+        Arc::new(Timers {
+            store,
+            executor,
+            applied: watch::Sender::new(0),
+        })
+    }
+
+    /// The store revision the timers reflect.
+    pub fn applied(&self) -> watch::Receiver<Revision> {
+        self.applied.subscribe()
+    }
+
+    fn last_fired(&self, name: &str) -> Option<DateTime<Utc>> {
+        let text = self.store.get_state(&state_key(name)).ok()??;
+        DateTime::parse_from_rfc3339(&text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Builds a timer; `starting` decides whether a slot missed since the
+    /// last firing fires now.
+    fn timer(&self, doc: Document, now: DateTime<Utc>, starting: bool) -> Option<(String, Timer)> {
+        let name = doc.metadata.name.clone();
+        let created = doc
+            .metadata
+            .created_at
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let generation = doc.metadata.generation;
+        let trigger = match Resource::<TimerTriggerSpec>::from_document(doc) {
+            Ok(trigger) => trigger,
+            Err(e) => {
+                tracing::error!("{e}");
+                return None;
+            }
+        };
+        let (cron, tz) = match trigger.spec.schedule() {
+            Ok(schedule) => schedule,
+            Err(e) => {
+                tracing::error!("timer trigger {name}: {e}");
+                return None;
+            }
+        };
+        let since = if starting {
+            self.last_fired(&name).or(created).unwrap_or(now)
+        } else {
+            now
+        };
+        let next = match cron.next_after(since, tz) {
+            // Missed while down: fire once, now.
+            Some(slot) if slot <= now => Some(now),
+            other => other,
+        };
+        Some((
+            name,
+            Timer {
+                function: trigger.spec.function,
+                cron,
+                tz,
+                generation,
+                next,
+            },
+        ))
+    }
+
+    fn load(&self, now: DateTime<Utc>) -> HashMap<String, Timer> {
+        match self.store.list(Kind::TimerTrigger) {
+            Ok(docs) => docs
+                .into_iter()
+                .filter_map(|doc| self.timer(doc, now, true))
+                .collect(),
+            Err(e) => {
+                tracing::error!("cannot list timer triggers: {e}");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Fires schedules until the store closes.
+    pub async fn run(self: Arc<Self>) {
+        let mut events = self.store.watch();
+        let revision = self.store.revision();
+        // Fire nothing before the functions are deployed: a run missed
+        // while the server was down would otherwise find no function.
+        let mut deployed = self.executor.applied();
+        let _ = deployed.wait_for(|r| *r >= revision).await;
+        let mut timers = self.load(Utc::now());
+        self.applied.send_replace(revision);
+        loop {
+            let now = Utc::now();
+            let due = timers.values().filter_map(|t| t.next).min();
+            let wait = due.map_or(Duration::from_secs(3600), |due| {
+                (due - now).to_std().unwrap_or(Duration::ZERO)
+            });
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {
+                    let now = Utc::now();
+                    for (name, timer) in timers.iter_mut() {
+                        if timer.next.is_some_and(|next| next <= now) {
+                            let slot = timer.next.unwrap_or(now);
+                            timer.next = timer.cron.next_after(now, timer.tz);
+                            self.fire(name, &timer.function, slot);
+                        }
+                    }
+                }
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        if event.kind == Kind::TimerTrigger {
+                            match event.change {
+                                Change::Put(doc) => {
+                                    let unchanged = timers
+                                        .get(&event.name)
+                                        .is_some_and(|t| t.generation == doc.metadata.generation);
+                                    if !unchanged
+                                        && let Some((name, timer)) = self.timer(*doc, Utc::now(), false)
+                                    {
+                                        timers.insert(name, timer);
+                                    }
+                                }
+                                Change::Deleted => {
+                                    timers.remove(&event.name);
+                                }
+                            }
+                        }
+                        self.applied.send_replace(event.revision);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let revision = self.store.revision();
+                        timers = self.load(Utc::now());
+                        self.applied.send_replace(revision);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+
+    /// Records the slot as fired, then invokes the function in the
+    /// background so a slow function delays no other timer.
+    fn fire(&self, name: &str, function: &str, slot: DateTime<Utc>) {
+        if let Err(e) = self.store.put_state(&state_key(name), &slot.to_rfc3339()) {
+            tracing::error!("timer trigger {name}: cannot record its firing, skipping it: {e}");
+            return;
+        }
+        let body = serde_json::json!({"trigger": name, "scheduled": slot.to_rfc3339()});
+        let request = crate::cloud_event(
+            "dev.flare.timer",
+            &format!("/timertriggers/{name}"),
+            name,
+            slot,
+            Bytes::from(body.to_string()),
+        );
+        let (executor, name, function) = (
+            self.executor.clone(),
+            name.to_string(),
+            function.to_string(),
+        );
+        tokio::spawn(async move {
+            let invoked = executor.invoke(&function, request).await;
+            if let Err(e) = invoked.result {
+                tracing::warn!("timer trigger {name} -> function {function}: {}", e.message);
+            }
+        });
+    }
+}
