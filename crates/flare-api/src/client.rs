@@ -1,0 +1,427 @@
+//! The typed client of the API, used by the CLI and the tests.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use flare_model::{
+    Document, EnvironmentSpec, Error, ErrorCode, HttpTriggerSpec, LogEntry, PackageRef, Resource,
+    Result, TimerTriggerSpec,
+};
+use futures::StreamExt;
+use reqwest::multipart::{Form, Part};
+use serde::de::DeserializeOwned;
+
+use crate::{EnvironmentView, FunctionView};
+
+/// A client of one Flare API endpoint.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// A function's answer to `invoke`, whatever its status.
+#[derive(Debug, Clone)]
+pub struct InvokeResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub invocation: Option<String>,
+    pub body: Bytes,
+}
+
+/// Filters of a log query; see `GET /v1/functions/{name}/logs`.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub invocation: Option<String>,
+    pub contains: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl LogFilter {
+    fn pairs(&self, follow: bool) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        let mut push = |k, v: &Option<String>| {
+            if let Some(v) = v {
+                pairs.push((k, v.clone()));
+            }
+        };
+        push("since", &self.since);
+        push("until", &self.until);
+        push("invocation", &self.invocation);
+        push("contains", &self.contains);
+        push("limit", &self.limit.map(|l| l.to_string()));
+        if follow {
+            pairs.push(("follow", "true".into()));
+        }
+        pairs
+    }
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> Error {
+        Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "cannot reach the Flare API at {} ({e}); is `flare server` running? (set --api or FLARE_API)",
+                self.base
+            ),
+        )
+    }
+
+    /// Sends, and turns a non-2xx answer into its error.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap_or_default();
+        Err(Error::from_response(status, &body))
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        let response = self.send(request).await?;
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("unexpected answer from the API: {e}")))
+    }
+
+    async fn file_part(path: &Path) -> Result<Part> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::invalid(format!("cannot open {}: {e}", path.display())))?;
+        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let stream = tokio_util::io::ReaderStream::new(file);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "code".into());
+        Ok(Part::stream_with_length(reqwest::Body::wrap_stream(stream), len).file_name(name))
+    }
+
+    async fn submit(
+        &self,
+        request: reqwest::RequestBuilder,
+        doc: &Document,
+        code: Option<&Path>,
+    ) -> Result<FunctionView> {
+        match code {
+            None => self.json(request.json(doc)).await,
+            Some(path) => {
+                let spec =
+                    serde_json::to_string(doc).map_err(|e| Error::internal(e.to_string()))?;
+                let form = Form::new()
+                    .part(
+                        "spec",
+                        Part::text(spec)
+                            .mime_str("application/json")
+                            .map_err(|e| Error::internal(e.to_string()))?,
+                    )
+                    .part("code", Self::file_part(path).await?);
+                self.json(request.multipart(form)).await
+            }
+        }
+    }
+
+    pub async fn list_functions(&self) -> Result<Vec<FunctionView>> {
+        self.json(self.http.get(self.url("/v1/functions"))).await
+    }
+
+    pub async fn get_function(&self, name: &str) -> Result<FunctionView> {
+        self.json(self.http.get(self.url(&format!("/v1/functions/{name}"))))
+            .await
+    }
+
+    /// Creates a function from a document whose spec may lack `package`
+    /// when `code` is given.
+    pub async fn create_function(
+        &self,
+        doc: &Document,
+        code: Option<&Path>,
+    ) -> Result<FunctionView> {
+        self.submit(self.http.post(self.url("/v1/functions")), doc, code)
+            .await
+    }
+
+    pub async fn update_function(
+        &self,
+        doc: &Document,
+        code: Option<&Path>,
+    ) -> Result<FunctionView> {
+        let url = self.url(&format!("/v1/functions/{}", doc.metadata.name));
+        self.submit(self.http.put(url), doc, code).await
+    }
+
+    pub async fn delete_function(&self, name: &str) -> Result<FunctionView> {
+        self.json(self.http.delete(self.url(&format!("/v1/functions/{name}"))))
+            .await
+    }
+
+    pub async fn upload_package(&self, path: &Path) -> Result<PackageRef> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| Error::invalid(format!("cannot read {}: {e}", path.display())))?;
+        self.json(self.http.post(self.url("/v1/packages")).body(bytes))
+            .await
+    }
+
+    /// Calls a function through the API; any status is an answer.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<InvokeResponse> {
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| Error::invalid(format!("invalid HTTP method \"{method}\"")))?;
+        // `/invoke` + the path the function sees; axum's catch-all needs a
+        // non-empty rest, so the root path (with or without a query) goes
+        // to `/invoke` itself.
+        let url = match path.strip_prefix('/').unwrap_or(path) {
+            rest if rest.is_empty() || rest.starts_with('?') => {
+                self.url(&format!("/v1/functions/{name}/invoke{rest}"))
+            }
+            rest => self.url(&format!("/v1/functions/{name}/invoke/{rest}")),
+        };
+        let mut request = self.http.request(method, url).body(body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let invocation = headers
+            .iter()
+            .find(|(k, _)| k == flare_executor::INVOCATION_HEADER)
+            .map(|(_, v)| v.clone());
+        let body = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        Ok(InvokeResponse {
+            status,
+            headers,
+            invocation,
+            body,
+        })
+    }
+
+    pub async fn logs(&self, name: &str, filter: &LogFilter) -> Result<Vec<LogEntry>> {
+        let url = self.url(&format!("/v1/functions/{name}/logs"));
+        self.json(self.http.get(url).query(&filter.pairs(false)))
+            .await
+    }
+
+    /// Streams a function's log, calling `on_line` for each entry, until
+    /// the server goes away.
+    pub async fn follow_logs(
+        &self,
+        name: &str,
+        filter: &LogFilter,
+        mut on_line: impl FnMut(LogEntry),
+    ) -> Result<()> {
+        let url = self.url(&format!("/v1/functions/{name}/logs"));
+        let response = self
+            .send(self.http.get(url).query(&filter.pairs(true)))
+            .await?;
+        let mut stream = response.bytes_stream();
+        let mut buffer = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line) {
+                    on_line(entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn list_triggers(&self) -> Result<Vec<Resource<HttpTriggerSpec>>> {
+        self.json(self.http.get(self.url("/v1/httptriggers"))).await
+    }
+
+    pub async fn get_trigger(&self, name: &str) -> Result<Resource<HttpTriggerSpec>> {
+        self.json(self.http.get(self.url(&format!("/v1/httptriggers/{name}"))))
+            .await
+    }
+
+    pub async fn create_trigger(
+        &self,
+        trigger: &Resource<HttpTriggerSpec>,
+    ) -> Result<Resource<HttpTriggerSpec>> {
+        self.json(self.http.post(self.url("/v1/httptriggers")).json(trigger))
+            .await
+    }
+
+    pub async fn update_trigger(
+        &self,
+        trigger: &Resource<HttpTriggerSpec>,
+    ) -> Result<Resource<HttpTriggerSpec>> {
+        let url = self.url(&format!("/v1/httptriggers/{}", trigger.metadata.name));
+        self.json(self.http.put(url).json(trigger)).await
+    }
+
+    pub async fn delete_trigger(&self, name: &str) -> Result<Resource<HttpTriggerSpec>> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/v1/httptriggers/{name}"))),
+        )
+        .await
+    }
+
+    pub async fn list_environments(&self) -> Result<Vec<EnvironmentView>> {
+        self.json(self.http.get(self.url("/v1/environments"))).await
+    }
+
+    pub async fn get_environment(&self, name: &str) -> Result<EnvironmentView> {
+        self.json(self.http.get(self.url(&format!("/v1/environments/{name}"))))
+            .await
+    }
+
+    pub async fn create_environment(
+        &self,
+        env: &Resource<EnvironmentSpec>,
+    ) -> Result<EnvironmentView> {
+        self.json(self.http.post(self.url("/v1/environments")).json(env))
+            .await
+    }
+
+    pub async fn update_environment(
+        &self,
+        env: &Resource<EnvironmentSpec>,
+    ) -> Result<EnvironmentView> {
+        let url = self.url(&format!("/v1/environments/{}", env.metadata.name));
+        self.json(self.http.put(url).json(env)).await
+    }
+
+    pub async fn delete_environment(&self, name: &str) -> Result<EnvironmentView> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/v1/environments/{name}"))),
+        )
+        .await
+    }
+
+    pub async fn list_timers(&self) -> Result<Vec<Resource<TimerTriggerSpec>>> {
+        self.json(self.http.get(self.url("/v1/timertriggers")))
+            .await
+    }
+
+    pub async fn get_timer(&self, name: &str) -> Result<Resource<TimerTriggerSpec>> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/v1/timertriggers/{name}"))),
+        )
+        .await
+    }
+
+    pub async fn create_timer(
+        &self,
+        trigger: &Resource<TimerTriggerSpec>,
+    ) -> Result<Resource<TimerTriggerSpec>> {
+        self.json(self.http.post(self.url("/v1/timertriggers")).json(trigger))
+            .await
+    }
+
+    pub async fn update_timer(
+        &self,
+        trigger: &Resource<TimerTriggerSpec>,
+    ) -> Result<Resource<TimerTriggerSpec>> {
+        let url = self.url(&format!("/v1/timertriggers/{}", trigger.metadata.name));
+        self.json(self.http.put(url).json(trigger)).await
+    }
+
+    pub async fn delete_timer(&self, name: &str) -> Result<Resource<TimerTriggerSpec>> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/v1/timertriggers/{name}"))),
+        )
+        .await
+    }
+
+    pub async fn list_invocations(
+        &self,
+        status: Option<&str>,
+        function: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<flare_store::invocations::Invocation>> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(status) = status {
+            query.push(("status", status.to_string()));
+        }
+        if let Some(function) = function {
+            query.push(("function", function.to_string()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.json(self.http.get(self.url("/v1/invocations")).query(&query))
+            .await
+    }
+
+    pub async fn get_invocation(&self, id: &str) -> Result<flare_store::invocations::Invocation> {
+        self.json(self.http.get(self.url(&format!("/v1/invocations/{id}"))))
+            .await
+    }
+
+    pub async fn list_mq(&self) -> Result<Vec<crate::MqTriggerView>> {
+        self.json(self.http.get(self.url("/v1/mqtriggers"))).await
+    }
+
+    pub async fn get_mq(&self, name: &str) -> Result<crate::MqTriggerView> {
+        self.json(self.http.get(self.url(&format!("/v1/mqtriggers/{name}"))))
+            .await
+    }
+
+    pub async fn create_mq(
+        &self,
+        trigger: &Resource<flare_model::MessageQueueTriggerSpec>,
+    ) -> Result<crate::MqTriggerView> {
+        self.json(self.http.post(self.url("/v1/mqtriggers")).json(trigger))
+            .await
+    }
+
+    pub async fn update_mq(
+        &self,
+        trigger: &Resource<flare_model::MessageQueueTriggerSpec>,
+    ) -> Result<crate::MqTriggerView> {
+        let url = self.url(&format!("/v1/mqtriggers/{}", trigger.metadata.name));
+        self.json(self.http.put(url).json(trigger)).await
+    }
+
+    pub async fn delete_mq(&self, name: &str) -> Result<crate::MqTriggerView> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/v1/mqtriggers/{name}"))),
+        )
+        .await
+    }
+}

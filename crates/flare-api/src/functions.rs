@@ -1,0 +1,434 @@
+//! `/v1/functions` and `/v1/packages`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use flare_executor::{DeploymentStatus, INVOCATION_HEADER};
+use flare_model::{
+    Document, Error, FunctionSpec, Kind, PackageRef, Resource, Result, RuntimeKind, validate_name,
+};
+use flare_store::Staged;
+use futures::TryStreamExt;
+use http::{HeaderValue, StatusCode, Uri};
+use serde::{Deserialize, Serialize};
+
+use crate::Api;
+use crate::error::{ApiError, ApiResult};
+
+/// A function as the API shows it: the stored resource plus what the
+/// executor reports about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionView {
+    #[serde(flatten)]
+    pub function: Resource<FunctionSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeploymentStatus>,
+}
+
+impl Api {
+    fn view(&self, function: Resource<FunctionSpec>) -> FunctionView {
+        let status = self.executor.status(function.name());
+        FunctionView { function, status }
+    }
+
+    fn load(&self, name: &str) -> Result<Resource<FunctionSpec>> {
+        Resource::from_document(self.store.get(Kind::Function, name)?)
+    }
+
+    /// Validates the package for the function's runtime so that nothing
+    /// unservable is stored: wasm is compiled, archives are unpacked under
+    /// their limits. Cheap when the package was prepared before.
+    async fn prepare(&self, spec: &FunctionSpec, source: std::path::PathBuf) -> Result<()> {
+        let package = spec.package.clone();
+        let task = match (spec.runtime, spec.environment.clone()) {
+            (RuntimeKind::Process, Some(environment)) => {
+                let process = self.process.clone();
+                tokio::task::spawn_blocking(move || {
+                    process.check_package(&environment, package.hex(), &source)
+                })
+            }
+            _ => {
+                let runtime = self.runtime.clone();
+                tokio::task::spawn_blocking(move || {
+                    runtime
+                        .prepare(&package, &source)
+                        .map(|_| ())
+                        .map_err(Error::from)
+                })
+            }
+        };
+        task.await
+            .map_err(|e| Error::internal(format!("prepare task failed: {e}")))?
+    }
+
+    /// A process function's environment must exist.
+    fn check_environment(&self, spec: &FunctionSpec) -> Result<()> {
+        let Some(environment) = &spec.environment else {
+            return Ok(());
+        };
+        match self.store.get(Kind::Environment, environment) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == flare_model::ErrorCode::NotFound => Err(Error::invalid(format!(
+                "environment \"{environment}\" does not exist; create it first (flare env create)"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stage(&self, field: axum::extract::multipart::Field<'_>) -> Result<Staged> {
+        let stream = field.map_err(|e| e.body_text());
+        self.packages
+            .stage(Box::pin(stream), self.max_package_bytes)
+            .await
+    }
+}
+
+/// The `spec` part, then the optional `code` part, of a multipart upload.
+async fn read_multipart(
+    api: &Arc<Api>,
+    multipart: &mut Multipart,
+    check_name: impl FnOnce(&str) -> Result<()>,
+) -> Result<(Document, Option<Staged>)> {
+    let spec_field = multipart
+        .next_field()
+        .await
+        .map_err(|e| Error::invalid(e.body_text()))?
+        .ok_or_else(|| Error::invalid("multipart body has no \"spec\" part"))?;
+    if spec_field.name() != Some("spec") {
+        return Err(Error::invalid(
+            "the first multipart part must be \"spec\" (the function document)",
+        ));
+    }
+    let bytes = spec_field
+        .bytes()
+        .await
+        .map_err(|e| Error::invalid(e.body_text()))?;
+    let doc = parse_spec(&bytes)?;
+    validate_name("function name", &doc.metadata.name)?;
+    check_name(&doc.metadata.name)?;
+    let staged = match multipart
+        .next_field()
+        .await
+        .map_err(|e| Error::invalid(e.body_text()))?
+    {
+        Some(code) if code.name() == Some("code") => Some(api.stage(code).await?),
+        Some(_) => return Err(Error::invalid("the second multipart part must be \"code\"")),
+        None => None,
+    };
+    Ok((doc, staged))
+}
+
+/// Bytes read and thrown away after refusing an upload, so the client can
+/// finish sending and read the error instead of seeing a reset connection.
+const DRAIN_LIMIT: usize = 1 << 30;
+
+async fn drain(multipart: &mut Multipart) {
+    let mut drained = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Ok(Ok(Some(mut field))) =
+        tokio::time::timeout_at(deadline, multipart.next_field()).await
+    {
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, field.chunk()).await {
+            drained += chunk.len();
+            if drained > DRAIN_LIMIT {
+                return;
+            }
+        }
+    }
+}
+
+fn decode_function(doc: Document) -> Result<Resource<FunctionSpec>> {
+    let spec = serde_json::from_value(doc.spec)
+        .map_err(|e| Error::invalid(format!("invalid function spec: {e}")))?;
+    Ok(Resource {
+        api_version: doc.api_version,
+        kind: doc.kind,
+        metadata: doc.metadata,
+        spec,
+    })
+}
+
+fn is_multipart(request: &Request) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+fn parse_spec(bytes: &[u8]) -> Result<Document> {
+    let mut doc: Document = serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid(format!("invalid function document: {e}")))?;
+    if doc.kind != Kind::Function {
+        return Err(Error::invalid(format!(
+            "expected kind Function, got {}",
+            doc.kind.as_str()
+        )));
+    }
+    if !doc.spec.is_object() {
+        doc.spec = serde_json::json!({});
+    }
+    Ok(doc)
+}
+
+/// Reads a function from a JSON body, or from a multipart body with a
+/// `spec` part (JSON) followed by an optional `code` part (the package).
+/// Without code, the package is the one in the spec, else `current`'s.
+/// `check_name` runs before any code is read, so a doomed upload is
+/// refused before it is streamed.
+async fn read_submission(
+    api: &Arc<Api>,
+    request: Request,
+    current: Option<&Resource<FunctionSpec>>,
+    check_name: impl FnOnce(&str) -> Result<()>,
+) -> Result<Resource<FunctionSpec>> {
+    let (doc, staged) = if is_multipart(&request) {
+        let mut multipart = Multipart::from_request(request, &())
+            .await
+            .map_err(|e| Error::invalid(format!("invalid multipart body: {}", e.body_text())))?;
+        let read = read_multipart(api, &mut multipart, check_name).await;
+        if read.is_err() {
+            drain(&mut multipart).await;
+        }
+        read?
+    } else {
+        let bytes = axum::body::to_bytes(request.into_body(), 2 << 20)
+            .await
+            .map_err(|e| Error::invalid(format!("cannot read body: {e}")))?;
+        let doc = parse_spec(&bytes)?;
+        validate_name("function name", &doc.metadata.name)?;
+        check_name(&doc.metadata.name)?;
+        (doc, None)
+    };
+    let mut doc = doc;
+
+    let package = match (&staged, doc.spec.get("package"), current) {
+        (Some(staged), _, _) => Some(staged.package().clone()),
+        (None, Some(_), _) => None,
+        (None, None, Some(current)) => Some(current.spec.package.clone()),
+        (None, None, None) => {
+            return Err(Error::invalid(
+                "a new function needs code: a \"code\" part or spec.package",
+            ));
+        }
+    };
+    if let (Some(package), Some(spec)) = (package, doc.spec.as_object_mut()) {
+        let value = serde_json::to_value(package).map_err(|e| Error::internal(e.to_string()))?;
+        spec.insert("package".into(), value);
+    }
+    let function = decode_function(doc)?;
+    function.validate()?;
+    api.check_environment(&function.spec)?;
+
+    match staged {
+        Some(staged) => {
+            api.prepare(&function.spec, staged.path().to_path_buf())
+                .await?;
+            staged.commit()?;
+        }
+        None => {
+            if !api.packages.contains(&function.spec.package) {
+                return Err(Error::invalid(format!(
+                    "package {} is not stored; upload it (POST /v1/packages) or send code",
+                    function.spec.package.digest
+                )));
+            }
+            api.prepare(&function.spec, api.packages.path(&function.spec.package))
+                .await?;
+        }
+    }
+    Ok(function)
+}
+
+pub(crate) async fn list(State(api): State<Arc<Api>>) -> ApiResult<Json<Vec<FunctionView>>> {
+    let docs = api.store.list(Kind::Function)?;
+    let views = docs
+        .into_iter()
+        .map(|doc| Ok(api.view(Resource::from_document(doc)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Json(views))
+}
+
+pub(crate) async fn get(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FunctionView>> {
+    Ok(Json(api.view(api.load(&name)?)))
+}
+
+pub(crate) async fn create(
+    State(api): State<Arc<Api>>,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<FunctionView>)> {
+    let store = api.store.clone();
+    let function = read_submission(&api, request, None, |name| {
+        match store.get(Kind::Function, name) {
+            Ok(_) => Err(Error::already_exists("function", name)),
+            Err(e) if e.code == flare_model::ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    let written = {
+        // The environment must not go away between the check and the write.
+        let _guard = api.cross_checks.lock().await;
+        api.check_environment(&function.spec)?;
+        api.store.create(function.to_document()?)?
+    };
+    api.settle(written.revision).await;
+    let view = api.view(Resource::from_document(written.doc)?);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub(crate) async fn update(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> ApiResult<Json<FunctionView>> {
+    let current = api.load(&name)?;
+    let function = read_submission(&api, request, Some(&current), |submitted| {
+        if submitted == name {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "the document names function \"{submitted}\" but the URL names \"{name}\""
+            )))
+        }
+    })
+    .await?;
+    let written = {
+        let _guard = api.cross_checks.lock().await;
+        api.check_environment(&function.spec)?;
+        api.store.update(function.to_document()?)?
+    };
+    api.settle(written.revision).await;
+    Ok(Json(api.view(Resource::from_document(written.doc)?)))
+}
+
+pub(crate) async fn delete(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FunctionView>> {
+    let _guard = api.cross_checks.lock().await;
+    let mut users: Vec<String> = crate::crud::all::<flare_model::HttpTriggerSpec>(&*api.store)?
+        .into_iter()
+        .filter(|t| t.spec.function == name)
+        .map(|t| format!("http trigger {}", t.metadata.name))
+        .collect();
+    users.extend(
+        crate::crud::all::<flare_model::MessageQueueTriggerSpec>(&*api.store)?
+            .into_iter()
+            .filter(|t| t.spec.function == name)
+            .map(|t| format!("message queue trigger {}", t.metadata.name)),
+    );
+    users.extend(
+        crate::crud::all::<flare_model::TimerTriggerSpec>(&*api.store)?
+            .into_iter()
+            .filter(|t| t.spec.function == name)
+            .map(|t| format!("timer trigger {}", t.metadata.name)),
+    );
+    if !users.is_empty() {
+        return Err(Error::conflict(format!(
+            "function \"{name}\" is used by {}; delete them first",
+            users.join(", ")
+        ))
+        .into());
+    }
+    let written = api.store.delete(Kind::Function, &name)?;
+    api.settle(written.revision).await;
+    let function = Resource::from_document(written.doc)?;
+    Ok(Json(FunctionView {
+        function,
+        status: None,
+    }))
+}
+
+/// Stores a wasm package after checking that it is a servable component;
+/// functions can then refer to it by digest.
+pub(crate) async fn upload_package(
+    State(api): State<Arc<Api>>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<PackageRef>)> {
+    let mut stream = body.into_data_stream();
+    let staged = match api.packages.stage(&mut stream, api.max_package_bytes).await {
+        Ok(staged) => staged,
+        Err(e) => {
+            // Let the client finish sending so that it reads this error.
+            let mut drained = 0usize;
+            while let Ok(Some(Ok(chunk))) = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                futures::StreamExt::next(&mut stream),
+            )
+            .await
+            {
+                drained += chunk.len();
+                if drained > DRAIN_LIMIT {
+                    break;
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    let package = staged.package().clone();
+    let runtime = api.runtime.clone();
+    let path = staged.path().to_path_buf();
+    tokio::task::spawn_blocking(move || runtime.prepare(&package, &path).map(|_| ()))
+        .await
+        .map_err(|e| Error::internal(format!("prepare task failed: {e}")))?
+        .map_err(Error::from)?;
+    let package = staged.commit()?;
+    Ok((StatusCode::CREATED, Json(package)))
+}
+
+/// Runs the function with the request as sent, minus the API prefix:
+/// `/v1/functions/hello/invoke/a?b` reaches `hello` as `/a?b`.
+pub(crate) async fn invoke(
+    State(api): State<Arc<Api>>,
+    Path(params): Path<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let name = params.get("name").cloned().unwrap_or_default();
+    let rest = params.get("rest").map_or("", String::as_str);
+    let target = match request.uri().query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    let (mut parts, body) = request.into_parts();
+    match target.parse::<Uri>() {
+        Ok(uri) => parts.uri = uri,
+        Err(e) => return ApiError(Error::invalid(format!("bad path: {e}"))).into_response(),
+    }
+    let queued = parts
+        .headers
+        .get(flare_executor::ASYNC_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    if queued {
+        let request = http::Request::from_parts(parts, body);
+        return match api.executor.submit(&api.queue, &name, request).await {
+            Ok(id) => flare_executor::accepted(&id).map(Body::from),
+            Err(e) => ApiError(e).into_response(),
+        };
+    }
+    let invoked = api
+        .executor
+        .invoke(&name, http::Request::from_parts(parts, body))
+        .await;
+    match invoked.result {
+        Ok(response) => response.map(Body::new),
+        Err(e) => {
+            let mut response = ApiError(e).into_response();
+            if let Some(value) = invoked
+                .invocation
+                .as_deref()
+                .and_then(|id| HeaderValue::from_str(id).ok())
+            {
+                response.headers_mut().insert(INVOCATION_HEADER, value);
+            }
+            response
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Flare's controller: the REST API under `/v1` and the typed [`Client`]
+//! the CLI uses to call it.
+//!
+//! The API is the only writer of the store. It validates everything before
+//! it writes (nothing invalid is stored), uploads packages streamed and
+//! size-limited, validates and compiles wasm before the function is stored,
+//! and answers a write only once the executor and router have applied it,
+//! so a `curl` right after `flare fn create` is served.
+//!
+//! Errors are [`flare_model::Error`]s; [`ApiError`] turns them into the
+//! JSON body and status chosen by [`flare_model::ErrorCode::status`].
+
+pub mod client;
+mod crud;
+mod environments;
+mod error;
+mod functions;
+mod invocations;
+mod logs;
+mod mqtriggers;
+mod timers;
+mod triggers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post};
+use flare_executor::Executor;
+use flare_runtime_wasm::WasmRuntime;
+use flare_store::logs::Logs;
+use flare_store::{PackageStore, Revision, Store};
+use tokio::sync::{Mutex, watch};
+
+pub use client::{Client, InvokeResponse};
+pub use environments::EnvironmentView;
+pub use error::ApiError;
+pub use functions::FunctionView;
+pub use mqtriggers::MqTriggerView;
+
+/// The OpenAPI 3 description of this API, served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Largest package accepted unless configured otherwise.
+pub const DEFAULT_MAX_PACKAGE_BYTES: u64 = 64 << 20;
+
+/// What the handlers share.
+pub struct Api {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) packages: PackageStore,
+    pub(crate) runtime: Arc<WasmRuntime>,
+    pub(crate) process: flare_runtime_process::ProcessRuntime,
+    pub(crate) executor: Arc<Executor>,
+    pub(crate) logs: Arc<Logs>,
+    pub(crate) queue: flare_store::invocations::AsyncQueue,
+    pub(crate) mq: Arc<flare_triggers::mq::MqTriggers>,
+    /// Revisions applied by the components that serve what the API writes.
+    pub(crate) applied: Vec<watch::Receiver<Revision>>,
+    /// Serializes writes whose validity depends on other resources (a
+    /// trigger's function must exist; a function in use cannot go).
+    pub(crate) cross_checks: Mutex<()>,
+    pub(crate) max_package_bytes: u64,
+}
+
+/// The components the API is built on.
+pub struct ApiParts {
+    pub store: Arc<dyn Store>,
+    pub packages: PackageStore,
+    pub runtime: Arc<WasmRuntime>,
+    pub process: flare_runtime_process::ProcessRuntime,
+    pub executor: Arc<Executor>,
+    pub logs: Arc<Logs>,
+    /// The queue of asynchronous invocations.
+    pub queue: flare_store::invocations::AsyncQueue,
+    pub mq: Arc<flare_triggers::mq::MqTriggers>,
+    /// Revisions applied by the components that serve what the API writes.
+    pub applied: Vec<watch::Receiver<Revision>>,
+    pub max_package_bytes: u64,
+}
+
+impl Api {
+    pub fn new(parts: ApiParts) -> Arc<Self> {
+        Arc::new(Api {
+            store: parts.store,
+            packages: parts.packages,
+            runtime: parts.runtime,
+            process: parts.process,
+            executor: parts.executor,
+            logs: parts.logs,
+            queue: parts.queue,
+            mq: parts.mq,
+            applied: parts.applied,
+            cross_checks: Mutex::new(()),
+            max_package_bytes: parts.max_package_bytes,
+        })
+    }
+
+    /// Waits until every serving component has applied `revision`. The
+    /// write is durable either way; this only makes it visible on return.
+    pub(crate) async fn settle(&self, revision: Revision) {
+        for applied in &self.applied {
+            let mut applied = applied.clone();
+            let caught_up = tokio::time::timeout(
+                Duration::from_secs(10),
+                applied.wait_for(|r| *r >= revision),
+            )
+            .await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                tracing::warn!("revision {revision} not applied within 10s");
+            }
+        }
+    }
+}
+
+/// The axum router for the API port.
+pub fn router(api: Arc<Api>) -> Router {
+    let uploads = DefaultBodyLimit::disable();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v1/packages",
+            post(functions::upload_package).layer(uploads),
+        )
+        .route(
+            "/v1/functions",
+            get(functions::list).post(functions::create).layer(uploads),
+        )
+        .route(
+            "/v1/functions/{name}",
+            get(functions::get)
+                .put(functions::update)
+                .delete(functions::delete)
+                .layer(uploads),
+        )
+        .route("/v1/functions/{name}/logs", get(logs::query))
+        .route("/v1/functions/{name}/invoke", any(functions::invoke))
+        .route(
+            "/v1/functions/{name}/invoke/{*rest}",
+            any(functions::invoke),
+        )
+        .route(
+            "/v1/environments",
+            get(environments::list).post(environments::create),
+        )
+        .route(
+            "/v1/environments/{name}",
+            get(environments::get)
+                .put(environments::update)
+                .delete(environments::delete),
+        )
+        .route(
+            "/v1/mqtriggers",
+            get(mqtriggers::list).post(mqtriggers::create),
+        )
+        .route(
+            "/v1/mqtriggers/{name}",
+            get(mqtriggers::get)
+                .put(mqtriggers::update)
+                .delete(mqtriggers::delete),
+        )
+        .route("/v1/invocations", get(invocations::list))
+        .route("/v1/invocations/{id}", get(invocations::get))
+        .route("/v1/timertriggers", get(timers::list).post(timers::create))
+        .route(
+            "/v1/timertriggers/{name}",
+            get(timers::get).put(timers::update).delete(timers::delete),
+        )
+        .route(
+            "/v1/httptriggers",
+            get(triggers::list).post(triggers::create),
+        )
+        .route(
+            "/v1/httptriggers/{name}",
+            get(triggers::get)
+                .put(triggers::update)
+                .delete(triggers::delete),
+        )
+        .fallback(|| async {
+            ApiError(flare_model::Error::new(
+                flare_model::ErrorCode::NotFound,
+                "no such API endpoint; see /v1/openapi.json",
+            ))
+        })
+        .with_state(api)
+}
+
+async fn metrics(
+    axum::extract::State(api): axum::extract::State<Arc<Api>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        api.executor.render_metrics(),
+    )
+}
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}

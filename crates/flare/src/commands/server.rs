@@ -1,0 +1,244 @@
+//! `flare server`: every component in one process on the embedded store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use flare_api::{Api, ApiParts};
+use flare_executor::Executor;
+use flare_router::Router;
+use flare_runtime_process::{ProcessConfig, ProcessRuntime};
+use flare_runtime_wasm::{RuntimeConfig, WasmRuntime};
+use flare_store::invocations::AsyncQueue;
+use flare_store::{PackageStore, SqliteStore, Store};
+use flare_triggers::asynchronous::AsyncInvoker;
+use flare_triggers::mq::MqTriggers;
+use flare_triggers::timer::Timers;
+use serde::Deserialize;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address of the router, which serves functions.
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "FLARE_ADDR")]
+    addr: Option<SocketAddr>,
+    /// Address of the API, which the CLI talks to.
+    /// [default: 127.0.0.1:8081]
+    #[arg(long, env = "FLARE_API_ADDR")]
+    api_addr: Option<SocketAddr>,
+    /// Where Flare keeps its database, packages and compiled code.
+    /// [default: $XDG_DATA_HOME/flare or ~/.local/share/flare]
+    #[arg(long, env = "FLARE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest package accepted, in bytes. [default: 67108864]
+    #[arg(long, env = "FLARE_MAX_PACKAGE_BYTES")]
+    max_package_bytes: Option<u64>,
+    /// Instances allowed at once (pool slots of the wasm runtime).
+    /// [default: 1000]
+    #[arg(long, env = "FLARE_MAX_INSTANCES")]
+    max_instances: Option<u32>,
+    /// A TOML file with any of the settings above (addr, api_addr, data_dir,
+    /// max_package_bytes, max_instances); flags and FLARE_* variables win.
+    #[arg(long, env = "FLARE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The optional configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    addr: Option<SocketAddr>,
+    api_addr: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    max_package_bytes: Option<u64>,
+    max_instances: Option<u32>,
+}
+
+/// Settings after merging flags, environment, file and defaults.
+struct Settings {
+    addr: SocketAddr,
+    api_addr: SocketAddr,
+    data_dir: PathBuf,
+    max_package_bytes: u64,
+    max_instances: u32,
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("flare"));
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/flare")),
+        None => bail!("no --data-dir given and neither XDG_DATA_HOME nor HOME is set"),
+    }
+}
+
+impl ServerArgs {
+    fn settings(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let max_instances = self.max_instances.or(file.max_instances).unwrap_or(1000);
+        if max_instances == 0 {
+            bail!("max instances must be at least 1");
+        }
+        Ok(Settings {
+            addr: self
+                .addr
+                .or(file.addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            api_addr: self
+                .api_addr
+                .or(file.api_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
+            data_dir: match self.data_dir.or(file.data_dir) {
+                Some(dir) => dir,
+                None => default_data_dir()?,
+            },
+            max_package_bytes: self
+                .max_package_bytes
+                .or(file.max_package_bytes)
+                .unwrap_or(flare_api::DEFAULT_MAX_PACKAGE_BYTES),
+            max_instances,
+        })
+    }
+}
+
+/// Scratch space of the process runtime. Sandboxed workers (an
+/// unprivileged user) must be able to reach it, which a data dir under
+/// /root is not; so it lives in the system temp dir, one per data dir.
+fn process_work_dir(data_dir: &std::path::Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let absolute = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    absolute.hash(&mut hasher);
+    std::env::temp_dir().join(format!("flare-{:016x}", hasher.finish()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLARE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let settings = args.settings()?;
+    let data_dir = &settings.data_dir;
+
+    let sqlite = Arc::new(SqliteStore::open(data_dir)?);
+    let store = sqlite.clone();
+    let packages = PackageStore::open(&data_dir.join("packages"))?;
+    let (log_sender, logs) = flare_store::logs::start(store.path())?;
+    let mut runtime_config = RuntimeConfig::new(data_dir.join("cache"));
+    runtime_config.pool_instances = settings.max_instances;
+    let runtime = Arc::new(WasmRuntime::new(runtime_config)?);
+    let process = ProcessRuntime::new(
+        ProcessConfig::new(process_work_dir(data_dir)),
+        log_sender.clone(),
+    )?;
+    process.start();
+    let store: Arc<dyn Store> = store;
+
+    let executor = Executor::new(
+        runtime.clone(),
+        process.clone(),
+        packages.clone(),
+        log_sender,
+    );
+    let queue = AsyncQueue::new(sqlite.clone());
+    let router = Router::new(executor.clone(), Some(queue.clone()));
+    let timers = Timers::new(store.clone(), executor.clone());
+    let mq = MqTriggers::new(store.clone(), executor.clone());
+    let mut applied = vec![
+        executor.applied(),
+        router.applied(),
+        timers.applied(),
+        mq.applied(),
+    ];
+    tokio::spawn(executor.clone().run(store.clone()));
+    tokio::spawn(router.clone().run(store.clone()));
+    tokio::spawn(timers.run());
+    tokio::spawn(mq.clone().run());
+    tokio::spawn(AsyncInvoker::new(queue.clone(), executor.clone()).run());
+
+    // Serve only once everything stored before the start is deployed.
+    let revision = store.revision();
+    for applied in &mut applied {
+        applied
+            .wait_for(|r| *r >= revision)
+            .await
+            .context("executor or router stopped while starting")?;
+    }
+
+    let api = Api::new(ApiParts {
+        store: store.clone(),
+        packages,
+        runtime: runtime.clone(),
+        process,
+        executor: executor.clone(),
+        logs,
+        queue: queue.clone(),
+        mq,
+        applied,
+        max_package_bytes: settings.max_package_bytes,
+    });
+    let router_listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (router)", settings.addr))?;
+    let api_listener = tokio::net::TcpListener::bind(settings.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (API)", settings.api_addr))?;
+    // Tests and scripts read these two lines to find ports chosen by the OS.
+    println!(
+        "router listening on http://{}",
+        router_listener.local_addr()?
+    );
+    println!("api listening on http://{}", api_listener.local_addr()?);
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        functions = executor.deployed(),
+        routes = router.table().len(),
+        pooling = runtime.pooling(),
+        "flare is serving"
+    );
+
+    let api_server =
+        axum::serve(api_listener, flare_api::router(api)).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        served = router.serve(router_listener, shutdown_signal()) => served.context("router failed")?,
+        served = api_server => served.context("API failed")?,
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}

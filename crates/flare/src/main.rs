@@ -1,0 +1,74 @@
+//! `flare`: the server and the CLI in one binary. Each subcommand lives in
+//! its own file under `commands/`; the logic lives in the library crates.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Flare: functions as a service, in one binary.
+///
+/// Start a server with `flare server`, then deploy a WebAssembly function
+/// with `flare fn create --name hello --code hello.wasm` and call it at
+/// http://127.0.0.1:8080/fn/hello.
+#[derive(Parser)]
+#[command(name = "flare", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Flare: router, API, executor and store in one process.
+    Server(commands::server::ServerArgs),
+    /// Create, inspect, test and delete functions.
+    #[command(name = "fn", visible_alias = "function")]
+    Function(commands::function::FunctionArgs),
+    /// Language environments (Python, Node.js, custom) for process functions.
+    #[command(name = "env", visible_alias = "environment")]
+    Environment(commands::environment::EnvironmentArgs),
+    /// Asynchronous invocations (POST /async/fn/{name}) and dead letters.
+    Invocations(commands::invocations::InvocationArgs),
+    /// Run functions for every message on a queue (NATS, Kafka, Redis, MQTT, AMQP).
+    #[command(name = "mqtrigger", visible_alias = "mqt")]
+    MqTrigger(commands::mqtrigger::MqTriggerArgs),
+    /// Run functions on cron schedules.
+    #[command(name = "timetrigger", visible_alias = "tt")]
+    TimeTrigger(commands::timetrigger::TimeTriggerArgs),
+    /// Route HTTP requests to functions.
+    #[command(name = "httptrigger", visible_alias = "ht")]
+    HttpTrigger(commands::httptrigger::HttpTriggerArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => commands::server::run(args).await,
+            Command::Function(args) => commands::function::run(args).await,
+            Command::Environment(args) => commands::environment::run(args).await,
+            Command::HttpTrigger(args) => commands::httptrigger::run(args).await,
+            Command::TimeTrigger(args) => commands::timetrigger::run(args).await,
+            Command::Invocations(args) => commands::invocations::run(args).await,
+            Command::MqTrigger(args) => commands::mqtrigger::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

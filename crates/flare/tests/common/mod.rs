@@ -1,0 +1,187 @@
+//! A real `flare server` on port 0, driven through the CLI and HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn guest(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/guests/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/build-guests.sh",
+        path.display()
+    );
+    path
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub router: String,
+    pub api: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh data dir.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut server = Server::start_in(tmp.path(), &[]);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut server = Server::start_in(tmp.path(), args);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// A server on `data_dir`, which outlives it.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flare"))
+            .args([
+                "server",
+                "--addr",
+                "127.0.0.1:0",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("FLARE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn flare server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut address = |prefix: &str| {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .to_string()
+        };
+        let router = address("router listening on ");
+        let api = address("api listening on ");
+        Server {
+            child: Some(child),
+            router,
+            api,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_flare"))
+            .args(args)
+            .env("FLARE_API", &self.api)
+            .output()
+            .expect("run flare")
+    }
+
+    /// Runs the CLI and insists that it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "flare {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI and insists that it fails; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "flare {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn create(&self, name: &str, guest_name: &str, extra: &[&str]) {
+        let code = guest(guest_name);
+        let mut args = vec![
+            "fn",
+            "create",
+            "--name",
+            name,
+            "--code",
+            code.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        http().get(format!("{}{path}", self.router)).send().unwrap()
+    }
+
+    /// Kills the server without a chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// The `error` object of a Flare JSON error body.
+pub fn error_of(body: &str) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("not a JSON error body ({e}): {body}"));
+    (
+        value["error"]["code"].as_str().unwrap().to_string(),
+        value["error"]["message"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Polls `check` until it returns Some, for at most `limit`.
+pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A source file of tests/functions.
+pub fn function_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/functions")
+        .join(name)
+}

@@ -1,0 +1,878 @@
+//! Message-queue triggers against the real brokers on loopback: NATS
+//! JetStream and Redis Streams (scripts/services.sh starts them).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Server, eventually, function_file};
+
+/// A name no earlier run used: brokers outlive test runs.
+fn unique(prefix: &str) -> String {
+    let n: u32 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n:x}", std::process::id())
+}
+
+fn redis(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `payload` (and `error`) values of a stream, in order.
+fn stream_values(stream: &str, field: &str) -> Vec<String> {
+    let out = redis(&["--raw", "XRANGE", stream, "-", "+"]);
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == field)
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
+fn python_function(server: &Server, name: &str) {
+    server.ok(&[
+        "env",
+        "create",
+        "--name",
+        "python",
+        "--runtime",
+        "python",
+        "--poolsize",
+        "1",
+    ]);
+    let code = function_file("mq.py");
+    server.ok(&[
+        "fn",
+        "create",
+        "--name",
+        name,
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+        "--maxscale",
+        "4",
+    ]);
+}
+
+fn wait_connected(server: &Server, trigger: &str) {
+    eventually(Duration::from_secs(20), || {
+        let view: serde_json::Value =
+            serde_json::from_str(&server.ok(&["mqt", "get", "--name", trigger, "-o", "json"]))
+                .unwrap();
+        (view["status"]["connected"] == true).then_some(())
+    });
+}
+
+#[test]
+fn redis_streams_success_failure_and_order() {
+    let server = Server::start();
+    python_function(&server, "worker");
+    let (input, output, errors) = (unique("in"), unique("out"), unique("err"));
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "rs",
+        "--function",
+        "worker",
+        "--mqtype",
+        "redis",
+        "--topic",
+        &input,
+        "--resptopic",
+        &output,
+        "--errortopic",
+        &errors,
+        "--maxretries",
+        "2",
+        "--ordered",
+    ]);
+    wait_connected(&server, "rs");
+
+    // In order, including a failure in the middle.
+    for i in 0..10 {
+        let payload = if i == 4 {
+            "fail-4".to_string()
+        } else {
+            format!("slow-{i}")
+        };
+        redis(&["XADD", &input, "*", "payload", &payload]);
+    }
+    let out = eventually(Duration::from_secs(30), || {
+        let out = stream_values(&output, "payload");
+        (out.len() == 9).then_some(out)
+    });
+    let expected: Vec<String> = (0..10)
+        .filter(|i| *i != 4)
+        .map(|i| format!("processed:slow-{i}"))
+        .collect();
+    assert_eq!(out, expected, "one at a time, in order");
+    let failed = stream_values(&errors, "payload");
+    assert_eq!(failed, ["fail-4"]);
+    let reason = stream_values(&errors, "error");
+    assert!(
+        reason[0].contains("ValueError: cannot process fail-4"),
+        "{reason:?}"
+    );
+    // 1 try + 2 retries, each leaving a traceback in the log.
+    let logs = eventually(Duration::from_secs(10), || {
+        let logs = server.ok(&[
+            "fn",
+            "logs",
+            "--name",
+            "worker",
+            "--contains",
+            "raise ValueError",
+        ]);
+        (logs.lines().count() >= 3).then_some(logs)
+    });
+    assert_eq!(logs.lines().count(), 3, "{logs}");
+    let headers = server.ok(&["fn", "logs", "--name", "worker", "--contains", "got slow-0"]);
+    assert!(
+        headers.contains("dev.flare.mq.redis"),
+        "CloudEvents type reaches the function: {headers}"
+    );
+    let view: serde_json::Value =
+        serde_json::from_str(&server.ok(&["mqt", "get", "--name", "rs", "-o", "json"])).unwrap();
+    assert_eq!(view["status"]["processed"], 9);
+    assert_eq!(view["status"]["failed"], 1);
+    // Everything acknowledged: nothing pending for the group.
+    let pending = redis(&["XPENDING", &input, "flare-rs"]);
+    assert!(pending.starts_with("0\n"), "{pending}");
+    for key in [&input, &output, &errors] {
+        redis(&["DEL", key]);
+    }
+}
+
+#[test]
+fn redis_kill_9_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[]);
+    python_function(&server, "worker");
+    let (input, output) = (unique("in"), unique("out"));
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "rs",
+        "--function",
+        "worker",
+        "--mqtype",
+        "redis",
+        "--topic",
+        &input,
+        "--resptopic",
+        &output,
+        "--concurrency",
+        "4",
+    ]);
+    wait_connected(&server, "rs");
+    for i in 0..60 {
+        redis(&["XADD", &input, "*", "payload", &format!("slow-{i}")]);
+    }
+    eventually(Duration::from_secs(20), || {
+        (stream_values(&output, "payload").len() >= 5).then_some(())
+    });
+    server.kill9();
+    let done_before = stream_values(&output, "payload").len();
+    assert!(done_before < 60, "killed mid-stream ({done_before} done)");
+
+    let server = Server::start_in(dir.path(), &[]);
+    let out = eventually(Duration::from_secs(60), || {
+        let out = stream_values(&output, "payload");
+        let distinct: std::collections::BTreeSet<String> = out.iter().cloned().collect();
+        (distinct.len() == 60).then_some(distinct)
+    });
+    for i in 0..60 {
+        assert!(
+            out.contains(&format!("processed:slow-{i}")),
+            "message {i} lost"
+        );
+    }
+    drop(server);
+    for key in [&input, &output] {
+        redis(&["DEL", key]);
+    }
+}
+
+#[test]
+fn a_broker_that_is_down_is_reported_and_the_server_goes_on() {
+    let server = Server::start();
+    server.create("hello", "hello_rust", &[]);
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "nowhere",
+        "--function",
+        "hello",
+        "--mqtype",
+        "redis",
+        "--topic",
+        "x",
+        "--broker",
+        "redis://127.0.0.1:1",
+    ]);
+    let status = eventually(Duration::from_secs(10), || {
+        let view: serde_json::Value =
+            serde_json::from_str(&server.ok(&["mqt", "get", "--name", "nowhere", "-o", "json"]))
+                .unwrap();
+        view["status"]["error"].as_str().map(str::to_string)
+    });
+    assert!(status.contains("cannot connect"), "{status}");
+    let table = server.ok(&["mqt", "list"]);
+    assert!(table.contains("disconnected"), "{table}");
+    assert_eq!(server.get("/fn/hello").status(), 200);
+    let err = server.fails(&[
+        "mqt",
+        "create",
+        "--name",
+        "bad",
+        "--function",
+        "hello",
+        "--mqtype",
+        "redis",
+        "--topic",
+        "x",
+        "--broker",
+        "nats://127.0.0.1:4222",
+    ]);
+    assert!(err.contains("must start with redis://"), "{err}");
+    let err = server.fails(&[
+        "mqt",
+        "create",
+        "--name",
+        "loop",
+        "--function",
+        "hello",
+        "--mqtype",
+        "redis",
+        "--topic",
+        "x",
+        "--resptopic",
+        "x",
+    ]);
+    assert!(err.contains("would loop"), "{err}");
+}
+
+#[test]
+fn nats_jetstream_success_failure_and_kill_9() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[]);
+    python_function(&server, "worker");
+    let subject = unique("flare.test.in").replace('-', "_");
+    let (output, errors) = (format!("{subject}.out"), format!("{subject}.err"));
+    let topic = format!("{subject}.in.>");
+    // An output the topic also matches would loop: refused.
+    let err = server.fails(&[
+        "mqt",
+        "create",
+        "--name",
+        "loop",
+        "--function",
+        "worker",
+        "--mqtype",
+        "nats",
+        "--topic",
+        &format!("{subject}.>"),
+        "--resptopic",
+        &output,
+    ]);
+    assert!(err.contains("would loop"), "{err}");
+    let trigger = unique("nt");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &trigger,
+        "--function",
+        "worker",
+        "--mqtype",
+        "nats",
+        "--topic",
+        &topic,
+        "--resptopic",
+        &output,
+        "--errortopic",
+        &errors,
+        "--maxretries",
+        "1",
+        "--concurrency",
+        "4",
+    ]);
+    wait_connected(&server, &trigger);
+
+    let client = runtime
+        .block_on(async_nats::connect("nats://127.0.0.1:4222"))
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut answers = runtime.block_on(client.subscribe(output.clone())).unwrap();
+    let mut dead = runtime.block_on(client.subscribe(errors.clone())).unwrap();
+    runtime.block_on(client.flush()).unwrap();
+    let publish = |i: usize, text: &str| {
+        runtime.block_on(async {
+            js.publish(format!("{subject}.in.k{}", i % 3), text.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        })
+    };
+    publish(0, "hello");
+    publish(1, "fail-now");
+    use futures::StreamExt;
+    let answer = runtime
+        .block_on(tokio::time::timeout(
+            Duration::from_secs(20),
+            answers.next(),
+        ))
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer.payload[..], b"processed:hello");
+    let failure = runtime
+        .block_on(tokio::time::timeout(Duration::from_secs(20), dead.next()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(&failure.payload[..], b"fail-now");
+    let reason = failure
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-flare-error"))
+        .map(|v| v.to_string())
+        .unwrap();
+    assert!(reason.contains("cannot process fail-now"), "{reason}");
+
+    // 40 more, kill -9 part way, restart: every one answered.
+    for i in 0..40 {
+        publish(i, &format!("slow-{i}"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    runtime.block_on(async {
+        while seen.len() < 5 {
+            let m = tokio::time::timeout(Duration::from_secs(20), answers.next())
+                .await
+                .unwrap()
+                .unwrap();
+            seen.insert(String::from_utf8(m.payload.to_vec()).unwrap());
+        }
+    });
+    server.kill9();
+    let server = Server::start_in(dir.path(), &[]);
+    runtime.block_on(async {
+        while seen.len() < 40 {
+            let m = tokio::time::timeout(Duration::from_secs(90), answers.next())
+                .await
+                .expect("all 40 answered")
+                .unwrap();
+            seen.insert(String::from_utf8(m.payload.to_vec()).unwrap());
+        }
+    });
+    for i in 0..40 {
+        assert!(
+            seen.contains(&format!("processed:slow-{i}")),
+            "message {i} lost"
+        );
+    }
+    drop(server);
+    let stream = format!("FLARE_{}", trigger.to_uppercase().replace('-', "_"));
+    let _ = runtime.block_on(js.delete_stream(&stream));
+}
+
+/// Collects what arrives on an MQTT topic, through mosquitto_sub.
+fn mqtt_listen(topic: &str, count: usize) -> std::process::Child {
+    let child = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-C",
+            &count.to_string(),
+            "-W",
+            "90",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    // Give the subscription a moment to reach the broker.
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+fn mqtt_publish(topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-t", topic, "-q", "1", "-m", payload])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+}
+
+fn lines_of(child: std::process::Child) -> Vec<String> {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn mqtt_success_failure_order_and_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[]);
+    python_function(&server, "worker");
+    let base = unique("flare/test").replace('-', "_");
+    let (input, output, errors) = (
+        format!("{base}/in"),
+        format!("{base}/out"),
+        format!("{base}/err"),
+    );
+    let trigger = unique("mq");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &trigger,
+        "--function",
+        "worker",
+        "--mqtype",
+        "mqtt",
+        "--topic",
+        &input,
+        "--resptopic",
+        &output,
+        "--errortopic",
+        &errors,
+        "--maxretries",
+        "1",
+        "--ordered",
+    ]);
+    wait_connected(&server, &trigger);
+
+    let answers = mqtt_listen(&output, 6);
+    let dead = mqtt_listen(&errors, 1);
+    for i in 0..6 {
+        mqtt_publish(&input, &format!("slow-{i}"));
+    }
+    mqtt_publish(&input, "fail-x");
+    let got = lines_of(answers);
+    let expected: Vec<String> = (0..6).map(|i| format!("processed:slow-{i}")).collect();
+    assert_eq!(got, expected, "in order");
+    let failure: serde_json::Value = serde_json::from_str(&lines_of(dead)[0]).unwrap();
+    assert_eq!(failure["payload"], "fail-x");
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot process fail-x"),
+        "{failure}"
+    );
+
+    // Kill -9 while messages are pending; the persistent session keeps them.
+    let answers = mqtt_listen(&output, 30);
+    for i in 0..30 {
+        mqtt_publish(&input, &format!("slow-k{i}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill9();
+    let server = Server::start_in(dir.path(), &[]);
+    let got: std::collections::BTreeSet<String> = lines_of(answers).into_iter().collect();
+    for i in 0..30 {
+        assert!(
+            got.contains(&format!("processed:slow-k{i}")),
+            "message {i} lost: {got:?}"
+        );
+    }
+    drop(server);
+}
+
+#[test]
+fn amqp_success_failure_order_and_kill_9() {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[]);
+    python_function(&server, "worker");
+    let (input, output, errors) = (unique("in"), unique("out"), unique("err"));
+    let trigger = unique("aq");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &trigger,
+        "--function",
+        "worker",
+        "--mqtype",
+        "amqp",
+        "--topic",
+        &input,
+        "--resptopic",
+        &output,
+        "--errortopic",
+        &errors,
+        "--maxretries",
+        "1",
+        "--ordered",
+    ]);
+    wait_connected(&server, &trigger);
+
+    let connection = runtime
+        .block_on(Connection::connect(
+            "amqp://127.0.0.1:5672/%2f",
+            ConnectionProperties::default(),
+        ))
+        .unwrap();
+    let channel = runtime.block_on(connection.create_channel()).unwrap();
+    let publish = |text: &str| {
+        runtime.block_on(async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    input.as_str().into(),
+                    BasicPublishOptions::default(),
+                    text.as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        })
+    };
+    let collect = |queue: &str, count: usize| -> Vec<String> {
+        runtime.block_on(async {
+            channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let mut consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    unique("test").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < count {
+                let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+                    .await
+                    .expect("answers arrive")
+                    .unwrap()
+                    .unwrap();
+                got.push(String::from_utf8(delivery.data.clone()).unwrap());
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+            }
+            got
+        })
+    };
+
+    for i in 0..6 {
+        publish(&format!("slow-{i}"));
+    }
+    publish("fail-x");
+    let expected: Vec<String> = (0..6).map(|i| format!("processed:slow-{i}")).collect();
+    assert_eq!(collect(&output, 6), expected, "in order");
+    let failure: serde_json::Value = serde_json::from_str(&collect(&errors, 1)[0]).unwrap();
+    assert_eq!(failure["payload"], "fail-x");
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot process fail-x"),
+        "{failure}"
+    );
+
+    // Kill -9 mid-queue: RabbitMQ requeues what was not acknowledged.
+    for i in 0..30 {
+        publish(&format!("slow-k{i}"));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    server.kill9();
+    let server = Server::start_in(dir.path(), &[]);
+    let got: std::collections::BTreeSet<String> = collect(&output, 30).into_iter().collect();
+    // Redelivery may repeat a message (at least once); every one is there.
+    let mut got = got;
+    while (0..30).any(|i| !got.contains(&format!("processed:slow-k{i}"))) {
+        got.extend(collect(&output, 1));
+    }
+    drop(server);
+    runtime.block_on(async {
+        for queue in [&input, &output, &errors] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    });
+}
+
+#[test]
+fn kafka_mock_cluster_success_failure_order_and_kill_9() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message as _;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    // librdkafka's built-in mock cluster, listening on loopback.
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    for topic in ["in", "out", "err"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[]);
+    python_function(&server, "worker");
+    let broker = format!("kafka://{brokers}");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "kq",
+        "--function",
+        "worker",
+        "--mqtype",
+        "kafka",
+        "--topic",
+        "in",
+        "--resptopic",
+        "out",
+        "--errortopic",
+        "err",
+        "--maxretries",
+        "1",
+        "--ordered",
+        "--broker",
+        &broker,
+    ]);
+    wait_connected(&server, "kq");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let send = |text: &str| {
+        runtime.block_on(async {
+            producer
+                .send(
+                    FutureRecord::to("in").key("k").payload(text),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        })
+    };
+    let reader = |group: &str, topic: &str| -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        consumer
+    };
+    let read = |consumer: &StreamConsumer, count: usize| -> Vec<String> {
+        runtime.block_on(async {
+            let mut got = Vec::new();
+            while got.len() < count {
+                let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                    .await
+                    .expect("answers arrive")
+                    .unwrap();
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+            got
+        })
+    };
+
+    for i in 0..6 {
+        send(&format!("slow-{i}"));
+    }
+    send("fail-x");
+    let answers = reader("test-out", "out");
+    let expected: Vec<String> = (0..6).map(|i| format!("processed:slow-{i}")).collect();
+    assert_eq!(read(&answers, 6), expected, "in order");
+    let dead = reader("test-err", "err");
+    let failure: serde_json::Value = serde_json::from_str(&read(&dead, 1)[0]).unwrap();
+    assert_eq!(failure["payload"], "fail-x");
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot process fail-x"),
+        "{failure}"
+    );
+
+    // Kill -9 part way: offsets were committed only for finished messages.
+    for i in 0..30 {
+        send(&format!("slow-k{i}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill9();
+    let server = Server::start_in(dir.path(), &[]);
+    let mut got = std::collections::BTreeSet::new();
+    while (0..30).any(|i| !got.contains(&format!("processed:slow-k{i}"))) {
+        got.extend(read(&answers, 1));
+    }
+    drop(server);
+}
+
+#[test]
+fn redis_order_holds_with_concurrent_producers_and_a_broker_outage_is_survived() {
+    // A broker of this test's own, so it can be stopped and started.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let start_broker = || {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server")
+    };
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-p".to_string(), port.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = Command::new("redis-cli").args(&all).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let values = |stream: &str| -> Vec<String> {
+        let out = cli(&["--raw", "XRANGE", stream, "-", "+"]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .windows(2)
+            .filter(|w| w[0] == "payload")
+            .map(|w| w[1].to_string())
+            .collect()
+    };
+    let mut broker = start_broker();
+    eventually(Duration::from_secs(10), || {
+        cli(&["PING"]).contains("PONG").then_some(())
+    });
+
+    let server = Server::start();
+    python_function(&server, "worker");
+    let url = format!("redis://127.0.0.1:{port}");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "own",
+        "--function",
+        "worker",
+        "--mqtype",
+        "redis",
+        "--topic",
+        "in",
+        "--resptopic",
+        "out",
+        "--ordered",
+        "--broker",
+        &url,
+    ]);
+    wait_connected(&server, "own");
+
+    // Two producers at once: the output follows the order the stream got.
+    let producers: Vec<_> = (0..2)
+        .map(|p| {
+            let port = port.to_string();
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    let payload = format!("slow-p{p}-{i}");
+                    let out = Command::new("redis-cli")
+                        .args(["-p", &port, "XADD", "in", "*", "payload", &payload])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success());
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    let arrived = values("in");
+    assert_eq!(arrived.len(), 30);
+    let answered = eventually(Duration::from_secs(30), || {
+        let out = values("out");
+        (out.len() == 30).then_some(out)
+    });
+    let expected: Vec<String> = arrived.iter().map(|p| format!("processed:{p}")).collect();
+    assert_eq!(answered, expected, "the order the stream received");
+
+    // The broker goes away: reported, retried; when it is back, consuming
+    // resumes by itself.
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let error = eventually(Duration::from_secs(20), || {
+        let view: serde_json::Value =
+            serde_json::from_str(&server.ok(&["mqt", "get", "--name", "own", "-o", "json"]))
+                .unwrap();
+        (view["status"]["connected"] == false)
+            .then(|| view["status"]["error"].as_str().unwrap_or("").to_string())
+    });
+    assert!(!error.is_empty());
+    assert_eq!(
+        server.get("/fn/worker").status(),
+        200,
+        "the rest of the server goes on"
+    );
+    let mut broker = start_broker();
+    eventually(Duration::from_secs(10), || {
+        cli(&["PING"]).contains("PONG").then_some(())
+    });
+    wait_connected(&server, "own");
+    cli(&["XADD", "in", "*", "payload", "after-outage"]);
+    eventually(Duration::from_secs(30), || {
+        values("out")
+            .contains(&"processed:after-outage".to_string())
+            .then_some(())
+    });
+    broker.kill().unwrap();
+    let _ = broker.wait();
+}
