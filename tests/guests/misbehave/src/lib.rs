@@ -1,0 +1,131 @@
+//! A function that does what functions should not, chosen by path:
+//!
+//! - `/trap`: panics (a wasm trap)
+//! - `/loop`: spins forever
+//! - `/oom`: allocates until memory runs out
+//! - `/sleep?ms=N`: blocks in a host call for N ms
+//! - `/log?n=N`: writes N lines to stdout and one to stderr
+//! - `/env`: lists the environment it sees
+//! - `/fs`: tries to read the host's files
+//! - `/fetch?url=http://host:port/path`: outbound HTTP GET
+//! - anything else: "ok"
+
+use std::io::{Read as _, Write as _};
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+
+struct Misbehave;
+
+wasip2::http::proxy::export!(Misbehave);
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn respond(out: ResponseOutparam, status: u16, text: &str) {
+    let response = OutgoingResponse::new(Fields::new());
+    let _ = response.set_status_code(status);
+    let Ok(body) = response.body() else { return };
+    ResponseOutparam::set(out, Ok(response));
+    if let Ok(mut stream) = body.write() {
+        let _ = stream.write_all(text.as_bytes());
+        let _ = stream.flush();
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+fn fetch(url: &str) -> Result<String, String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err(format!("unsupported url {url}"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&scheme)).map_err(|_| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|_| "authority")?;
+    request.set_path_with_query(Some(path)).map_err(|_| "path")?;
+    let body = request.body().map_err(|_| "body")?;
+    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+    let future = wasip2::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    future.subscribe().block();
+    let response = future
+        .get()
+        .ok_or("no response")?
+        .map_err(|_| "response already taken")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let mut text = Vec::new();
+    if let Ok(body) = response.consume()
+        && let Ok(mut stream) = body.stream()
+    {
+        let _ = stream.read_to_end(&mut text);
+    }
+    Ok(format!("{status} {}", String::from_utf8_lossy(&text)))
+}
+
+impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path_query = request.path_with_query().unwrap_or_default();
+        let (path, query) = path_query.split_once('?').unwrap_or((&path_query, ""));
+        match path {
+            "/trap" => panic!("misbehave: deliberate panic"),
+            "/loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "/oom" => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hog.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hog);
+                }
+            }
+            "/sleep" => {
+                let ms = query_param(query, "ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                respond(out, 200, "slept");
+            }
+            "/log" => {
+                let n: usize = query_param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(1);
+                for i in 0..n {
+                    println!("line {i}");
+                }
+                eprintln!("to stderr");
+                respond(out, 200, "logged");
+            }
+            "/env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                respond(out, 200, &vars.join("\n"));
+            }
+            "/fs" => {
+                let root = std::fs::read_dir("/").map(|_| "listed /".to_string());
+                let passwd = std::fs::read_to_string("/etc/passwd").map(|_| "read /etc/passwd".to_string());
+                let text = format!("{root:?}\n{passwd:?}");
+                respond(out, 200, &text);
+            }
+            "/fetch" => {
+                let url = query_param(query, "url").unwrap_or("");
+                match fetch(url) {
+                    Ok(text) => respond(out, 200, &text),
+                    Err(e) => respond(out, 502, &format!("fetch failed: {e}")),
+                }
+            }
+            _ => respond(out, 200, "ok"),
+        }
+    }
+}
