@@ -1,0 +1,31 @@
+# Shared by the benchmark scripts: build what is needed and start servers.
+# Source it; it defines start_flare and sets ROOT, FLARE, GUESTS.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FLARE="$ROOT/target/release/flare"
+GUESTS="$ROOT/target/guests/wasm32-wasip2/release"
+
+build_all() {
+  "$ROOT/scripts/build-guests.sh" >/dev/null
+  (cd "$ROOT" && cargo build --release --quiet -p flare)
+}
+
+# start_flare DATA_DIR: starts a server on ephemeral ports; sets FLARE_PID,
+# ROUTER and FLARE_API.
+start_flare() {
+  local data=$1 out
+  out=$(mktemp)
+  FLARE_LOG=warn "$FLARE" server --data-dir "$data" --addr 127.0.0.1:0 --api-addr 127.0.0.1:0 >"$out" &
+  FLARE_PID=$!
+  for _ in $(seq 200); do
+    grep -q '^api listening' "$out" && break
+    sleep 0.05
+  done
+  ROUTER=$(sed -n 's/^router listening on //p' "$out")
+  FLARE_API=$(sed -n 's/^api listening on //p' "$out")
+  export FLARE_API
+  rm -f "$out"
+  [ -n "$FLARE_API" ] || { echo "flare server did not start" >&2; exit 1; }
+}
+
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
