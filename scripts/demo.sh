@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Starts Flare on the embedded store with the example functions deployed:
+#   hello  -> http://127.0.0.1:8080/fn/hello
+#   echo   -> http://127.0.0.1:8080/fn/echo/anything and /greet/{name}
+#   pyhello, jshello -> the same greeting from Python and Node.js workers
+# Ctrl-C stops it. Data lives in target/demo-data (FLARE_DATA_DIR overrides);
+# ports can be changed with FLARE_ADDR and FLARE_API_ADDR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/system-deps.sh
+echo "== building the example functions and flare (release)"
+scripts/build-guests.sh >/dev/null
+cargo build --release --quiet -p flare
+flare=target/release/flare
+guests=target/guests/wasm32-wasip2/release
+
+export FLARE_DATA_DIR="${FLARE_DATA_DIR:-$PWD/target/demo-data}"
+out=$(mktemp)
+"$flare" server >"$out" &
+server=$!
+trap 'kill $server 2>/dev/null; rm -f "$out"' EXIT INT TERM
+
+for _ in $(seq 100); do
+  grep -q '^api listening' "$out" && break
+  kill -0 $server 2>/dev/null || { echo "flare server exited; see above"; exit 1; }
+  sleep 0.1
+done
+router=$(sed -n 's/^router listening on //p' "$out")
+export FLARE_API=$(sed -n 's/^api listening on //p' "$out")
+
+deploy() { # name, code, extra flags...
+  local name=$1 code=$2; shift 2
+  "$flare" fn get --name "$name" >/dev/null 2>&1 || "$flare" fn create --name "$name" --code "$code" "$@" >/dev/null
+}
+deploy hello "$guests/hello_rust.wasm"
+deploy echo "$guests/echo.wasm" --env GREETING="hello from the echo example"
+"$flare" env get --name python >/dev/null 2>&1 || "$flare" env create --name python --runtime python >/dev/null
+"$flare" env get --name node >/dev/null 2>&1 || "$flare" env create --name node --runtime node --poolsize 1 >/dev/null
+deploy pyhello examples/python/hello.py --env python
+deploy jshello examples/node/hello.js --env node
+"$flare" ht get --name greet >/dev/null 2>&1 ||
+  "$flare" ht create --name greet --url '/greet/{name}' --method GET --function echo >/dev/null
+
+cat <<TXT
+
+Flare is running (router $router, API $FLARE_API, data $FLARE_DATA_DIR).
+Try, in another terminal:
+  curl $router/fn/hello
+  curl $router/greet/ada
+  curl "$router/fn/pyhello?name=ada"
+  curl "$router/fn/jshello?name=ada"
+  export FLARE_API=$FLARE_API
+  $flare fn list
+  $flare fn test --name echo --method POST --body '{"a":1}'
+  $flare fn logs --name echo --follow
+Ctrl-C stops the server.
+TXT
+wait $server

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+# Installs what is missing (bubblewrap, python3, node, the wasm32-wasip2
+# target), builds the guest functions,
+# checks formatting and lints, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== system tools (bubblewrap, python3, node)"
+scripts/system-deps.sh
+
+echo "== brokers (NATS JetStream, Redis, Mosquitto, RabbitMQ)"
+scripts/services.sh
+
+echo "== guests (wasm32-wasip2)"
+scripts/build-guests.sh >/dev/null
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --quiet --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+# Summarize: one line a newcomer (and CI) can read at a glance.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt
