@@ -403,6 +403,22 @@ fn environments_are_checked() {
     assert!(err.contains("needs a command"), "{err}");
     let err = server.fails(&["env", "create", "--name", "python", "--runtime", "python"]);
     assert!(err.contains("already exists"), "{err}");
+
+    // Update: a bad value or an unknown environment changes nothing; a good
+    // pool size is put to work.
+    let err = server.fails(&["env", "update", "--name", "python", "--poolsize", "65"]);
+    assert!(err.contains("poolsize 65 is over the limit"), "{err}");
+    let err = server.fails(&["env", "update", "--name", "nope", "--poolsize", "2"]);
+    assert!(err.contains("not found"), "{err}");
+    let env = |server: &Server| -> serde_json::Value {
+        serde_json::from_str(&server.ok(&["env", "get", "--name", "python", "-o", "json"])).unwrap()
+    };
+    assert_eq!(env(&server)["spec"]["poolsize"], 1);
+    server.ok(&["env", "update", "--name", "python", "--poolsize", "3"]);
+    eventually(Duration::from_secs(20), || {
+        let env = env(&server);
+        (env["spec"]["poolsize"] == 3 && env["idle_workers"] == 3).then_some(())
+    });
     create_py(&server, "py", &[]);
     let err = server.fails(&["env", "delete", "--name", "python"]);
     assert!(err.contains("used by function(s) py"), "{err}");
