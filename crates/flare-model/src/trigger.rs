@@ -162,8 +162,9 @@ pub struct MessageQueueTriggerSpec {
     pub errortopic: Option<String>,
     #[serde(default = "default_retries")]
     pub maxretries: u32,
-    /// Messages with the same key (NATS subject, Redis stream) are
-    /// processed one at a time, in order.
+    /// Messages with the same key (NATS subject, Kafka partition, AMQP
+    /// routing key, MQTT topic, Redis stream) are processed one at a time, in
+    /// order; different keys run side by side.
     #[serde(default)]
     pub ordered: bool,
     /// Messages in flight at once (across keys when ordered).

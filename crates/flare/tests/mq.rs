@@ -394,6 +394,113 @@ fn nats_jetstream_success_failure_and_kill_9() {
     let _ = runtime.block_on(js.delete_stream(&stream));
 }
 
+/// `--ordered` on NATS: four producers publish at once, each on its own
+/// subject; every subject's messages are answered in the order they were
+/// published and never overlap, while different subjects do run side by side.
+#[test]
+fn nats_ordered_keeps_each_subject_in_order_and_runs_subjects_side_by_side() {
+    use futures::StreamExt;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let server = Server::start();
+    python_function(&server, "worker");
+    let subject = unique("flare.test.ord").replace('-', "_");
+    let output = format!("{subject}.out");
+    let trigger = unique("no");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &trigger,
+        "--function",
+        "worker",
+        "--mqtype",
+        "nats",
+        "--topic",
+        &format!("{subject}.in.>"),
+        "--resptopic",
+        &output,
+        "--ordered",
+        "--concurrency",
+        "4",
+    ]);
+    wait_connected(&server, &trigger);
+    let client = runtime
+        .block_on(async_nats::connect("nats://127.0.0.1:4222"))
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut answers = runtime.block_on(client.subscribe(output.clone())).unwrap();
+    runtime.block_on(client.flush()).unwrap();
+
+    const PRODUCERS: usize = 4;
+    const EACH: usize = 10;
+    runtime.block_on(async {
+        let producers = (0..PRODUCERS).map(|p| {
+            let js = js.clone();
+            let subject = format!("{subject}.in.k{p}");
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    js.publish(subject.clone(), format!("timed-{p}-{i}").into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+            })
+        });
+        for producer in futures::future::join_all(producers).await {
+            producer.unwrap();
+        }
+    });
+
+    // (producer, sequence, started, ended), in the order answers arrived.
+    let mut runs: Vec<(usize, usize, u64, u64)> = Vec::new();
+    runtime.block_on(async {
+        while runs.len() < PRODUCERS * EACH {
+            let m = tokio::time::timeout(Duration::from_secs(30), answers.next())
+                .await
+                .expect("every message answered")
+                .unwrap();
+            let text = String::from_utf8(m.payload.to_vec()).unwrap();
+            let fields: Vec<&str> = text.split(':').collect();
+            let name: Vec<&str> = fields[1].split('-').collect();
+            runs.push((
+                name[1].parse().unwrap(),
+                name[2].parse().unwrap(),
+                fields[2].parse().unwrap(),
+                fields[3].parse().unwrap(),
+            ));
+        }
+    });
+    for p in 0..PRODUCERS {
+        let mine: Vec<_> = runs.iter().filter(|r| r.0 == p).collect();
+        let order: Vec<usize> = mine.iter().map(|r| r.1).collect();
+        assert_eq!(
+            order,
+            (0..EACH).collect::<Vec<_>>(),
+            "subject k{p} in order"
+        );
+        for pair in mine.windows(2) {
+            assert!(
+                pair[1].2 >= pair[0].3,
+                "k{p}: message {} started before {} ended",
+                pair[1].1,
+                pair[0].1
+            );
+        }
+    }
+    let side_by_side = runs
+        .iter()
+        .any(|a| runs.iter().any(|b| a.0 != b.0 && a.2 < b.3 && b.2 < a.3));
+    assert!(
+        side_by_side,
+        "different subjects never overlapped: {runs:?}"
+    );
+    drop(server);
+    let stream = format!("FLARE_{}", trigger.to_uppercase().replace('-', "_"));
+    let _ = runtime.block_on(js.delete_stream(&stream));
+}
+
 /// Collects what arrives on an MQTT topic, through mosquitto_sub.
 fn mqtt_listen(topic: &str, count: usize) -> std::process::Child {
     let child = Command::new("mosquitto_sub")

@@ -1,19 +1,21 @@
 //! Kafka: a consumer group (`flare-<trigger>`) that commits a message's
 //! offset only after its outcome is produced to the response / error topic,
-//! so a crash replays from the last committed offset. Messages are handled
-//! one at a time in partition order (offsets commit in order), which also
-//! satisfies `ordered` for every partition key. The broker URL is
+//! so a crash replays from the last committed offset. A partition's messages
+//! are handled one at a time in order (so its offsets commit in order, and
+//! `ordered` holds for every partition key); partitions go side by side, up
+//! to `concurrency`. The broker URL is
 //! `kafka://host:port[,host:port...]`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{Context, Message, Outcome, reconnect_delay};
+use super::{Context, Message, Outcome, dispatch, reconnect_delay};
 
 pub(crate) async fn run(context: Arc<Context>) {
     let mut failures = 0u32;
@@ -61,45 +63,62 @@ async fn consume(context: &Context) -> Result<(), String> {
         .subscribe(&[spec.topic.as_str()])
         .map_err(|e| format!("cannot subscribe to {}: {e}", spec.topic))?;
     context.connected();
-    loop {
-        let record = consumer
-            .recv()
+    // Lanes by partition, always ordered: a partition's offsets commit in
+    // order, and partitions run side by side up to `concurrency`.
+    let records = consumer
+        .stream()
+        .map(|next| next.map_err(|e| format!("receiving: {e}")));
+    dispatch(
+        true,
+        spec.concurrency,
+        records,
+        |record| record.partition().to_string(),
+        |record| handle(context, &consumer, &producer, record),
+    )
+    .await
+}
+
+/// Runs one record, produces its outcome, then commits its offset.
+async fn handle(
+    context: &Context,
+    consumer: &StreamConsumer,
+    producer: &FutureProducer,
+    record: BorrowedMessage<'_>,
+) -> Result<(), String> {
+    let spec = &context.spec;
+    let key = record
+        .key()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_else(|| format!("partition-{}", record.partition()));
+    let payload = record.payload().unwrap_or_default().to_vec();
+    let message = Message {
+        key: key.clone(),
+        payload: payload.clone().into(),
+    };
+    let (topic, body) = match context.handle(&message).await {
+        Outcome::Answered(body) => (spec.resptopic.as_ref(), body.to_vec()),
+        Outcome::Failed(error) => (
+            spec.errortopic.as_ref(),
+            serde_json::json!({
+                "topic": spec.topic,
+                "key": key,
+                "payload": String::from_utf8_lossy(&payload),
+                "error": error,
+            })
+            .to_string()
+            .into_bytes(),
+        ),
+    };
+    if let Some(topic) = topic {
+        producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&body),
+                Duration::from_secs(10),
+            )
             .await
-            .map_err(|e| format!("receiving: {e}"))?;
-        let key = record
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_else(|| format!("partition-{}", record.partition()));
-        let payload = record.payload().unwrap_or_default().to_vec();
-        let message = Message {
-            key: key.clone(),
-            payload: payload.clone().into(),
-        };
-        let (topic, body) = match context.handle(&message).await {
-            Outcome::Answered(body) => (spec.resptopic.as_ref(), body.to_vec()),
-            Outcome::Failed(error) => (
-                spec.errortopic.as_ref(),
-                serde_json::json!({
-                    "topic": spec.topic,
-                    "key": key,
-                    "payload": String::from_utf8_lossy(&payload),
-                    "error": error,
-                })
-                .to_string()
-                .into_bytes(),
-            ),
-        };
-        if let Some(topic) = topic {
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&body),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| format!("producing to {topic}: {e}"))?;
-        }
-        consumer
-            .commit_message(&record, CommitMode::Sync)
-            .map_err(|e| format!("committing: {e}"))?;
+            .map_err(|(e, _)| format!("producing to {topic}: {e}"))?;
     }
+    consumer
+        .commit_message(&record, CommitMode::Sync)
+        .map_err(|e| format!("committing: {e}"))
 }

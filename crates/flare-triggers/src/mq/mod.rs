@@ -8,8 +8,10 @@
 //! - a failure (5xx, trap, timeout, function missing) is retried with
 //!   exponential backoff up to `maxretries`; a 4xx is the function refusing
 //!   the message and goes to the error topic at once;
-//! - with `ordered`, messages are handled one at a time in arrival order;
-//!   otherwise up to `concurrency` at once.
+//! - up to `concurrency` messages are handled at once; with `ordered`,
+//!   messages with the same key (NATS subject, AMQP routing key, MQTT topic,
+//!   Kafka partition, Redis stream) are handled one at a time in arrival
+//!   order while different keys go side by side ([`dispatch`]).
 //!
 //! A broker that is down or goes away is reported in the trigger's status
 //! and retried with backoff; the rest of the server is unaffected.
@@ -20,7 +22,8 @@ mod mqtt;
 mod nats;
 mod redis;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +32,7 @@ use chrono::Utc;
 use flare_executor::Executor;
 use flare_model::{ErrorCode, Kind, MessageQueueTriggerSpec, MqKind, Resource};
 use flare_store::{Change, Revision, Store};
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -36,7 +40,8 @@ use tokio::task::JoinHandle;
 
 /// One message as a connector hands it over.
 pub(crate) struct Message {
-    /// The ordering key: NATS subject, Redis stream.
+    /// The ordering key: NATS subject, AMQP routing key, MQTT topic, Kafka
+    /// partition key, Redis stream.
     pub key: String,
     pub payload: Bytes,
 }
@@ -135,6 +140,109 @@ impl Context {
             attempt += 1;
             let backoff = Duration::from_millis(100 << attempt.min(6)).min(Duration::from_secs(5));
             tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// Which messages may run now. At most `limit` messages are held (running
+/// or waiting); with `ordered`, a message whose key already has one running
+/// waits behind it, in arrival order. Holding at most `limit` in all keeps
+/// memory bounded and never runs more than `limit` at once; the price is
+/// that a hot key can fill every slot and make other keys wait, as one slow
+/// partition does in Kafka.
+struct Lanes<T> {
+    ordered: bool,
+    limit: usize,
+    held: usize,
+    /// Keys with a message running, and what waits behind it.
+    busy: HashMap<String, VecDeque<T>>,
+}
+
+impl<T> Lanes<T> {
+    fn new(ordered: bool, limit: u32) -> Self {
+        Lanes {
+            ordered,
+            limit: (limit as usize).max(1),
+            held: 0,
+            busy: HashMap::new(),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.held < self.limit
+    }
+
+    /// Takes a message in; gives it back if it may start now.
+    fn admit(&mut self, key: &str, message: T) -> Option<T> {
+        self.held += 1;
+        if !self.ordered {
+            return Some(message);
+        }
+        match self.busy.get_mut(key) {
+            Some(waiting) => {
+                waiting.push_back(message);
+                None
+            }
+            None => {
+                self.busy.insert(key.to_string(), VecDeque::new());
+                Some(message)
+            }
+        }
+    }
+
+    /// A message of `key` is done; gives the next one of that key, if any.
+    fn finish(&mut self, key: &str) -> Option<T> {
+        self.held = self.held.saturating_sub(1);
+        if !self.ordered {
+            return None;
+        }
+        let next = self.busy.get_mut(key)?.pop_front();
+        if next.is_none() {
+            self.busy.remove(key);
+        }
+        next
+    }
+}
+
+/// A connector's consume loop: takes messages from `incoming` while there is
+/// room (see [`Lanes`]) and runs `handle` on each. `handle` records the
+/// outcome and acknowledges; its error (the connection is gone) ends the
+/// loop so the connector reconnects, and what was not acknowledged is
+/// redelivered.
+pub(crate) async fn dispatch<T, F>(
+    ordered: bool,
+    concurrency: u32,
+    mut incoming: impl Stream<Item = Result<T, String>> + Unpin,
+    key: impl Fn(&T) -> String,
+    handle: impl Fn(T) -> F,
+) -> Result<(), String>
+where
+    F: Future<Output = Result<(), String>>,
+{
+    let mut lanes = Lanes::new(ordered, concurrency);
+    let mut running = FuturesUnordered::new();
+    let start = |key: String, message: T| {
+        let handled = handle(message);
+        async move { (key, handled.await) }
+    };
+    loop {
+        tokio::select! {
+            next = incoming.next(), if lanes.has_room() => {
+                let Some(message) = next else {
+                    return Err("the consumer ended".into());
+                };
+                let message = message?;
+                let key = key(&message);
+                if let Some(message) = lanes.admit(&key, message) {
+                    running.push(start(key, message));
+                }
+            }
+            Some((key, handled)) = running.next(), if !running.is_empty() => {
+                handled?;
+                if let Some(message) = lanes.finish(&key) {
+                    running.push(start(key, message));
+                }
+            }
         }
     }
 }
@@ -240,5 +348,47 @@ impl MqTriggers {
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lanes;
+
+    #[test]
+    fn unordered_lanes_start_everything_up_to_the_limit() {
+        let mut lanes = Lanes::new(false, 2);
+        assert_eq!(lanes.admit("a", 1), Some(1));
+        assert_eq!(lanes.admit("a", 2), Some(2));
+        assert!(!lanes.has_room());
+        assert_eq!(lanes.finish("a"), None);
+        assert!(lanes.has_room());
+    }
+
+    #[test]
+    fn ordered_lanes_serialize_a_key_and_run_keys_side_by_side() {
+        let mut lanes = Lanes::new(true, 4);
+        assert_eq!(lanes.admit("a", 1), Some(1));
+        assert_eq!(lanes.admit("b", 2), Some(2), "another key runs at once");
+        assert_eq!(lanes.admit("a", 3), None, "waits behind 1");
+        assert_eq!(lanes.admit("a", 4), None, "waits behind 3");
+        assert!(
+            !lanes.has_room(),
+            "waiting messages count against the limit"
+        );
+        assert_eq!(lanes.finish("a"), Some(3));
+        assert_eq!(lanes.finish("b"), None);
+        assert_eq!(lanes.finish("a"), Some(4));
+        assert_eq!(lanes.finish("a"), None);
+        // The key is free again: its next message starts at once.
+        assert_eq!(lanes.admit("a", 5), Some(5));
+    }
+
+    #[test]
+    fn a_zero_limit_still_lets_one_message_through() {
+        let mut lanes = Lanes::new(true, 0);
+        assert!(lanes.has_room());
+        assert_eq!(lanes.admit("a", 1), Some(1));
+        assert!(!lanes.has_room());
     }
 }

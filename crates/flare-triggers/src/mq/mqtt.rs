@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::{Semaphore, mpsc};
 
-use super::{Context, Message, Outcome, reconnect_delay};
+use super::{Context, Message, Outcome, dispatch, reconnect_delay};
 
 pub(crate) async fn run(context: Arc<Context>) {
     let mut failures = 0u32;
@@ -83,46 +83,46 @@ async fn consume(context: &Arc<Context>) -> Result<(), String> {
         .subscribe(spec.topic.clone(), QoS::AtLeastOnce)
         .await
         .map_err(|e| e.to_string())?;
-    // Ordered: one worker takes messages in arrival order. Otherwise each
-    // message runs in its own task, `concurrency` at once.
-    let (ordered_tx, mut ordered_rx) = mpsc::unbounded_channel::<rumqttc::Publish>();
-    if spec.ordered {
+    // The event loop must keep polling (it answers pings and takes acks
+    // out), so messages go to a dispatcher task. The broker bounds what
+    // reaches it: QoS 1 messages stay in flight until acknowledged.
+    let (incoming, messages) = futures::channel::mpsc::unbounded::<rumqttc::Publish>();
+    let dispatcher = {
         let (context, client) = (context.clone(), client.clone());
         tokio::spawn(async move {
-            while let Some(publish) = ordered_rx.recv().await {
-                if let Err(e) = handle(&context, &client, publish).await {
-                    tracing::warn!("mq trigger {}: {e}", context.name);
-                }
-            }
-        });
-    }
-    let slots = Arc::new(Semaphore::new(spec.concurrency as usize));
-    loop {
-        let event = events
-            .poll()
+            let (context, client) = (&context, &client);
+            dispatch(
+                context.spec.ordered,
+                context.spec.concurrency,
+                messages.map(Ok),
+                |publish| publish.topic.clone(),
+                move |publish| async move {
+                    if let Err(e) = handle(context, client, publish).await {
+                        // The session is going away; the broker redelivers.
+                        tracing::warn!("mq trigger {}: {e}", context.name);
+                    }
+                    Ok(())
+                },
+            )
             .await
-            .map_err(|e| format!("connection to {}: {e}", spec.broker_url()))?;
-        match event {
-            Event::Incoming(Packet::SubAck(_)) => context.connected(),
-            Event::Incoming(Packet::Publish(publish)) => {
-                if spec.ordered {
-                    let _ = ordered_tx.send(publish);
-                } else {
-                    let permit = slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let (context, client) = (context.clone(), client.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(&context, &client, publish).await {
-                            tracing::warn!("mq trigger {}: {e}", context.name);
-                        }
-                        drop(permit);
-                    });
-                }
+        })
+    };
+    let polled = async {
+        loop {
+            let event = events
+                .poll()
+                .await
+                .map_err(|e| format!("connection to {}: {e}", spec.broker_url()))?;
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => context.connected(),
+                Event::Incoming(Packet::Publish(publish)) => incoming
+                    .unbounded_send(publish)
+                    .map_err(|e| e.to_string())?,
+                _ => {}
             }
-            _ => {}
         }
     }
+    .await;
+    dispatcher.abort();
+    polled
 }

@@ -2,15 +2,20 @@
 //! on the stream that holds the topic (created as `FLARE_<TRIGGER>` when no
 //! stream does). Answers are published to the response / error subjects;
 //! then the message is acknowledged. Unacknowledged messages are redelivered
-//! by JetStream after the ack wait.
+//! by JetStream after the ack wait. With `ordered`, messages of one subject
+//! run one at a time and different subjects side by side.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 
-use super::{Context, Message, Outcome, reconnect_delay};
+use super::{Context, Message, Outcome, dispatch, reconnect_delay};
+
+/// How long JetStream waits for an ack before redelivering; a message being
+/// worked on is kept alive with progress acks (see [`handle`]).
+const ACK_WAIT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(context: Arc<Context>) {
     let mut failures = 0u32;
@@ -55,56 +60,78 @@ async fn consume(context: &Context) -> Result<(), String> {
                 durable_name: Some(durable.clone()),
                 filter_subject: spec.topic.clone(),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(60),
-                max_ack_pending: if spec.ordered {
-                    1
-                } else {
-                    i64::from(spec.concurrency)
-                },
+                ack_wait: ACK_WAIT,
+                max_ack_pending: i64::from(spec.concurrency),
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| format!("cannot create consumer: {e}"))?;
-    let mut messages = consumer
+    let messages = consumer
         .messages()
         .await
-        .map_err(|e| format!("cannot consume: {e}"))?;
+        .map_err(|e| format!("cannot consume: {e}"))?
+        .map(|next| next.map_err(|e| format!("receiving: {e}")));
     context.connected();
-    let limit = if spec.ordered {
-        1
-    } else {
-        spec.concurrency as usize
+    dispatch(
+        spec.ordered,
+        spec.concurrency,
+        messages,
+        |message| message.subject.to_string(),
+        |message| handle(context, &client, message),
+    )
+    .await
+}
+
+/// Runs one message, publishes its outcome, then acknowledges it. While the
+/// function runs, a progress ack every `ACK_WAIT / 3` keeps JetStream from
+/// redelivering a message that is still being worked on, however long the
+/// function's timeout.
+async fn handle(
+    context: &Context,
+    client: &async_nats::Client,
+    message: jetstream::Message,
+) -> Result<(), String> {
+    let spec = &context.spec;
+    let input = Message {
+        key: message.subject.to_string(),
+        payload: message.payload.clone(),
     };
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    loop {
+    let handled = context.handle(&input);
+    tokio::pin!(handled);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + ACK_WAIT / 3, ACK_WAIT / 3);
+    let outcome = loop {
         tokio::select! {
-            next = messages.next(), if in_flight.len() < limit => {
-                let Some(next) = next else { return Err("the consumer ended".into()) };
-                let message = next.map_err(|e| format!("receiving: {e}"))?;
-                let client = client.clone();
-                in_flight.push(async move {
-                    let input = Message { key: message.subject.to_string(), payload: message.payload.clone() };
-                    let outcome = context.handle(&input).await;
-                    let published = match (&outcome, &spec.resptopic, &spec.errortopic) {
-                        (Outcome::Answered(body), Some(topic), _) => client.publish(topic.clone(), body.clone()).await.map_err(|e| e.to_string()),
-                        (Outcome::Failed(error), _, Some(topic)) => {
-                            let mut headers = async_nats::HeaderMap::new();
-                            headers.insert("x-flare-error", error.as_str());
-                            headers.insert("x-flare-source-subject", message.subject.as_str());
-                            client.publish_with_headers(topic.clone(), headers, message.payload.clone()).await.map_err(|e| e.to_string())
-                        }
-                        _ => Ok(()),
-                    };
-                    published?;
-                    // The ack travels on the same connection after the
-                    // publish: if the server has the ack, it has the answer.
-                    message.ack().await.map_err(|e| format!("acknowledging: {e}"))
-                });
-            }
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                done.map_err(|e| format!("publishing an outcome: {e}"))?;
+            outcome = &mut handled => break outcome,
+            _ = heartbeat.tick() => {
+                message
+                    .ack_with(AckKind::Progress)
+                    .await
+                    .map_err(|e| format!("extending the ack wait: {e}"))?;
             }
         }
+    };
+    match (&outcome, &spec.resptopic, &spec.errortopic) {
+        (Outcome::Answered(body), Some(topic), _) => client
+            .publish(topic.clone(), body.clone())
+            .await
+            .map_err(|e| format!("publishing the answer: {e}"))?,
+        (Outcome::Failed(error), _, Some(topic)) => {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("x-flare-error", error.as_str());
+            headers.insert("x-flare-source-subject", message.subject.as_str());
+            client
+                .publish_with_headers(topic.clone(), headers, message.payload.clone())
+                .await
+                .map_err(|e| format!("publishing the failure: {e}"))?
+        }
+        _ => {}
     }
+    // The ack travels on the same connection after the publish: if the
+    // server has the ack, it has the answer.
+    message
+        .ack()
+        .await
+        .map_err(|e| format!("acknowledging: {e}"))
 }

@@ -48,10 +48,12 @@ enum MqTriggerCommand {
         errortopic: Option<String>,
         #[arg(long, default_value_t = 3)]
         maxretries: u32,
-        /// Handle messages one at a time, in order.
+        /// Handle messages with the same key (NATS subject, Kafka partition,
+        /// AMQP routing key, MQTT topic, Redis stream) one at a time, in
+        /// order; different keys still run side by side.
         #[arg(long)]
         ordered: bool,
-        /// Messages in flight at once (unordered).
+        /// Messages in flight at once (across keys when ordered).
         #[arg(long, default_value_t = 8)]
         concurrency: u32,
         /// Broker URL. [default: nats://127.0.0.1:4222, redis://127.0.0.1:6379,
