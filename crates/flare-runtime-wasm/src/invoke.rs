@@ -64,6 +64,11 @@ fn classify(error: &wasmtime::Error, limits: &Limits) -> InvokeError {
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
         return InvokeError::Timeout(humantime::format_duration(limits.timeout).to_string());
     }
+    if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        // Every pool slot is taken (--max-instances): a moment's wait will
+        // do, so the caller gets 503 with Retry-After, not a 500.
+        return InvokeError::Instantiate(format!("no free instance slot: {full}"));
+    }
     let message = format!("{error:#}");
     if message.contains("forcing trap when growing memory") {
         return InvokeError::OutOfMemory(limits.memory_mb);

@@ -49,8 +49,14 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+fn fixture_with(configure: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = WasmRuntime::new(RuntimeConfig::new(dir.path().join("cache"))).unwrap();
+    let mut config = RuntimeConfig::new(dir.path().join("cache"));
+    configure(&mut config);
+    let runtime = WasmRuntime::new(config).unwrap();
     let store = flare_store::SqliteStore::open(dir.path()).unwrap();
     let (logs, log_reader) = flare_store::logs::start(store.path()).unwrap();
     Fixture {
@@ -119,6 +125,48 @@ impl Fixture {
             .map(|e| e.record.line)
             .collect()
     }
+}
+
+/// A pool too large to reserve (more address space than the machine has)
+/// is not fatal: the runtime allocates instances on demand instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_cannot_be_reserved_falls_back_to_on_demand() {
+    let f = fixture_with(|config| config.pool_instances = 50_000_000);
+    assert!(!f.runtime.pooling(), "the pool cannot have been reserved");
+    let hello = f.prepare("hello_rust");
+    let (status, body) = f.call(&hello, "/", Limits::default()).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "Hello from Flare!\n"));
+    // Asked for explicitly, the same pool is an error, not a silent fallback.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RuntimeConfig::new(dir.path().join("cache"));
+    config.pool_instances = 50_000_000;
+    config.pooling = Some(true);
+    let error = WasmRuntime::new(config).err().expect("refused");
+    assert!(error.to_string().contains("pooling allocator"), "{error}");
+}
+
+/// With every pool slot busy, another request is told so (the executor
+/// answers 503 with Retry-After) and the next one after a slot frees works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_refuses_clearly_and_recovers() {
+    let f = fixture_with(|config| config.pool_instances = 1);
+    assert!(f.runtime.pooling());
+    let guest = f.prepare("misbehave");
+    let (slow, busy) = tokio::join!(f.call(&guest, "/sleep?ms=500", Limits::default()), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        f.call(&guest, "/env", Limits::default()).await
+    });
+    assert_eq!(slow.unwrap().0, 200);
+    match busy {
+        Err(InvokeError::Instantiate(message)) => {
+            assert!(message.contains("no free instance slot"), "{message}")
+        }
+        other => panic!("expected a full pool, got {other:?}"),
+    }
+    assert_eq!(
+        f.call(&guest, "/env", Limits::default()).await.unwrap().0,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
