@@ -49,6 +49,26 @@ def fork_bomb():
     return {"children": children, "stopped_by": None}
 
 
+def cpu_share(seconds):
+    """Two processes spin for `seconds` of wall time; returns the CPU time
+    they got. Unlimited on two free cores that is twice the wall time; under
+    a quota of one core it is at most the wall time."""
+    started = time.monotonic()
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            while time.monotonic() - started < seconds:
+                pass
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    wall = time.monotonic() - started
+    t = os.times()
+    return {"wall": wall, "cpu": t.children_user + t.children_system}
+
+
 def main(req):
     path = req.path.split("?")[0]
     if path == "/":
@@ -75,6 +95,8 @@ def main(req):
             hog.append(bytearray(16 << 20))
     if path == "/forkbomb":
         return fork_bomb()
+    if path == "/cpu":
+        return cpu_share(float(req.query.get("s", "1")))
     if path == "/walls":
         return walls(req)
     return ("no such probe", 404)

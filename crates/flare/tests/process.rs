@@ -593,6 +593,17 @@ fn sandbox_walls_hold_from_inside_a_function() {
         "{report}"
     );
 
+    // Two spinning processes share the worker's CPU quota of one core:
+    // together they get no more CPU time than wall time (unlimited, on this
+    // two-core machine, they would get about twice as much).
+    let share: serde_json::Value = server.get("/fn/py/cpu?s=1").json().unwrap();
+    let (cpu, wall) = (
+        share["cpu"].as_f64().unwrap(),
+        share["wall"].as_f64().unwrap(),
+    );
+    assert!(wall >= 1.0, "{share}");
+    assert!(cpu / wall < 1.25, "more than one core: {share}");
+
     // A fork bomb stops at the pids limit, and the server stays healthy.
     let bomb: serde_json::Value = server.get("/fn/py/forkbomb").json().unwrap();
     assert_eq!(bomb["stopped_by"], "BlockingIOError", "{bomb}");
