@@ -394,6 +394,53 @@ fn nats_jetstream_success_failure_and_kill_9() {
     let _ = runtime.block_on(js.delete_stream(&stream));
 }
 
+/// Checks answers to `timed-{producer}-{sequence}` messages (see mq.py),
+/// each producer publishing on its own key: every producer's messages were
+/// answered once each, in the order sent, and never ran at the same time.
+/// Returns whether messages of different producers ran side by side.
+fn check_keyed_order(answers: &[String], producers: usize, each: usize) -> bool {
+    // (producer, sequence, started, ended), in the order answers arrived.
+    let runs: Vec<(usize, usize, u64, u64)> = answers
+        .iter()
+        .map(|text| {
+            let fields: Vec<&str> = text.split(':').collect();
+            let name: Vec<&str> = fields[1].split('-').collect();
+            (
+                name[1].parse().unwrap(),
+                name[2].parse().unwrap(),
+                fields[2].parse().unwrap(),
+                fields[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    for p in 0..producers {
+        let mine: Vec<_> = runs.iter().filter(|r| r.0 == p).collect();
+        let order: Vec<usize> = mine.iter().map(|r| r.1).collect();
+        assert_eq!(order, (0..each).collect::<Vec<_>>(), "key k{p} in order");
+        for pair in mine.windows(2) {
+            assert!(
+                pair[1].2 >= pair[0].3,
+                "k{p}: message {} started before {} ended",
+                pair[1].1,
+                pair[0].1
+            );
+        }
+    }
+    runs.iter()
+        .any(|a| runs.iter().any(|b| a.0 != b.0 && a.2 < b.3 && b.2 < a.3))
+}
+
+/// Runs `publish(producer, sequence)` from `producers` threads at once,
+/// each publishing its `each` messages in sequence.
+fn publish_concurrently(producers: usize, each: usize, publish: impl Fn(usize, usize) + Sync) {
+    std::thread::scope(|scope| {
+        for p in 0..producers {
+            let publish = &publish;
+            scope.spawn(move || (0..each).for_each(|i| publish(p, i)));
+        }
+    });
+}
+
 /// `--ordered` on NATS: four producers publish at once, each on its own
 /// subject; every subject's messages are answered in the order they were
 /// published and never overlap, while different subjects do run side by side.
@@ -453,49 +500,18 @@ fn nats_ordered_keeps_each_subject_in_order_and_runs_subjects_side_by_side() {
         }
     });
 
-    // (producer, sequence, started, ended), in the order answers arrived.
-    let mut runs: Vec<(usize, usize, u64, u64)> = Vec::new();
+    let mut answered = Vec::new();
     runtime.block_on(async {
-        while runs.len() < PRODUCERS * EACH {
+        while answered.len() < PRODUCERS * EACH {
             let m = tokio::time::timeout(Duration::from_secs(30), answers.next())
                 .await
                 .expect("every message answered")
                 .unwrap();
-            let text = String::from_utf8(m.payload.to_vec()).unwrap();
-            let fields: Vec<&str> = text.split(':').collect();
-            let name: Vec<&str> = fields[1].split('-').collect();
-            runs.push((
-                name[1].parse().unwrap(),
-                name[2].parse().unwrap(),
-                fields[2].parse().unwrap(),
-                fields[3].parse().unwrap(),
-            ));
+            answered.push(String::from_utf8(m.payload.to_vec()).unwrap());
         }
     });
-    for p in 0..PRODUCERS {
-        let mine: Vec<_> = runs.iter().filter(|r| r.0 == p).collect();
-        let order: Vec<usize> = mine.iter().map(|r| r.1).collect();
-        assert_eq!(
-            order,
-            (0..EACH).collect::<Vec<_>>(),
-            "subject k{p} in order"
-        );
-        for pair in mine.windows(2) {
-            assert!(
-                pair[1].2 >= pair[0].3,
-                "k{p}: message {} started before {} ended",
-                pair[1].1,
-                pair[0].1
-            );
-        }
-    }
-    let side_by_side = runs
-        .iter()
-        .any(|a| runs.iter().any(|b| a.0 != b.0 && a.2 < b.3 && b.2 < a.3));
-    assert!(
-        side_by_side,
-        "different subjects never overlapped: {runs:?}"
-    );
+    let keys_overlapped = check_keyed_order(&answered, PRODUCERS, EACH);
+    assert!(keys_overlapped, "different subjects never overlapped");
     drop(server);
     let stream = format!("FLARE_{}", trigger.to_uppercase().replace('-', "_"));
     let _ = runtime.block_on(js.delete_stream(&stream));
@@ -563,7 +579,7 @@ fn mqtt_success_failure_order_and_kill_9() {
         "--mqtype",
         "mqtt",
         "--topic",
-        &input,
+        &format!("{input}/+"),
         "--resptopic",
         &output,
         "--errortopic",
@@ -574,12 +590,13 @@ fn mqtt_success_failure_order_and_kill_9() {
     ]);
     wait_connected(&server, &trigger);
 
+    let one = format!("{input}/a");
     let answers = mqtt_listen(&output, 6);
     let dead = mqtt_listen(&errors, 1);
     for i in 0..6 {
-        mqtt_publish(&input, &format!("slow-{i}"));
+        mqtt_publish(&one, &format!("slow-{i}"));
     }
-    mqtt_publish(&input, "fail-x");
+    mqtt_publish(&one, "fail-x");
     let got = lines_of(answers);
     let expected: Vec<String> = (0..6).map(|i| format!("processed:slow-{i}")).collect();
     assert_eq!(got, expected, "in order");
@@ -593,10 +610,19 @@ fn mqtt_success_failure_order_and_kill_9() {
         "{failure}"
     );
 
+    // Concurrent producers, one topic each: every topic in order, and
+    // different topics side by side.
+    let answers = mqtt_listen(&output, 3 * 8);
+    publish_concurrently(3, 8, |p, i| {
+        mqtt_publish(&format!("{input}/k{p}"), &format!("timed-{p}-{i}"))
+    });
+    let keys_overlapped = check_keyed_order(&lines_of(answers), 3, 8);
+    assert!(keys_overlapped, "different topics never overlapped");
+
     // Kill -9 while messages are pending; the persistent session keeps them.
     let answers = mqtt_listen(&output, 30);
     for i in 0..30 {
-        mqtt_publish(&input, &format!("slow-k{i}"));
+        mqtt_publish(&one, &format!("slow-k{i}"));
     }
     std::thread::sleep(Duration::from_millis(500));
     server.kill9();
@@ -615,11 +641,11 @@ fn mqtt_success_failure_order_and_kill_9() {
 fn amqp_success_failure_order_and_kill_9() {
     use futures::StreamExt;
     use lapin::options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions,
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     };
     use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _context = runtime.enter();
@@ -724,6 +750,49 @@ fn amqp_success_failure_order_and_kill_9() {
         "{failure}"
     );
 
+    // Concurrent producers through a topic exchange, one routing key each:
+    // every key in order, and different keys side by side.
+    let exchange = format!("{input}-x");
+    runtime.block_on(async {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                input.as_str().into(),
+                exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    });
+    publish_concurrently(3, 8, |p, i| {
+        runtime.block_on(async {
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    format!("k{p}").as_str().into(),
+                    BasicPublishOptions::default(),
+                    format!("timed-{p}-{i}").as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        })
+    });
+    let keys_overlapped = check_keyed_order(&collect(&output, 3 * 8), 3, 8);
+    assert!(keys_overlapped, "different routing keys never overlapped");
+
     // Kill -9 mid-queue: RabbitMQ requeues what was not acknowledged.
     for i in 0..30 {
         publish(&format!("slow-k{i}"));
@@ -739,6 +808,9 @@ fn amqp_success_failure_order_and_kill_9() {
     }
     drop(server);
     runtime.block_on(async {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
         for queue in [&input, &output, &errors] {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -760,7 +832,8 @@ fn kafka_mock_cluster_success_failure_order_and_kill_9() {
     // librdkafka's built-in mock cluster, listening on loopback.
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    for topic in ["in", "out", "err"] {
+    cluster.create_topic("in", 3, 1).unwrap();
+    for topic in ["out", "err"] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
@@ -847,6 +920,27 @@ fn kafka_mock_cluster_success_failure_order_and_kill_9() {
             .contains("cannot process fail-x"),
         "{failure}"
     );
+
+    // Concurrent producers, one partition each: every partition in order,
+    // and partitions side by side.
+    publish_concurrently(3, 8, |p, i| {
+        let text = format!("timed-{p}-{i}");
+        runtime.block_on(async {
+            producer
+                .send(
+                    FutureRecord::to("in")
+                        .key(&format!("k{p}"))
+                        .partition(p as i32)
+                        .payload(&text),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        })
+    });
+    let keys_overlapped = check_keyed_order(&read(&answers, 3 * 8), 3, 8);
+    assert!(keys_overlapped, "different partitions never overlapped");
 
     // Kill -9 part way: offsets were committed only for finished messages.
     for i in 0..30 {
