@@ -2,7 +2,8 @@
 # Source it; it defines start_flare and sets ROOT, FLARE, GUESTS.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-FLARE="$ROOT/target/release/flare"
+# FLARE=/path/to/flare compares another build (e.g. an older commit).
+FLARE="${FLARE:-$ROOT/target/release/flare}"
 GUESTS="$ROOT/target/guests/wasm32-wasip2/release"
 
 build_all() {

@@ -22,3 +22,4 @@ done
 echo "NATS JetStream -> trigger (concurrency $CONCURRENCY) -> wasm hello -> response subject, $N messages:"
 "$ROOT/target/release/examples/mq_bench" "$subject" "bench.$$.out" "$N"
 "$FLARE" mqt delete --name bench$$ >/dev/null
+"$ROOT/target/release/examples/mq_bench" --cleanup

@@ -3,6 +3,8 @@
 //! bench/mq-throughput.sh against a Flare server with a NATS trigger).
 //!
 //!   mq_bench SUBJECT RESPONSE_SUBJECT N
+//!
+//!   mq_bench --cleanup      (after the trigger is gone: drop its stream)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -12,6 +14,9 @@ use futures::StreamExt;
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--cleanup") {
+        return cleanup().await;
+    }
     let (subject, response, n) = (&args[1], &args[2], args[3].parse::<usize>().unwrap());
     let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
@@ -56,4 +61,19 @@ async fn main() {
         elapsed.as_secs_f64(),
         received as f64 / elapsed.as_secs_f64()
     );
+}
+
+/// Deletes the streams Flare created for benchmark triggers, so repeated
+/// runs do not pile up messages in JetStream.
+async fn cleanup() {
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|name| async move { name.ok() })
+        .collect()
+        .await;
+    for name in names.iter().filter(|n| n.starts_with("FLARE_BENCH")) {
+        js.delete_stream(name).await.unwrap();
+    }
 }
