@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::host::Host;
 
@@ -82,6 +82,11 @@ fn base_config() -> Config {
     config
 }
 
+/// Bytes of a freed linear memory / table reset in place rather than
+/// decommitted (see `pooling_config`).
+const KEEP_RESIDENT_MEMORY: usize = 4 << 20;
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+
 fn pooling_config(settings: &RuntimeConfig) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(settings.pool_instances)
@@ -91,7 +96,15 @@ fn pooling_config(settings: &RuntimeConfig) -> PoolingAllocationConfig {
         .max_memory_size(settings.max_memory_bytes)
         .max_memories_per_component(4)
         .max_tables_per_component(8)
-        .max_core_instances_per_component(32);
+        .max_core_instances_per_component(32)
+        // Resetting a slot with madvise makes the kernel flush the TLB of
+        // every core (an IPI each): a quarter of the CPU at 10k requests/s.
+        // Instead, reset the pages the guest dirtied in place: PAGEMAP_SCAN
+        // (Linux >= 6.7) finds them, up to these many bytes per memory and
+        // table; anything beyond is still given back with madvise.
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_TABLE);
     pool
 }
 

@@ -127,6 +127,19 @@ impl Fixture {
     }
 }
 
+/// Pool slots are reused, and reset in place where the guest dirtied them
+/// (see `pooling_config`): no request sees another's globals or memory,
+/// neither below nor beyond the part reset in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_starts_from_clean_memory() {
+    let f = fixture_with(|config| config.pool_instances = 2);
+    let guest = f.prepare("misbehave");
+    for _ in 0..20 {
+        let (status, body) = f.call(&guest, "/state", Limits::default()).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "calls=1 dirty=0"));
+    }
+}
+
 /// A pool too large to reserve (more address space than the machine has)
 /// is not fatal: the runtime allocates instances on demand instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,13 @@
 //! - `/env`: lists the environment it sees
 //! - `/fs`: tries to read the host's files
 //! - `/fetch?url=http://host:port/path`: outbound HTTP GET
+//! - `/state`: counts its calls in a global and marks an 8 MiB global
+//!   array; a fresh instance answers "calls=1 dirty=0" (nothing left over
+//!   from an earlier request in the same pool slot)
 //! - anything else: "ok"
 
 use std::io::{Read as _, Write as _};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
@@ -18,6 +22,20 @@ use wasip2::http::types::{
 };
 
 struct Misbehave;
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+/// 8 MiB of zero-initialized memory: larger than what the runtime resets in
+/// place, so both the in-place reset and the decommit are checked.
+static BIG: [AtomicU8; 8 << 20] = [const { AtomicU8::new(0) }; 8 << 20];
+
+fn state() -> String {
+    let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let dirty = (0..BIG.len())
+        .step_by(64 << 10)
+        .filter(|&i| BIG[i].swap(1, Ordering::Relaxed) != 0)
+        .count();
+    format!("calls={calls} dirty={dirty}")
+}
 
 wasip2::http::proxy::export!(Misbehave);
 
@@ -88,6 +106,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            "/state" => respond(out, 200, &state()),
             "/oom" => {
                 let mut hog: Vec<Vec<u8>> = Vec::new();
                 loop {
