@@ -1,13 +1,16 @@
 //! MQTT 3.1.1: a persistent session (client id `flare-<trigger>`, clean
 //! session off) subscribed at QoS 1 with manual acknowledgements: the
 //! broker redelivers what was not acknowledged when the session resumes.
-//! Answers are published at QoS 1; the PUBACK of the input goes after.
+//! Answers are published at QoS 1; the PUBACK of the input goes after, and
+//! PUBACKs leave in the order the messages arrived ([`AcksInOrder`]).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::Mutex;
 
 use super::{Context, Message, Outcome, dispatch, reconnect_delay};
 
@@ -36,11 +39,43 @@ fn endpoint(url: &str) -> Result<(String, u16), String> {
     }
 }
 
-async fn handle(
-    context: &Context,
-    client: &AsyncClient,
-    publish: rumqttc::Publish,
-) -> Result<(), String> {
+/// MQTT 3.1.1 wants PUBACKs in the order the PUBLISHes arrived
+/// [MQTT-4.6.0-2], but messages that run side by side finish in any order:
+/// a finished message is acknowledged once every earlier one is.
+#[derive(Default)]
+struct AcksInOrder {
+    /// Packet ids in arrival order, with the message once it is finished.
+    pending: VecDeque<(u16, Option<Publish>)>,
+}
+
+impl AcksInOrder {
+    fn arrived(&mut self, publish: &Publish) {
+        if publish.qos != QoS::AtMostOnce {
+            self.pending.push_back((publish.pkid, None));
+        }
+    }
+
+    /// Records `publish` as finished; returns what may be acknowledged now.
+    fn finished(&mut self, publish: Publish) -> Vec<Publish> {
+        if let Some(slot) = self
+            .pending
+            .iter_mut()
+            .find(|(pkid, done)| *pkid == publish.pkid && done.is_none())
+        {
+            slot.1 = Some(publish);
+        }
+        let mut ready = Vec::new();
+        while let Some((_, Some(_))) = self.pending.front() {
+            if let Some((_, Some(publish))) = self.pending.pop_front() {
+                ready.push(publish);
+            }
+        }
+        ready
+    }
+}
+
+/// Runs one message, publishes its outcome; the caller acknowledges.
+async fn handle(context: &Context, client: &AsyncClient, publish: &Publish) -> Result<(), String> {
     let spec = &context.spec;
     let message = Message {
         key: publish.topic.clone(),
@@ -68,7 +103,7 @@ async fn handle(
         }
         _ => {}
     }
-    client.ack(&publish).await.map_err(|e| e.to_string())
+    Ok(())
 }
 
 async fn consume(context: &Arc<Context>) -> Result<(), String> {
@@ -86,20 +121,29 @@ async fn consume(context: &Arc<Context>) -> Result<(), String> {
     // The event loop must keep polling (it answers pings and takes acks
     // out), so messages go to a dispatcher task. The broker bounds what
     // reaches it: QoS 1 messages stay in flight until acknowledged.
-    let (incoming, messages) = futures::channel::mpsc::unbounded::<rumqttc::Publish>();
+    let (incoming, messages) = futures::channel::mpsc::unbounded::<Publish>();
+    let acks = Arc::new(Mutex::new(AcksInOrder::default()));
     let dispatcher = {
-        let (context, client) = (context.clone(), client.clone());
+        let (context, client, acks) = (context.clone(), client.clone(), acks.clone());
         tokio::spawn(async move {
-            let (context, client) = (&context, &client);
+            let (context, client, acks) = (&context, &client, &acks);
             dispatch(
                 context.spec.ordered,
                 context.spec.concurrency,
                 messages.map(Ok),
                 |publish| publish.topic.clone(),
                 move |publish| async move {
-                    if let Err(e) = handle(context, client, publish).await {
+                    if let Err(e) = handle(context, client, &publish).await {
                         // The session is going away; the broker redelivers.
                         tracing::warn!("mq trigger {}: {e}", context.name);
+                        return Ok(());
+                    }
+                    // The lock is held while acking, so acks leave in order.
+                    let mut acks = acks.lock().await;
+                    for publish in acks.finished(publish) {
+                        if let Err(e) = client.ack(&publish).await {
+                            tracing::warn!("mq trigger {}: acknowledging: {e}", context.name);
+                        }
                     }
                     Ok(())
                 },
@@ -115,9 +159,12 @@ async fn consume(context: &Arc<Context>) -> Result<(), String> {
                 .map_err(|e| format!("connection to {}: {e}", spec.broker_url()))?;
             match event {
                 Event::Incoming(Packet::SubAck(_)) => context.connected(),
-                Event::Incoming(Packet::Publish(publish)) => incoming
-                    .unbounded_send(publish)
-                    .map_err(|e| e.to_string())?,
+                Event::Incoming(Packet::Publish(publish)) => {
+                    acks.lock().await.arrived(&publish);
+                    incoming
+                        .unbounded_send(publish)
+                        .map_err(|e| e.to_string())?
+                }
                 _ => {}
             }
         }
@@ -125,4 +172,44 @@ async fn consume(context: &Arc<Context>) -> Result<(), String> {
     .await;
     dispatcher.abort();
     polled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(pkid: u16) -> Publish {
+        let mut publish = Publish::new("t", QoS::AtLeastOnce, vec![]);
+        publish.pkid = pkid;
+        publish
+    }
+
+    fn pkids(ready: Vec<Publish>) -> Vec<u16> {
+        ready.iter().map(|p| p.pkid).collect()
+    }
+
+    #[test]
+    fn acks_leave_in_arrival_order() {
+        let mut acks = AcksInOrder::default();
+        for pkid in [1, 2, 3] {
+            acks.arrived(&publish(pkid));
+        }
+        assert!(acks.finished(publish(2)).is_empty(), "1 is still running");
+        assert!(acks.finished(publish(3)).is_empty());
+        assert_eq!(pkids(acks.finished(publish(1))), [1, 2, 3]);
+        acks.arrived(&publish(1));
+        assert_eq!(
+            pkids(acks.finished(publish(1))),
+            [1],
+            "packet ids are reused"
+        );
+    }
+
+    #[test]
+    fn qos_0_messages_need_no_ack() {
+        let mut acks = AcksInOrder::default();
+        acks.arrived(&Publish::new("t", QoS::AtMostOnce, vec![]));
+        acks.arrived(&publish(7));
+        assert_eq!(pkids(acks.finished(publish(7))), [7]);
+    }
 }
