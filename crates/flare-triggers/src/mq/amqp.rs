@@ -15,20 +15,10 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-use super::{Context, Message, Outcome, dispatch, reconnect_delay};
+use super::{Context, Message, Outcome, dispatch};
 
-pub(crate) async fn run(context: Arc<Context>) {
-    let mut failures = 0u32;
-    loop {
-        if let Err(e) = consume(&context).await {
-            context.disconnected(e);
-            tokio::time::sleep(reconnect_delay(failures)).await;
-            failures += 1;
-        }
-    }
-}
-
-async fn consume(context: &Context) -> Result<(), String> {
+pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
+    let context: &Context = &context;
     let spec = &context.spec;
     let connection = Connection::connect(spec.broker_url(), ConnectionProperties::default())
         .await

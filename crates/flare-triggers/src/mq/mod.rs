@@ -247,9 +247,32 @@ where
     }
 }
 
-/// Backoff between reconnections.
-pub(crate) fn reconnect_delay(failures: u32) -> Duration {
-    Duration::from_millis(200 << failures.min(5)).min(Duration::from_secs(5))
+/// A session that lasted this long was healthy: the next reconnection
+/// starts again from the shortest delay.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Keeps a connector consuming: each failure is reported (`flare mqt get`,
+/// the log) and followed by a reconnection after a backoff that grows while
+/// attempts keep failing.
+async fn keep_consuming<F, Fut>(context: Arc<Context>, consume: F)
+where
+    F: Fn(Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let started = tokio::time::Instant::now();
+        let Err(error) = consume(context.clone()).await else {
+            return;
+        };
+        context.disconnected(error);
+        if started.elapsed() >= HEALTHY_SESSION {
+            failures = 0;
+        }
+        let backoff = Duration::from_millis(200 << failures.min(5)).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff).await;
+        failures += 1;
+    }
 }
 
 /// The message-queue component: one connector task per trigger.
@@ -289,11 +312,11 @@ impl MqTriggers {
         });
         context.report(|s| *s = MqStatus::default());
         let task = match context.spec.mqtype {
-            MqKind::Nats => tokio::spawn(nats::run(context)),
-            MqKind::Redis => tokio::spawn(redis::run(context)),
-            MqKind::Mqtt => tokio::spawn(mqtt::run(context)),
-            MqKind::Amqp => tokio::spawn(amqp::run(context)),
-            MqKind::Kafka => tokio::spawn(kafka::run(context)),
+            MqKind::Nats => tokio::spawn(keep_consuming(context, nats::consume)),
+            MqKind::Redis => tokio::spawn(keep_consuming(context, redis::consume)),
+            MqKind::Mqtt => tokio::spawn(keep_consuming(context, mqtt::consume)),
+            MqKind::Amqp => tokio::spawn(keep_consuming(context, amqp::consume)),
+            MqKind::Kafka => tokio::spawn(keep_consuming(context, kafka::consume)),
         };
         Some((generation, task))
     }

@@ -12,18 +12,7 @@ use futures::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::Mutex;
 
-use super::{Context, Message, Outcome, dispatch, reconnect_delay};
-
-pub(crate) async fn run(context: Arc<Context>) {
-    let mut failures = 0u32;
-    loop {
-        if let Err(e) = consume(&context).await {
-            context.disconnected(e);
-            tokio::time::sleep(reconnect_delay(failures)).await;
-            failures += 1;
-        }
-    }
-}
+use super::{Context, Message, Outcome, dispatch};
 
 fn endpoint(url: &str) -> Result<(String, u16), String> {
     let rest = url
@@ -106,7 +95,7 @@ async fn handle(context: &Context, client: &AsyncClient, publish: &Publish) -> R
     Ok(())
 }
 
-async fn consume(context: &Arc<Context>) -> Result<(), String> {
+pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let spec = &context.spec;
     let (host, port) = endpoint(spec.broker_url())?;
     let mut options = MqttOptions::new(format!("flare-{}", context.name), host, port);

@@ -11,27 +11,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 
-use super::{Context, Message, Outcome, dispatch, reconnect_delay};
+use super::{Context, Message, Outcome, dispatch};
 
 /// How long JetStream waits for an ack before redelivering; a message being
 /// worked on is kept alive with progress acks (see [`handle`]).
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
-pub(crate) async fn run(context: Arc<Context>) {
-    let mut failures = 0u32;
-    loop {
-        match consume(&context).await {
-            Ok(()) => return,
-            Err(e) => {
-                context.disconnected(e);
-                tokio::time::sleep(reconnect_delay(failures)).await;
-                failures += 1;
-            }
-        }
-    }
-}
-
-async fn consume(context: &Context) -> Result<(), String> {
+pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
+    let context: &Context = &context;
     let spec = &context.spec;
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))

@@ -11,23 +11,10 @@ use bytes::Bytes;
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 
-use super::{Context, Message, Outcome, reconnect_delay};
+use super::{Context, Message, Outcome};
 
-pub(crate) async fn run(context: Arc<Context>) {
-    let mut failures = 0u32;
-    loop {
-        match consume(&context).await {
-            Ok(()) => return,
-            Err(e) => {
-                context.disconnected(e);
-                tokio::time::sleep(reconnect_delay(failures)).await;
-                failures += 1;
-            }
-        }
-    }
-}
-
-async fn consume(context: &Context) -> Result<(), String> {
+pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
+    let context: &Context = &context;
     let spec = &context.spec;
     let client = redis::Client::open(spec.broker_url()).map_err(|e| e.to_string())?;
     let mut conn = client
