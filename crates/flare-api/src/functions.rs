@@ -9,7 +9,8 @@ use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use flare_executor::{DeploymentStatus, INVOCATION_HEADER};
 use flare_model::{
-    Document, Error, FunctionSpec, Kind, PackageRef, Resource, Result, RuntimeKind, validate_name,
+    Document, Error, ErrorCode, FunctionSpec, Kind, PackageRef, Resource, Result, RuntimeKind,
+    validate_name,
 };
 use flare_store::Staged;
 use futures::TryStreamExt;
@@ -103,10 +104,7 @@ async fn read_multipart(
             "the first multipart part must be \"spec\" (the function document)",
         ));
     }
-    let bytes = spec_field
-        .bytes()
-        .await
-        .map_err(|e| Error::invalid(e.body_text()))?;
+    let bytes = read_part(spec_field, MAX_SPEC_BYTES, "spec").await?;
     let doc = parse_spec(&bytes)?;
     validate_name("function name", &doc.metadata.name)?;
     check_name(&doc.metadata.name)?;
@@ -120,6 +118,37 @@ async fn read_multipart(
         None => None,
     };
     Ok((doc, staged))
+}
+
+/// Largest function document, as a JSON body or a multipart `spec` part.
+const MAX_SPEC_BYTES: usize = 2 << 20;
+
+fn spec_too_large(what: &str) -> Error {
+    Error::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the {what} is larger than the limit of {MAX_SPEC_BYTES} bytes"),
+    )
+}
+
+/// A multipart part, refused (413) as soon as it passes `limit`: nothing
+/// past the limit is buffered.
+async fn read_part(
+    mut field: axum::extract::multipart::Field<'_>,
+    limit: usize,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| Error::invalid(e.body_text()))?
+    {
+        if bytes.len() + chunk.len() > limit {
+            return Err(spec_too_large(&format!("\"{name}\" part")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// Bytes read and thrown away after refusing an upload, so the client can
@@ -196,9 +225,18 @@ async fn read_submission(
         }
         read?
     } else {
-        let bytes = axum::body::to_bytes(request.into_body(), 2 << 20)
+        use http_body_util::BodyExt;
+        let bytes = http_body_util::Limited::new(request.into_body(), MAX_SPEC_BYTES)
+            .collect()
             .await
-            .map_err(|e| Error::invalid(format!("cannot read body: {e}")))?;
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    spec_too_large("function document")
+                } else {
+                    Error::invalid(format!("cannot read body: {e}"))
+                }
+            })?
+            .to_bytes();
         let doc = parse_spec(&bytes)?;
         validate_name("function name", &doc.metadata.name)?;
         check_name(&doc.metadata.name)?;

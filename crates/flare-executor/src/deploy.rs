@@ -55,6 +55,9 @@ pub struct DeploymentStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub in_flight: usize,
+    /// Requests waiting in the function's queue for a permit.
+    #[serde(default)]
+    pub queued: u64,
     pub max_concurrency: u32,
     /// process functions: specialized instances, busy ones, ones starting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +122,10 @@ impl Executor {
                 error: None,
                 in_flight: permits_for(&deployment.spec)
                     .saturating_sub(ready.permits.available_permits()),
+                queued: self
+                    .metrics_for(name)
+                    .queued
+                    .load(std::sync::atomic::Ordering::Acquire),
                 max_concurrency: max,
                 instances: match &ready.backend {
                     Backend::Wasm(_) => None,
@@ -137,6 +144,7 @@ impl Executor {
                 ready: false,
                 error: Some(reason.clone()),
                 in_flight: 0,
+                queued: 0,
                 max_concurrency: max,
                 instances: None,
             },

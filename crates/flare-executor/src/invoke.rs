@@ -8,7 +8,7 @@ use bytes::Bytes;
 use flare_model::{Error, ErrorCode};
 use flare_runtime_process::ProcessError;
 use flare_runtime_wasm::{Call, InvokeError, ResponseBody, full_body};
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, HeaderValue, Request, Response};
 
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
@@ -37,38 +37,97 @@ impl Invoked {
     }
 }
 
-fn failure(error: InvokeError, function: &str, invocation: &str) -> Error {
-    let code = match error {
-        InvokeError::Timeout(_) => ErrorCode::Timeout,
-        InvokeError::Instantiate(_) => ErrorCode::Unavailable,
-        InvokeError::OutOfMemory(_)
-        | InvokeError::Trap(_)
-        | InvokeError::NoResponse
-        | InvokeError::Guest(_) => ErrorCode::FunctionFailed,
-    };
-    Error::new(
+/// The caller's error for a failed invocation: the code, a generic message
+/// and the invocation id. What the function itself said (an exception's
+/// text, a trap's backtrace) is the owner's: it goes in `detail`, which
+/// triggers record and HTTP callers never see, and in the function's log.
+fn failure(
+    code: ErrorCode,
+    what: &str,
+    detail: Option<String>,
+    function: &str,
+    invocation: &str,
+) -> Error {
+    let error = Error::new(
         code,
         format!(
-            "function \"{function}\": {error} (invocation {invocation}; see `flare fn logs --name {function} --invocation {invocation}`)"
+            "function \"{function}\" {what} (invocation {invocation}; see `flare fn logs --name {function} --invocation {invocation}`)"
         ),
-    )
+    );
+    match detail {
+        Some(detail) => error.with_detail(detail),
+        None => error,
+    }
+}
+
+fn wasm_failure(error: InvokeError, function: &str, invocation: &str) -> Error {
+    let (code, what, detail) = match error {
+        InvokeError::Timeout(ref t) => (
+            ErrorCode::Timeout,
+            format!("did not finish within its timeout of {t}"),
+            None,
+        ),
+        InvokeError::Instantiate(_) => (
+            ErrorCode::Unavailable,
+            "could not be started; retry later".to_string(),
+            Some(error.to_string()),
+        ),
+        InvokeError::OutOfMemory(mb) => (
+            ErrorCode::FunctionFailed,
+            format!("exceeded its memory limit of {mb} MiB"),
+            None,
+        ),
+        InvokeError::Trap(_) => (
+            ErrorCode::FunctionFailed,
+            "trapped".to_string(),
+            Some(error.to_string()),
+        ),
+        InvokeError::NoResponse => (
+            ErrorCode::FunctionFailed,
+            "returned without sending a response".to_string(),
+            None,
+        ),
+        InvokeError::Guest(_) => (
+            ErrorCode::FunctionFailed,
+            "failed".to_string(),
+            Some(error.to_string()),
+        ),
+    };
+    failure(code, &what, detail, function, invocation)
 }
 
 fn process_failure(error: ProcessError, function: &str, invocation: &str) -> Error {
-    let code = match error {
-        ProcessError::Timeout(_) => ErrorCode::Timeout,
-        ProcessError::Saturated(_) => ErrorCode::Unavailable,
-        ProcessError::OutOfMemory(_)
-        | ProcessError::Function(_)
-        | ProcessError::Crashed(_)
-        | ProcessError::Start(_) => ErrorCode::FunctionFailed,
-    };
-    Error::new(
-        code,
-        format!(
-            "function \"{function}\": {error} (invocation {invocation}; see `flare fn logs --name {function} --invocation {invocation}`)"
+    let (code, what, detail) = match error {
+        ProcessError::Timeout(ref t) => (
+            ErrorCode::Timeout,
+            format!("did not finish within its timeout of {t}"),
+            None,
         ),
-    )
+        ProcessError::OutOfMemory(mb) => (
+            ErrorCode::FunctionFailed,
+            format!("exceeded its memory limit of {mb} MiB and was killed"),
+            None,
+        ),
+        ProcessError::Function(ref message) => (
+            ErrorCode::FunctionFailed,
+            "raised an error".to_string(),
+            Some(message.clone()),
+        ),
+        ProcessError::Crashed(ref why) => {
+            (ErrorCode::FunctionFailed, format!("crashed: {why}"), None)
+        }
+        ProcessError::Start(ref why) => (
+            ErrorCode::FunctionFailed,
+            "could not be started".to_string(),
+            Some(why.clone()),
+        ),
+        ProcessError::BadResponse(ref why) | ProcessError::Protocol(ref why) => (
+            ErrorCode::BadGateway,
+            format!("sent an invalid response: {why}"),
+            None,
+        ),
+    };
+    failure(code, &what, detail, function, invocation)
 }
 
 fn status_of(result: &Result<Response<ResponseBody>, Error>) -> u16 {
@@ -78,23 +137,94 @@ fn status_of(result: &Result<Response<ResponseBody>, Error>) -> u16 {
     }
 }
 
-/// Adds the invocation id and `Server-Timing: fn;dur=<ms>`: how long the
-/// function took to answer (specialization included on a cold start), so
-/// callers can tell the function's time from the platform's.
-fn annotate(
+/// Headers that frame the message on the wire. The router frames bodies
+/// itself; a function setting these could desynchronize a keep-alive
+/// connection (a `content-length: 0` with a body poisons the next response).
+const FRAMING: [HeaderName; 8] = [
+    CONTENT_LENGTH,
+    TRANSFER_ENCODING,
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    UPGRADE,
+    TE,
+    TRAILER,
+    HeaderName::from_static("proxy-connection"),
+];
+use flare_model::{MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS};
+
+/// The one check of what a function answered, for every runtime: a status
+/// in 200-599, headers within [`MAX_RESPONSE_HEADERS`] and
+/// [`MAX_RESPONSE_HEADER_BYTES`], framing headers removed. Then adds the
+/// invocation id and `Server-Timing: fn;dur=<ms>` (how long the function
+/// took to answer, specialization included on a cold start), so callers
+/// can tell the function's time from the platform's.
+fn checked(
     mut response: Response<ResponseBody>,
     started: Instant,
     invocation: &str,
-) -> Response<ResponseBody> {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+) -> Result<Response<ResponseBody>, String> {
+    let status = response.status().as_u16();
+    if !(200..=599).contains(&status) {
+        return Err(format!("status {status} is outside 200-599"));
+    }
     let headers = response.headers_mut();
+    for name in &FRAMING {
+        headers.remove(name);
+    }
+    if headers.len() > MAX_RESPONSE_HEADERS {
+        return Err(format!(
+            "{} headers, more than the limit of {MAX_RESPONSE_HEADERS}",
+            headers.len()
+        ));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if bytes > MAX_RESPONSE_HEADER_BYTES {
+        return Err(format!(
+            "{bytes} bytes of headers, more than the limit of {MAX_RESPONSE_HEADER_BYTES}"
+        ));
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
     if let Ok(value) = HeaderValue::from_str(&format!("fn;dur={ms:.3}")) {
         headers.append(SERVER_TIMING, value);
     }
     if let Ok(value) = HeaderValue::from_str(invocation) {
         headers.insert(INVOCATION_HEADER, value);
     }
-    response
+    Ok(response)
+}
+
+/// [`checked`], turning a refusal into the caller's 502 and a `system`
+/// line in the function's log.
+fn deliver(
+    executor: &Executor,
+    response: Response<ResponseBody>,
+    started: Instant,
+    function: &str,
+    invocation: &str,
+) -> Result<Response<ResponseBody>, Error> {
+    checked(response, started, invocation).map_err(|why| {
+        executor.system_log(function, invocation, format!("invalid response: {why}"));
+        failure(
+            ErrorCode::BadGateway,
+            &format!("sent an invalid response: {why}"),
+            None,
+            function,
+            invocation,
+        )
+    })
+}
+
+/// Counts a request waiting in a function's queue for as long as it waits,
+/// however the wait ends (a caller that goes away included).
+struct Queued<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Executor {
@@ -108,7 +238,23 @@ impl Executor {
         format!("{millis:011x}{:08x}{n:08x}", self.invocation_prefix).into()
     }
 
+    /// Writes one `system` line to a function's log.
+    pub(crate) fn system_log(&self, function: &str, invocation: &str, line: String) {
+        self.logs.send(flare_model::LogRecord {
+            ts_us: flare_model::now_us(),
+            function: function.to_string(),
+            invocation: invocation.to_string(),
+            stream: flare_model::LogStream::System,
+            line,
+        });
+    }
+
     /// Runs `request` through the function `name`.
+    ///
+    /// The body is read before a concurrency permit is taken, so a slow
+    /// uploader holds a connection, never a function's capacity. Every
+    /// count taken here (queue position, permit) is released by a guard,
+    /// so a caller that goes away mid-request leaks nothing.
     pub async fn invoke<B>(&self, name: &str, request: Request<B>) -> Invoked
     where
         B: http_body::Body<Data = Bytes>,
@@ -128,44 +274,6 @@ impl Executor {
         };
         let limits = deployment.spec.limits;
         let metrics = self.metrics_for(name);
-        let permit = match ready.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Saturated: wait in the bounded queue if there is room.
-                let queue = u64::from(limits.queue);
-                let refuse = |why: String| {
-                    metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                    Invoked::refused(Error::new(ErrorCode::Unavailable, why))
-                };
-                if queue == 0 {
-                    return refuse(format!(
-                        "function \"{name}\" is at its concurrency limit of {}; retry later",
-                        crate::deploy::permits_for(&deployment.spec)
-                    ));
-                }
-                if metrics.queued.fetch_add(1, Ordering::AcqRel) >= queue {
-                    metrics.queued.fetch_sub(1, Ordering::AcqRel);
-                    return refuse(format!(
-                        "function \"{name}\" is at capacity and its queue of {queue} is full; retry later"
-                    ));
-                }
-                let waited = tokio::time::timeout(
-                    limits.queue_timeout,
-                    ready.permits.clone().acquire_owned(),
-                )
-                .await;
-                metrics.queued.fetch_sub(1, Ordering::AcqRel);
-                match waited {
-                    Ok(Ok(permit)) => permit,
-                    _ => {
-                        return refuse(format!(
-                            "function \"{name}\" stayed at capacity for the queue timeout of {}; retry later",
-                            humantime::format_duration(limits.queue_timeout)
-                        ));
-                    }
-                }
-            }
-        };
 
         let too_large = || {
             Error::new(
@@ -195,6 +303,47 @@ impl Executor {
                 return Invoked::refused(Error::invalid(format!("cannot read request body: {e}")));
             }
         };
+
+        let permit = match ready.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Saturated: wait in the bounded queue if there is room.
+                let queue = u64::from(limits.queue);
+                let refuse = |why: String| {
+                    metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                    Invoked::refused(Error::new(ErrorCode::Unavailable, why))
+                };
+                if queue == 0 {
+                    return refuse(format!(
+                        "function \"{name}\" is at its concurrency limit of {}; retry later",
+                        crate::deploy::permits_for(&deployment.spec)
+                    ));
+                }
+                let position = metrics.queued.fetch_add(1, Ordering::AcqRel);
+                let queued = Queued(&metrics.queued);
+                if position >= queue {
+                    return refuse(format!(
+                        "function \"{name}\" is at capacity and its queue of {queue} is full; retry later"
+                    ));
+                }
+                let waited = tokio::time::timeout(
+                    limits.queue_timeout,
+                    ready.permits.clone().acquire_owned(),
+                )
+                .await;
+                drop(queued);
+                match waited {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        return refuse(format!(
+                            "function \"{name}\" stayed at capacity for the queue timeout of {}; retry later",
+                            humantime::format_duration(limits.queue_timeout)
+                        ));
+                    }
+                }
+            }
+        };
+
         // wasi:http needs an authority; HTTP/1.0 clients may send none.
         if !parts.headers.contains_key(HOST) && parts.uri.authority().is_none() {
             parts
@@ -205,39 +354,36 @@ impl Executor {
         let invocation = self.next_invocation_id();
         let request = Request::from_parts(parts, body);
         let started = Instant::now();
-        let prepared = match &ready.backend {
-            Backend::Wasm(prepared) => prepared,
+        let result = match &ready.backend {
             Backend::Process(function) => {
                 let result = self
                     .process
-                    .invoke(function, invocation.clone(), request)
-                    .await
-                    .map(|response| annotate(response.map(full_body), started, &invocation))
-                    .map_err(|e| process_failure(e, name, &invocation));
-                drop(permit);
-                metrics.record(status_of(&result), started.elapsed());
-                return Invoked {
-                    invocation: Some(invocation),
-                    result,
+                    .invoke(function, invocation.clone(), request, Box::new(permit))
+                    .await;
+                match result {
+                    Ok(response) => {
+                        deliver(self, response.map(full_body), started, name, &invocation)
+                    }
+                    Err(e) => Err(process_failure(e, name, &invocation)),
+                }
+            }
+            Backend::Wasm(prepared) => {
+                let call = Call {
+                    function: deployment.name.clone(),
+                    invocation: invocation.clone(),
+                    request,
+                    limits,
+                    env: ready.env.clone(),
+                    allowed_hosts: ready.allowed_hosts.clone(),
+                    logs: self.logs.clone(),
+                    guard: Some(Box::new(permit)),
                 };
+                match self.runtime.invoke(prepared, call).await {
+                    Ok(response) => deliver(self, response, started, name, &invocation),
+                    Err(e) => Err(wasm_failure(e, name, &invocation)),
+                }
             }
         };
-        let call = Call {
-            function: deployment.name.clone(),
-            invocation: invocation.clone(),
-            request,
-            limits,
-            env: ready.env.clone(),
-            allowed_hosts: ready.allowed_hosts.clone(),
-            logs: self.logs.clone(),
-            guard: Some(Box::new(permit)),
-        };
-        let result = self
-            .runtime
-            .invoke(prepared, call)
-            .await
-            .map(|response| annotate(response, started, &invocation))
-            .map_err(|e| failure(e, name, &invocation));
         metrics.record(status_of(&result), started.elapsed());
         Invoked {
             invocation: Some(invocation),

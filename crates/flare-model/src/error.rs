@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Timeout,
     /// The function trapped, ran out of memory or answered nothing (500).
     FunctionFailed,
+    /// The function answered something that is not a valid HTTP response:
+    /// a status outside 200-599, headers past the limits (502).
+    BadGateway,
     /// A bug or an environment failure on Flare's side (500).
     Internal,
 }
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::BadGateway => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::FunctionFailed | ErrorCode::Internal => 500,
@@ -54,6 +58,7 @@ impl ErrorCode {
             405 => ErrorCode::MethodNotAllowed,
             409 => ErrorCode::Conflict,
             413 => ErrorCode::PayloadTooLarge,
+            502 => ErrorCode::BadGateway,
             429 | 503 => ErrorCode::Unavailable,
             504 => ErrorCode::Timeout,
             _ => ErrorCode::Internal,
@@ -62,11 +67,17 @@ impl ErrorCode {
 }
 
 /// An error with a code and a message meant for the user.
+///
+/// `detail` is what only the function's owner may see (an exception's
+/// text, a trap's backtrace): it is never serialized, so it never reaches
+/// an HTTP caller; triggers put it in error topics and invocation records.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{message}")]
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(skip)]
+    pub detail: Option<String>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -81,6 +92,22 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// Adds what only the function's owner may see (see [`Error`]).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The message with its detail, for the owner's channels (error
+    /// topics, invocation records), never for an HTTP caller.
+    pub fn owner_message(&self) -> String {
+        match &self.detail {
+            Some(detail) => format!("{}: {detail}", self.message),
+            None => self.message.clone(),
         }
     }
 
@@ -155,6 +182,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::Conflict,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::BadGateway,
             ErrorCode::Unavailable,
             ErrorCode::Timeout,
             ErrorCode::Internal,
@@ -178,10 +206,19 @@ mod tests {
     }
 
     #[test]
+    fn detail_never_reaches_the_json_body() {
+        let err = Error::new(ErrorCode::FunctionFailed, "function \"f\" raised an error")
+            .with_detail("ValueError: secret");
+        assert!(!err.to_json().contains("secret"), "{}", err.to_json());
+        assert!(!err.to_string().contains("secret"));
+        assert!(err.owner_message().contains("ValueError: secret"));
+    }
+
+    #[test]
     fn non_json_body_keeps_status_and_text() {
-        let err = Error::from_response(502, b"bad gateway");
+        let err = Error::from_response(500, b"bad gateway");
         assert_eq!(err.code, ErrorCode::Internal);
-        assert!(err.message.contains("502"), "{}", err.message);
+        assert!(err.message.contains("500"), "{}", err.message);
         assert!(err.message.contains("bad gateway"), "{}", err.message);
     }
 }

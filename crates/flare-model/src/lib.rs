@@ -13,6 +13,7 @@
 //! on create and update); inner layers trust what they read back.
 
 mod cron;
+pub mod egress;
 mod environment;
 mod error;
 mod function;
@@ -23,11 +24,20 @@ mod resource;
 mod trigger;
 
 pub use cron::{Cron, parse_timezone};
+pub use egress::EgressPolicy;
 pub use environment::{EnvironmentRuntime, EnvironmentSpec};
 pub use error::{Error, ErrorCode, Result};
 pub use function::{FunctionSpec, KeepAlive, Limits, PackageRef, RuntimeKind};
-pub use logs::{LogEntry, LogRecord, LogStream, now_us};
+pub use logs::{
+    INVOCATION_LOG_BUDGET, LineSplitter, LogEntry, LogRecord, LogStream, MAX_LOG_LINE, now_us,
+    printable, split_long_line,
+};
 pub use name::validate_name;
 pub use pattern::{PathPattern, Segment};
 pub use resource::{API_VERSION, DEFAULT_NAMESPACE, Document, Kind, Metadata, Resource, Spec};
 pub use trigger::{HttpTriggerSpec, MessageQueueTriggerSpec, MqKind, TimerTriggerSpec};
+
+/// Most headers a function's response may carry, and their total size in
+/// bytes (names and values); past either the caller gets a 502.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 << 10;

@@ -36,6 +36,36 @@ pub struct PathPattern {
 /// Path prefixes the router serves itself; triggers may not take them.
 const RESERVED_PREFIXES: [&str; 2] = ["fn", "async"];
 
+/// A literal segment must be something a request path can hold (RFC 3986
+/// `pchar`): a space, CR/LF, NUL or unencoded non-ASCII could never match
+/// and would corrupt listings. Percent-encoded text is fine.
+fn check_literal(part: &str) -> std::result::Result<(), String> {
+    let bytes = part.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let ok = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return Err(format!(
+                    "segment {part:?} has a '%' that does not start a percent-encoded byte (%XX)"
+                ));
+            }
+            i += 3;
+            continue;
+        }
+        if !ok {
+            let c = part[i..].chars().next().unwrap_or('?');
+            return Err(format!(
+                "segment {part:?} has {c:?}, which no request path can hold; percent-encode it"
+            ));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 impl PathPattern {
     pub fn parse(pattern: &str) -> Result<Self> {
         let bad = |why: String| {
@@ -94,6 +124,9 @@ impl PathPattern {
                             return bad(format!(
                                 "segment \"{part}\" mixes text and a parameter; a parameter must be a whole segment"
                             ));
+                        }
+                        if let Err(why) = check_literal(part) {
+                            return bad(why);
                         }
                         Segment::Literal(part.to_string())
                     }
@@ -193,6 +226,26 @@ mod tests {
 
     fn p(s: &str) -> PathPattern {
         PathPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn literals_must_be_what_a_request_path_can_hold() {
+        for bad in [
+            "/a b",
+            "/a\r\nb",
+            "/a\0",
+            "/caf\u{e9}",
+            "/a%2",
+            "/a%zz",
+            "/a\"b",
+            "/<x>",
+        ] {
+            let err = PathPattern::parse(bad).unwrap_err();
+            assert!(err.message.contains("segment"), "{bad:?}: {}", err.message);
+        }
+        for good in ["/caf%C3%A9", "/a-b_c.d~e", "/v1:run", "/@me", "/a+b"] {
+            assert!(PathPattern::parse(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -50,6 +50,40 @@ pub fn error_response(error: &Error, invocation: Option<&str>) -> Response<Respo
     response
 }
 
+/// The one host a request names. Routing and the function must see the
+/// same one, so two `Host` headers, a malformed one, or none on HTTP/1.1
+/// (RFC 9112 §3.2) are refused rather than guessed at.
+fn host_of<B>(request: &Request<B>) -> Result<Option<&str>, Error> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid("the request has more than one Host header"));
+        }
+        (one, None) => one,
+        (None, Some(_)) => None,
+    };
+    let Some(header) = header else {
+        if let Some(authority) = request.uri().authority() {
+            return Ok(Some(authority.as_str()));
+        }
+        if request.version() >= http::Version::HTTP_11 {
+            return Err(Error::invalid("an HTTP/1.1 request needs a Host header"));
+        }
+        return Ok(None);
+    };
+    let valid = header.to_str().ok().filter(|h| {
+        !h.is_empty()
+            && h.parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.as_str() == *h && !h.contains('@'))
+    });
+    match valid {
+        Some(host) => Ok(Some(host)),
+        None => Err(Error::invalid(
+            "the request's Host header is not a valid host[:port]",
+        )),
+    }
+}
+
 impl Router {
     pub fn new(executor: Arc<Executor>, queue: Option<AsyncQueue>) -> Arc<Self> {
         Arc::new(Router {
@@ -151,11 +185,10 @@ impl Router {
 
     /// Routes one request and runs it.
     pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
-        let host = request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        let host = match host_of(&request) {
+            Ok(host) => host,
+            Err(e) => return error_response(&e, None),
+        };
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         // /async/fn/{name}/... is /fn/{name}/..., queued.
         let (path, queued) = match path
@@ -231,6 +264,40 @@ impl Router {
         match invoked.result {
             Ok(response) => response,
             Err(e) => error_response(&e, invoked.invocation.as_deref()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+    use http::{Request, Version};
+
+    fn request(version: Version, hosts: &[&str]) -> Request<()> {
+        let mut builder = Request::get("/fn/x").version(version);
+        for host in hosts {
+            builder = builder.header("host", *host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn one_valid_host_is_the_only_one_accepted() {
+        assert_eq!(
+            host_of(&request(Version::HTTP_11, &["a.example:8080"])).unwrap(),
+            Some("a.example:8080")
+        );
+        assert_eq!(host_of(&request(Version::HTTP_10, &[])).unwrap(), None);
+        for hosts in [
+            &["a.example", "b.example"][..],
+            &[][..],
+            &["a b"][..],
+            &["user@a.example"][..],
+            &[""][..],
+            &["a.example/path"][..],
+        ] {
+            let err = host_of(&request(Version::HTTP_11, hosts)).unwrap_err();
+            assert_eq!(err.status(), 400, "{hosts:?}");
         }
     }
 }

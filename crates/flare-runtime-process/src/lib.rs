@@ -60,6 +60,9 @@ pub struct ProcessConfig {
     pub work_dir: PathBuf,
     pub python: PathBuf,
     pub node: PathBuf,
+    /// Start workers even where cgroups cannot limit their memory and
+    /// processes (`flare server --allow-unlimited-workers`).
+    pub allow_unlimited: bool,
 }
 
 impl ProcessConfig {
@@ -68,6 +71,7 @@ impl ProcessConfig {
             work_dir,
             python: PathBuf::from("/usr/bin/python3"),
             node: PathBuf::from("/usr/bin/node"),
+            allow_unlimited: false,
         }
     }
 }
@@ -85,8 +89,11 @@ pub enum ProcessError {
     Crashed(String),
     #[error("cannot start an instance: {0}")]
     Start(String),
-    #[error("all {0} instances are busy")]
-    Saturated(u32),
+    #[error("invalid response: {0}")]
+    BadResponse(String),
+    /// The worker broke the protocol (a frame past its limit); it is killed.
+    #[error("invalid response: {0}")]
+    Protocol(String),
 }
 
 struct Pool {
@@ -104,7 +111,8 @@ const DEMAND_WINDOW: Duration = Duration::from_secs(30);
 
 struct Inner {
     config: ProcessConfig,
-    seccomp: PathBuf,
+    /// The two seccomp filters (see [`sandbox::SandboxCommand::seccomp`]).
+    seccomp: [PathBuf; 2],
     logs: LogSender,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     functions: Mutex<Vec<Weak<ProcessFunction>>>,
@@ -186,6 +194,8 @@ impl ProcessRuntime {
         ] {
             std::fs::create_dir_all(dir.join(sub)).map_err(internal("create work dir"))?;
         }
+        // Searchable but not listable by other users: the sandbox's user
+        // reaches what it is shown, and nothing tells it what else is here.
         for sub in [
             "",
             "workers",
@@ -194,7 +204,7 @@ impl ProcessRuntime {
             "environments/python",
             "environments/node",
         ] {
-            set_mode(&dir.join(sub), 0o755)?;
+            set_mode(&dir.join(sub), 0o711)?;
         }
         std::fs::write(dir.join("environments/python/worker.py"), PYTHON_WORKER)
             .map_err(internal("write worker"))?;
@@ -207,8 +217,10 @@ impl ProcessRuntime {
             set_mode(&dir.join(file), 0o644)?;
         }
         sandbox::remove_stale_cgroups();
-        let seccomp = dir.join("seccomp.bpf");
-        std::fs::write(&seccomp, sandbox::seccomp_program()?)
+        let seccomp = [dir.join("seccomp.bpf"), dir.join("seccomp-abi.bpf")];
+        std::fs::write(&seccomp[0], sandbox::seccomp_program()?)
+            .map_err(internal("write seccomp filter"))?;
+        std::fs::write(&seccomp[1], sandbox::abi_program())
             .map_err(internal("write seccomp filter"))?;
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {
@@ -397,52 +409,94 @@ impl ProcessRuntime {
     }
 
     /// Runs one request on an instance of `function`.
+    ///
+    /// The attempt runs as its own task: a caller that goes away does not
+    /// cut it short, because the worker is already working on the request.
+    /// Its capacity (and `guard`, the caller's permit) stays taken until
+    /// the worker answers or the timeout kills it; every count is given
+    /// back by a guard however the attempt ends.
     pub async fn invoke(
         &self,
         function: &Arc<ProcessFunction>,
         invocation: Arc<str>,
         request: http::Request<Bytes>,
+        guard: Box<dyn Send>,
+    ) -> std::result::Result<http::Response<Bytes>, ProcessError> {
+        let (runtime, function) = (self.clone(), function.clone());
+        let attempt = tokio::spawn(async move {
+            let result = runtime.attempt(&function, &invocation, request).await;
+            drop(guard);
+            result
+        });
+        attempt.await.unwrap_or_else(|e| {
+            Err(ProcessError::Crashed(format!(
+                "invocation task failed: {e}"
+            )))
+        })
+    }
+
+    async fn attempt(
+        &self,
+        function: &Arc<ProcessFunction>,
+        invocation: &Arc<str>,
+        request: http::Request<Bytes>,
     ) -> std::result::Result<http::Response<Bytes>, ProcessError> {
         let limits = function.limits;
         let deadline = tokio::time::Instant::now() + limits.timeout;
-        function.begin();
-        let _end = EndGuard(function);
-        let instance = tokio::time::timeout_at(deadline, self.instance_for(function))
-            .await
-            .map_err(|_| ProcessError::Saturated(limits.max_scale))??;
+        let _active = Active::begin(function);
+        let timed_out =
+            || ProcessError::Timeout(humantime::format_duration(limits.timeout).to_string());
+        let lease = match tokio::time::timeout_at(deadline, self.instance_for(function)).await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(e)) => {
+                // The caller sees a generic message; the reason is the
+                // owner's, in the function's log.
+                self.inner.logs.send(flare_model::LogRecord {
+                    ts_us: flare_model::now_us(),
+                    function: function.name.to_string(),
+                    invocation: invocation.to_string(),
+                    stream: flare_model::LogStream::System,
+                    line: e.to_string(),
+                });
+                return Err(e);
+            }
+            Err(_) => return Err(timed_out()),
+        };
+        let instance = &lease.instance;
         let result =
-            tokio::time::timeout_at(deadline, instance.worker.invoke(&invocation, &request)).await;
-        instance.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if let Ok(mut last) = instance.last_used.lock() {
-            *last = Instant::now();
-        }
+            tokio::time::timeout_at(deadline, instance.worker.invoke(invocation, &request)).await;
         let outcome = match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(WorkerError::Function(message))) => Err(ProcessError::Function(message)),
+            Ok(Err(WorkerError::BadResponse(why))) => Err(ProcessError::BadResponse(why)),
             Ok(Err(WorkerError::OutOfMemory)) => Err(ProcessError::OutOfMemory(limits.memory_mb)),
+            Ok(Err(WorkerError::Protocol(why))) => Err(ProcessError::Protocol(why)),
             Ok(Err(e)) => Err(ProcessError::Crashed(e.to_string())),
-            Err(_) => {
-                instance.worker.log_lines(
-                    &invocation,
-                    vec![(
-                        flare_model::LogStream::System,
-                        format!(
-                            "timed out after {}; worker killed",
-                            humantime::format_duration(limits.timeout)
-                        ),
-                    )],
-                );
-                Err(ProcessError::Timeout(
-                    humantime::format_duration(limits.timeout).to_string(),
-                ))
-            }
+            Err(_) => Err(timed_out()),
         };
-        if matches!(&outcome, Err(e) if !matches!(e, ProcessError::Function(_))) {
+        // One `system` line in the function's log says why, whatever the
+        // caller was told.
+        if let Err(e) = &outcome {
+            let line = match e {
+                ProcessError::Function(message) => format!("raised an error: {message}"),
+                ProcessError::Timeout(timeout) => {
+                    format!("timed out after {timeout}; worker killed")
+                }
+                ProcessError::Protocol(why) => format!("invalid response: {why}; worker killed"),
+                other => other.to_string(),
+            };
+            instance
+                .worker
+                .log_lines(invocation, vec![(flare_model::LogStream::System, line)]);
+        }
+        if matches!(
+            &outcome,
+            Err(e) if !matches!(e, ProcessError::Function(_) | ProcessError::BadResponse(_))
+        ) {
             // Dead or hung: never reuse it.
             instance.worker.kill().await;
-            function.drop_instance(&instance);
+            function.drop_instance(instance);
         }
-        function.freed.notify_waiters();
         outcome
     }
 
@@ -451,11 +505,11 @@ impl ProcessRuntime {
     async fn instance_for(
         &self,
         function: &Arc<ProcessFunction>,
-    ) -> std::result::Result<Arc<Instance>, ProcessError> {
+    ) -> std::result::Result<Lease, ProcessError> {
         let per_instance = function.limits.instance_concurrency;
         loop {
             let freed = function.freed.notified();
-            let start_one = {
+            let slot = {
                 let Ok(mut state) = function.instances.lock() else {
                     return Err(ProcessError::Start("instance list poisoned".into()));
                 };
@@ -467,49 +521,50 @@ impl ProcessRuntime {
                     .min_by_key(|i| i.worker.in_flight.load(Ordering::Acquire))
                     .cloned();
                 if let Some(instance) = best {
-                    instance.worker.in_flight.fetch_add(1, Ordering::AcqRel);
-                    return Ok(instance);
+                    return Ok(Lease::new(function, instance));
                 }
                 if (state.live.len() as u32 + state.starting) < function.limits.max_scale {
-                    state.starting += 1;
-                    true
+                    Some(StartSlot::reserve(function, &mut state))
                 } else {
-                    false
+                    None
                 }
             };
-            if start_one {
+            if let Some(slot) = slot {
                 function.cold_starts.fetch_add(1, Ordering::Relaxed);
-                return self.finish_start(function, 1).await;
+                // The start runs to its end even if this request is cut
+                // short (its caller gone, its deadline passed): the instance
+                // then serves the next request instead of being thrown
+                // away, and the lease it comes with is dropped, unused.
+                let runtime = self.clone();
+                let start = tokio::spawn(async move { runtime.finish_start(slot).await });
+                return start.await.unwrap_or_else(|e| {
+                    Err(ProcessError::Start(format!("start task failed: {e}")))
+                });
             }
             freed.await;
         }
     }
 
-    /// Specializes an instance for a slot already reserved in `starting`
-    /// and adds it with `in_flight` requests assigned.
-    async fn finish_start(
-        &self,
-        function: &Arc<ProcessFunction>,
-        in_flight: u32,
-    ) -> std::result::Result<Arc<Instance>, ProcessError> {
-        let started = self.specialize(function).await;
+    /// Specializes an instance for a reserved slot and adds it to the
+    /// function's live instances, leased to the caller in the same step (so
+    /// no other request takes its room first). A start that fails or is
+    /// dropped gives the slot back.
+    async fn finish_start(&self, slot: StartSlot) -> std::result::Result<Lease, ProcessError> {
+        let function = slot.function.clone();
+        let started = self.specialize(&function).await;
         let Ok(mut state) = function.instances.lock() else {
             return Err(ProcessError::Start("instance list poisoned".into()));
         };
-        state.starting -= 1;
+        slot.release(&mut state);
         let instance = Arc::new(Instance {
             worker: started?,
             last_used: Mutex::new(Instant::now()),
         });
-        instance
-            .worker
-            .in_flight
-            .fetch_add(in_flight, Ordering::AcqRel);
         state.live.push(instance.clone());
+        let lease = Lease::new(&function, instance);
         function.scale_ups.fetch_add(1, Ordering::Relaxed);
         drop(state);
-        function.freed.notify_waiters();
-        Ok(instance)
+        Ok(lease)
     }
 
     /// Starts instances until `function` has `target` (live + starting),
@@ -522,19 +577,22 @@ impl ProcessRuntime {
             state.live.retain(|i| !i.worker.is_dead());
             let have = state.live.len() as u32 + state.starting;
             let wanted = target.min(function.limits.max_scale).saturating_sub(have);
-            state.starting += wanted;
-            wanted
+            (0..wanted)
+                .map(|_| StartSlot::reserve(function, &mut state))
+                .collect::<Vec<_>>()
         };
         // Start them side by side: each waits on its own sandbox.
-        let starts: Vec<_> = (0..wanted)
-            .map(|_| {
-                let (runtime, function) = (self.clone(), function.clone());
-                tokio::spawn(async move { runtime.finish_start(&function, 0).await })
+        let starts: Vec<_> = wanted
+            .into_iter()
+            .map(|slot| {
+                let runtime = self.clone();
+                tokio::spawn(async move { runtime.finish_start(slot).await })
             })
             .collect();
         for start in starts {
             match start.await {
-                Ok(Ok(_)) => {}
+                // Started for later requests: the lease is given back.
+                Ok(Ok(lease)) => drop(lease),
                 Ok(Err(e)) => {
                     tracing::warn!("function {}: cannot start an instance: {e}", function.name)
                 }
@@ -590,12 +648,86 @@ impl ProcessRuntime {
     }
 }
 
-/// Marks the end of a request of `function`, however it ends.
-struct EndGuard<'a>(&'a ProcessFunction);
+/// A request of `function` in flight, for its scaling policy: from the
+/// moment it asks for an instance until it ends, however it ends.
+struct Active<'a>(&'a ProcessFunction);
 
-impl Drop for EndGuard<'_> {
+impl<'a> Active<'a> {
+    fn begin(function: &'a ProcessFunction) -> Self {
+        function.begin();
+        Active(function)
+    }
+}
+
+impl Drop for Active<'_> {
     fn drop(&mut self) {
         self.0.end();
+    }
+}
+
+/// One request's claim on an instance: counted in its `in_flight` while the
+/// lease lives; dropping it gives the room back and wakes a waiter.
+struct Lease {
+    function: Arc<ProcessFunction>,
+    instance: Arc<Instance>,
+}
+
+impl Lease {
+    fn new(function: &Arc<ProcessFunction>, instance: Arc<Instance>) -> Self {
+        instance.worker.in_flight.fetch_add(1, Ordering::AcqRel);
+        Lease {
+            function: function.clone(),
+            instance,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance
+            .worker
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut last) = self.instance.last_used.lock() {
+            *last = Instant::now();
+        }
+        self.function.freed.notify_waiters();
+    }
+}
+
+/// A place reserved for an instance being started, counted in the
+/// function's `starting` until it is released (the instance joined or its
+/// start failed) or dropped (the start was cut short).
+struct StartSlot {
+    function: Arc<ProcessFunction>,
+    held: bool,
+}
+
+impl StartSlot {
+    fn reserve(function: &Arc<ProcessFunction>, state: &mut Instances) -> Self {
+        state.starting += 1;
+        StartSlot {
+            function: function.clone(),
+            held: true,
+        }
+    }
+
+    /// Gives the place back under a lock the caller already holds.
+    fn release(mut self, state: &mut Instances) {
+        state.starting -= 1;
+        self.held = false;
+    }
+}
+
+impl Drop for StartSlot {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        if let Ok(mut state) = self.function.instances.lock() {
+            state.starting -= 1;
+        }
+        self.function.freed.notify_waiters();
     }
 }
 
@@ -655,7 +787,7 @@ impl Inner {
         Worker::start(WorkerPlan {
             id: id.clone(),
             dir: work.join("workers").join(&id),
-            seccomp: &self.seccomp,
+            seccomp: [&self.seccomp[0], &self.seccomp[1]],
             ro_binds: binds,
             argv,
             network,
@@ -664,6 +796,7 @@ impl Inner {
             pids: PIDS_PER_WORKER,
             cpus: CPUS_PER_WORKER,
             env_dir: Some(env_dir),
+            allow_unlimited: self.config.allow_unlimited,
         })
         .await
     }

@@ -38,7 +38,9 @@ pub(crate) async fn read(reader: &mut (impl AsyncRead + Unpin)) -> std::io::Resu
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let header_len = reader.read_u32().await?;
     if header_len > MAX_HEADER {
-        return Err(invalid("frame header too large"));
+        return Err(invalid(&format!(
+            "a frame header of {header_len} bytes is larger than the limit of {MAX_HEADER} bytes"
+        )));
     }
     let mut header = vec![0; header_len as usize];
     reader.read_exact(&mut header).await?;
@@ -46,7 +48,9 @@ pub(crate) async fn read(reader: &mut (impl AsyncRead + Unpin)) -> std::io::Resu
         serde_json::from_slice(&header).map_err(|e| invalid(&format!("bad frame header: {e}")))?;
     let body_len = reader.read_u32().await?;
     if body_len > MAX_BODY {
-        return Err(invalid("frame body too large"));
+        return Err(invalid(&format!(
+            "a body of {body_len} bytes is larger than the limit of {MAX_BODY} bytes"
+        )));
     }
     let mut body = vec![0; body_len as usize];
     reader.read_exact(&mut body).await?;

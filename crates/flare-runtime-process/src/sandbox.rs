@@ -18,88 +18,210 @@ pub const SANDBOX_UID: u32 = 65534;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+/// The controllers without which a worker is not limited at all.
+const REQUIRED: [&str; 2] = ["memory", "pids"];
+
+/// Which cgroup hierarchy the host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hierarchy {
+    /// One directory per controller (`<root>/memory/...`).
+    V1,
+    /// The unified hierarchy (`<root>/cgroup.controllers` exists).
+    V2,
+}
 
 /// Where a worker's limits live; removed when dropped.
 #[derive(Debug)]
 pub struct Cgroups {
+    hierarchy: Hierarchy,
+    /// v1: one directory per controller found; v2: the worker's one
+    /// directory.
     dirs: Vec<PathBuf>,
+    /// Required controllers this host does not give us.
+    missing: Vec<&'static str>,
 }
 
 impl Cgroups {
-    /// Creates `flare/<id>` under each controller found. Missing controllers
-    /// are skipped (with a warning once per process) rather than failing:
-    /// the namespaces and seccomp still hold.
+    /// Creates `flare/<id>` for the worker on this host's hierarchy.
     pub fn create(id: &str) -> Self {
-        let dirs = CONTROLLERS
-            .iter()
-            .map(|c| Path::new(CGROUP_ROOT).join(c).join("flare").join(id))
-            .filter(|dir| match std::fs::create_dir_all(dir) {
-                Ok(()) => true,
+        Cgroups::create_in(Path::new(CGROUP_ROOT), id)
+    }
+
+    /// [`Cgroups::create`] under `root`, laid out like cgroupfs (tests use
+    /// a plain directory).
+    pub fn create_in(root: &Path, id: &str) -> Self {
+        let mut missing = Vec::new();
+        if root.join("cgroup.controllers").is_file() {
+            let available =
+                std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            let available: Vec<&str> = available.split_whitespace().collect();
+            let wanted: Vec<&str> = CONTROLLERS
+                .iter()
+                .copied()
+                .filter(|c| available.contains(c))
+                .collect();
+            missing.extend(REQUIRED.iter().filter(|c| !available.contains(c)));
+            // Controllers reach a child only when its parent delegates them.
+            let enable: String = wanted.iter().map(|c| format!("+{c} ")).collect();
+            let parent = root.join("flare");
+            let dir = parent.join(id);
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), enable.trim());
+            let dirs = match std::fs::create_dir_all(&dir) {
+                Ok(()) => {
+                    let _ = std::fs::write(parent.join("cgroup.subtree_control"), enable.trim());
+                    vec![dir]
+                }
                 Err(e) => {
                     tracing::debug!("no cgroup {}: {e}", dir.display());
-                    false
+                    missing = REQUIRED.to_vec();
+                    Vec::new()
                 }
-            })
-            .collect();
-        Cgroups { dirs }
+            };
+            return Cgroups {
+                hierarchy: Hierarchy::V2,
+                dirs,
+                missing,
+            };
+        }
+        let mut dirs = Vec::new();
+        for controller in CONTROLLERS {
+            let dir = root.join(controller).join("flare").join(id);
+            let made = if root.join(controller).is_dir() {
+                std::fs::create_dir_all(&dir)
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "controller not mounted",
+                ))
+            };
+            match made {
+                Ok(()) => dirs.push(dir),
+                Err(e) => {
+                    tracing::debug!("no cgroup {}: {e}", dir.display());
+                    if REQUIRED.contains(&controller) {
+                        missing.push(controller);
+                    }
+                }
+            }
+        }
+        Cgroups {
+            hierarchy: Hierarchy::V1,
+            dirs,
+            missing,
+        }
     }
 
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
 
-    fn write(&self, controller: &str, file: &str, value: &str) {
-        for dir in &self.dirs {
-            if dir.components().any(|c| c.as_os_str() == controller)
-                && let Err(e) = std::fs::write(dir.join(file), value)
-            {
-                tracing::warn!("cannot set {}/{file}: {e}", dir.display());
-            }
+    /// Required controllers (memory, pids) this host does not provide:
+    /// a worker started anyway runs without those limits.
+    pub fn missing(&self) -> &[&'static str] {
+        &self.missing
+    }
+
+    /// The directory holding `controller`'s files.
+    fn dir(&self, controller: &str) -> Option<&Path> {
+        match self.hierarchy {
+            Hierarchy::V2 => self.dirs.first().map(PathBuf::as_path),
+            Hierarchy::V1 => self
+                .dirs
+                .iter()
+                .find(|d| d.components().any(|c| c.as_os_str() == controller))
+                .map(PathBuf::as_path),
         }
     }
 
-    /// Applies a memory limit (bytes, swap included where supported), a
-    /// process limit and a CPU quota in cores.
-    pub fn limit(&self, memory_bytes: u64, pids: u32, cpus: f64) {
-        self.write("memory", "memory.limit_in_bytes", &memory_bytes.to_string());
-        self.write(
-            "memory",
-            "memory.memsw.limit_in_bytes",
-            &memory_bytes.to_string(),
-        );
-        self.write("pids", "pids.max", &pids.to_string());
-        let period = 100_000u64;
-        self.write("cpu", "cpu.cfs_period_us", &period.to_string());
-        self.write(
-            "cpu",
-            "cpu.cfs_quota_us",
-            &((cpus * period as f64) as u64).to_string(),
-        );
+    fn write(&self, controller: &str, file: &str, value: &str) -> std::io::Result<()> {
+        match self.dir(controller) {
+            Some(dir) => std::fs::write(dir.join(file), value),
+            // A missing controller is reported by `missing`, once.
+            None => Ok(()),
+        }
+    }
+
+    /// Applies a memory limit (bytes, no swap beyond it), a process limit
+    /// and a CPU quota in cores. A memory or process limit that cannot be
+    /// set is an error, never a silent fallback to the old one.
+    pub fn limit(&self, memory_bytes: u64, pids: u32, cpus: f64) -> Result<(), String> {
+        let memory = memory_bytes.to_string();
+        let failed = |what: &str, e: std::io::Error| format!("cannot set the {what} limit: {e}");
+        match self.hierarchy {
+            Hierarchy::V1 => {
+                // memory.limit_in_bytes may not exceed memsw.limit_in_bytes,
+                // so raising needs memsw first and lowering needs it last:
+                // try the limit, set memsw (absent without swap accounting),
+                // then the limit again if the first try was refused.
+                let first = self.write("memory", "memory.limit_in_bytes", &memory);
+                let swap = self.write("memory", "memory.memsw.limit_in_bytes", &memory);
+                if first.is_err() {
+                    self.write("memory", "memory.limit_in_bytes", &memory)
+                        .map_err(|e| failed("memory", e))?;
+                }
+                if let Err(e) = swap
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    self.write("memory", "memory.memsw.limit_in_bytes", &memory)
+                        .map_err(|e| failed("memory+swap", e))?;
+                }
+                self.write("pids", "pids.max", &pids.to_string())
+                    .map_err(|e| failed("process", e))?;
+                let period = 100_000u64;
+                let quota = (cpus * period as f64) as u64;
+                let cpu = self
+                    .write("cpu", "cpu.cfs_period_us", &period.to_string())
+                    .and_then(|()| self.write("cpu", "cpu.cfs_quota_us", &quota.to_string()));
+                if let Err(e) = cpu {
+                    tracing::warn!("cannot set the CPU quota: {e}");
+                }
+            }
+            Hierarchy::V2 => {
+                self.write("memory", "memory.max", &memory)
+                    .map_err(|e| failed("memory", e))?;
+                // No swap: the limit is the limit.
+                let _ = self.write("memory", "memory.swap.max", "0");
+                self.write("pids", "pids.max", &pids.to_string())
+                    .map_err(|e| failed("process", e))?;
+                let period = 100_000u64;
+                let quota = (cpus * period as f64) as u64;
+                if let Err(e) = self.write("cpu", "cpu.max", &format!("{quota} {period}")) {
+                    tracing::warn!("cannot set the CPU quota: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the memory limit was hit (the kernel's OOM killer fired).
     pub fn memory_exceeded(&self) -> bool {
-        self.dirs
-            .iter()
-            .filter(|d| d.components().any(|c| c.as_os_str() == "memory"))
-            .any(|d| {
-                std::fs::read_to_string(d.join("memory.oom_control"))
-                    .ok()
-                    .and_then(|text| {
-                        text.lines()
-                            .find_map(|l| l.strip_prefix("oom_kill "))
-                            .and_then(|n| n.trim().parse::<u64>().ok())
-                    })
-                    .is_some_and(|n| n > 0)
-                    || std::fs::read_to_string(d.join("memory.failcnt"))
+        let Some(dir) = self.dir("memory") else {
+            return false;
+        };
+        let count = |file: &str, key: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+        };
+        match self.hierarchy {
+            Hierarchy::V2 => count("memory.events", "oom_kill ").is_some_and(|n| n > 0),
+            Hierarchy::V1 => {
+                count("memory.oom_control", "oom_kill ").is_some_and(|n| n > 0)
+                    || std::fs::read_to_string(dir.join("memory.failcnt"))
                         .ok()
                         .and_then(|n| n.trim().parse::<u64>().ok())
                         .is_some_and(|n| n > 0)
-            })
+            }
+        }
     }
 
     /// Kills every process left in the cgroup (a forked child outliving
-    /// the worker) and removes the directories.
+    /// the worker) and removes the directories. Blocking: it waits for the
+    /// kernel to let go of the directories.
     pub fn destroy(&mut self) {
         for dir in self.dirs.drain(..) {
             if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
@@ -119,6 +241,22 @@ impl Cgroups {
             }
         }
     }
+
+    /// [`Cgroups::destroy`] on a blocking thread when called from async
+    /// code, so its waiting never holds an async worker thread.
+    pub fn destroy_in_background(&mut self) {
+        let mut taken = Cgroups {
+            hierarchy: self.hierarchy,
+            dirs: std::mem::take(&mut self.dirs),
+            missing: Vec::new(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(move || taken.destroy());
+            }
+            Err(_) => taken.destroy(),
+        }
+    }
 }
 
 impl Drop for Cgroups {
@@ -127,11 +265,25 @@ impl Drop for Cgroups {
     }
 }
 
+/// Whether this host's cgroups can limit a worker's memory and processes:
+/// a probe cgroup is made and removed.
+pub fn can_limit_workers() -> bool {
+    let probe = Cgroups::create(&format!("{}-probe", std::process::id()));
+    probe.missing().is_empty()
+}
+
 /// Removes the cgroups of workers whose server is gone (killed without a
 /// chance to clean up): their names start with the server's pid.
 pub fn remove_stale_cgroups() {
-    for controller in CONTROLLERS {
-        let root = Path::new(CGROUP_ROOT).join(controller).join("flare");
+    let roots = if Path::new(CGROUP_ROOT).join("cgroup.controllers").is_file() {
+        vec![Path::new(CGROUP_ROOT).join("flare")]
+    } else {
+        CONTROLLERS
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join("flare"))
+            .collect()
+    };
+    for root in roots {
         let Ok(entries) = std::fs::read_dir(&root) else {
             continue;
         };
@@ -145,7 +297,9 @@ pub fn remove_stale_cgroups() {
             };
             if !Path::new("/proc").join(pid).exists() {
                 let mut stale = Cgroups {
+                    hierarchy: Hierarchy::V1,
                     dirs: vec![entry.path()],
+                    missing: Vec::new(),
                 };
                 stale.destroy();
             }
@@ -155,7 +309,8 @@ pub fn remove_stale_cgroups() {
 
 /// The syscalls no function needs and a sandbox escape would: they fail
 /// with EPERM. Everything else is allowed (a deny list, as the runtimes'
-/// needs vary: Python and Node use hundreds of syscalls).
+/// needs vary: Python and Node use hundreds of syscalls), except what
+/// [`clone_rules`] and [`abi_program`] add.
 fn denied_syscalls() -> Vec<i64> {
     vec![
         libc::SYS_mount,
@@ -191,7 +346,52 @@ fn denied_syscalls() -> Vec<i64> {
         libc::SYS_quotactl,
         libc::SYS_lookup_dcookie,
         libc::SYS_fanotify_init,
+        // io_uring: a second syscall interface seccomp cannot see into,
+        // and a long record of kernel escapes.
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        // The new mount API: mounts without mount(2).
+        libc::SYS_fsopen,
+        libc::SYS_fsconfig,
+        libc::SYS_fsmount,
+        libc::SYS_fspick,
+        libc::SYS_open_tree,
+        libc::SYS_move_mount,
+        libc::SYS_mount_setattr,
     ]
+}
+
+/// Namespace flags a worker may not pass to clone(2): a nested user
+/// namespace has every capability inside it (nf_tables, mounts).
+const NAMESPACE_FLAGS: [libc::c_int; 7] = [
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWCGROUP,
+];
+
+/// clone(2) is refused when its flags hold any namespace flag.
+fn clone_rules() -> Result<Vec<seccompiler::SeccompRule>> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let bad = |e: seccompiler::BackendError| Error::internal(format!("seccomp filter: {e}"));
+    NAMESPACE_FLAGS
+        .iter()
+        .map(|flag| {
+            let flag = *flag as u64;
+            let condition = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+            .map_err(bad)?;
+            SeccompRule::new(vec![condition]).map_err(bad)
+        })
+        .collect()
 }
 
 /// Compiles the seccomp filter to the raw BPF bubblewrap reads.
@@ -202,10 +402,11 @@ pub fn seccomp_program() -> Result<Vec<u8>> {
         "aarch64" => TargetArch::aarch64,
         other => return Err(Error::internal(format!("no seccomp filter for {other}"))),
     };
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied_syscalls()
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied_syscalls()
         .into_iter()
         .map(|nr| (nr, Vec::new()))
         .collect();
+    rules.insert(libc::SYS_clone, clone_rules()?);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -215,20 +416,68 @@ pub fn seccomp_program() -> Result<Vec<u8>> {
     .map_err(|e| Error::internal(format!("seccomp filter: {e}")))?;
     let program: BpfProgram = BpfProgram::try_from(filter)
         .map_err(|e| Error::internal(format!("seccomp filter: {e}")))?;
-    let mut bytes = Vec::with_capacity(program.len() * 8);
-    for insn in program {
-        bytes.extend_from_slice(&insn.code.to_ne_bytes());
-        bytes.push(insn.jt);
-        bytes.push(insn.jf);
-        bytes.extend_from_slice(&insn.k.to_ne_bytes());
-    }
-    Ok(bytes)
+    Ok(program
+        .iter()
+        .flat_map(|insn| encode(insn.code, insn.jt, insn.jf, insn.k))
+        .collect())
+}
+
+fn encode(code: u16, jt: u8, jf: u8, k: u32) -> [u8; 8] {
+    let mut out = [0; 8];
+    out[..2].copy_from_slice(&code.to_ne_bytes());
+    out[2] = jt;
+    out[3] = jf;
+    out[4..].copy_from_slice(&k.to_ne_bytes());
+    out
+}
+
+/// A second filter, for what `seccompiler` cannot say: on x86_64 every
+/// x32 syscall number (bit 30 set) is refused, since the first filter
+/// matches 64-bit numbers only and would let an x32 `unshare` through;
+/// and clone3(2), whose flags live in memory seccomp cannot read, fails
+/// with ENOSYS, so the C library falls back to clone(2), which the first
+/// filter checks.
+pub fn abi_program() -> Vec<u8> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const ALLOW: u32 = 0x7fff_0000;
+    const ERRNO: u32 = 0x0005_0000;
+    const X32_BIT: u32 = 0x4000_0000;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+    let native = if cfg!(target_arch = "aarch64") {
+        AUDIT_ARCH_AARCH64
+    } else {
+        AUDIT_ARCH_X86_64
+    };
+    let clone3 = libc::SYS_clone3 as u32;
+    let program = [
+        // seccomp_data: nr at offset 0, arch at 4. Other arches are the
+        // first filter's to kill.
+        (LD_W_ABS, 0, 0, 4),
+        (JEQ_K, 0, 4, native),
+        (LD_W_ABS, 0, 0, 0),
+        (JGE_K, 3, 0, X32_BIT),
+        (JEQ_K, 3, 0, clone3),
+        (RET_K, 0, 0, ALLOW),
+        (RET_K, 0, 0, ALLOW),
+        (RET_K, 0, 0, ERRNO | libc::EPERM as u32),
+        (RET_K, 0, 0, ERRNO | libc::ENOSYS as u32),
+    ];
+    program
+        .iter()
+        .flat_map(|&(code, jt, jf, k)| encode(code, jt, jf, k))
+        .collect()
 }
 
 /// Everything needed to start one sandboxed worker.
 pub struct SandboxCommand<'a> {
     pub cgroups: &'a Cgroups,
-    pub seccomp: &'a Path,
+    /// The filters bubblewrap installs: [`seccomp_program`], then
+    /// [`abi_program`].
+    pub seccomp: [&'a Path; 2],
     /// Host directory shown read-only at `/code`.
     pub code: &'a Path,
     /// Host directory holding the socket, shown at `/run/flare`.
@@ -299,6 +548,9 @@ impl SandboxCommand<'_> {
             "/code".into(),
             "--cap-drop".into(),
             "ALL".into(),
+            // No user namespace inside the sandbox's: the seccomp filter
+            // refuses the flags too, this makes the kernel refuse them.
+            "--disable-userns".into(),
             "--clearenv".into(),
         ];
         if self.network {
@@ -327,14 +579,24 @@ impl SandboxCommand<'_> {
         for (key, value) in self.env {
             args.extend(["--setenv".into(), (*key).to_string(), value.clone()]);
         }
-        args.extend(["--seccomp".into(), "3".into(), "--".into()]);
+        args.extend([
+            "--add-seccomp-fd".into(),
+            "3".into(),
+            "--add-seccomp-fd".into(),
+            "4".into(),
+            "--".into(),
+        ]);
         args.extend(self.argv.iter().cloned());
         for arg in args {
             script.push(' ');
             script.push_str(&quote(&arg));
         }
         // fd 3: POSIX sh (dash) only redirects single-digit descriptors.
-        script.push_str(&format!(" 3< {}", quote(&self.seccomp.to_string_lossy())));
+        script.push_str(&format!(
+            " 3< {} 4< {}",
+            quote(&self.seccomp[0].to_string_lossy()),
+            quote(&self.seccomp[1].to_string_lossy())
+        ));
         script
     }
 }
@@ -344,20 +606,98 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seccomp_program_compiles() {
+    fn seccomp_programs_compile() {
         let bytes = seccomp_program().unwrap();
         assert!(!bytes.is_empty());
         assert_eq!(bytes.len() % 8, 0);
+        assert_eq!(abi_program().len(), 9 * 8);
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn v2_limits_land_in_the_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        let mut cgroups = Cgroups::create_in(root.path(), "w1");
+        assert!(cgroups.missing().is_empty());
+        cgroups.limit(64 << 20, 64, 0.5).unwrap();
+        let dir = root.path().join("flare/w1");
+        assert_eq!(read(&dir.join("memory.max")), "67108864");
+        assert_eq!(read(&dir.join("memory.swap.max")), "0");
+        assert_eq!(read(&dir.join("pids.max")), "64");
+        assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
+        assert_eq!(
+            read(&root.path().join("flare/cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert!(!cgroups.memory_exceeded());
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert!(cgroups.memory_exceeded());
+        // A plain directory cannot be removed while it holds files; the
+        // real cgroupfs has none. Drop the record of it instead.
+        cgroups.dirs.clear();
+    }
+
+    #[test]
+    fn v2_without_the_memory_controller_reports_it_missing() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu pids").unwrap();
+        let mut cgroups = Cgroups::create_in(root.path(), "w1");
+        assert_eq!(cgroups.missing(), ["memory"]);
+        cgroups.dirs.clear();
+    }
+
+    #[test]
+    fn v1_limits_land_in_each_controller() {
+        let root = tempfile::tempdir().unwrap();
+        for c in CONTROLLERS {
+            std::fs::create_dir(root.path().join(c)).unwrap();
+        }
+        let mut cgroups = Cgroups::create_in(root.path(), "w1");
+        assert!(cgroups.missing().is_empty());
+        cgroups.limit(1 << 30, 64, 1.0).unwrap();
+        let memory = root.path().join("memory/flare/w1");
+        assert_eq!(read(&memory.join("memory.limit_in_bytes")), "1073741824");
+        assert_eq!(
+            read(&memory.join("memory.memsw.limit_in_bytes")),
+            "1073741824"
+        );
+        assert_eq!(read(&root.path().join("pids/flare/w1/pids.max")), "64");
+        assert_eq!(
+            read(&root.path().join("cpu/flare/w1/cpu.cfs_quota_us")),
+            "100000"
+        );
+        cgroups.dirs.clear();
+
+        let bare = tempfile::tempdir().unwrap();
+        std::fs::create_dir(bare.path().join("cpu")).unwrap();
+        let mut cgroups = Cgroups::create_in(bare.path(), "w1");
+        assert_eq!(cgroups.missing(), ["memory", "pids"]);
+        cgroups.dirs.clear();
     }
 
     #[test]
     fn script_quotes_and_walls() {
         let cgroups = Cgroups {
+            hierarchy: Hierarchy::V1,
             dirs: vec![PathBuf::from("/sys/fs/cgroup/pids/flare/w1")],
+            missing: Vec::new(),
         };
         let cmd = SandboxCommand {
             cgroups: &cgroups,
-            seccomp: Path::new("/x/seccomp.bpf"),
+            seccomp: [Path::new("/x/seccomp.bpf"), Path::new("/x/abi.bpf")],
             code: Path::new("/w/code"),
             run: Path::new("/w/run"),
             ro_binds: &[PathBuf::from("/opt/it's")],
@@ -372,7 +712,8 @@ mod tests {
         ));
         assert!(script.contains("'--unshare-net'"));
         assert!(script.contains(r"'/opt/it'\''s'"));
-        assert!(script.ends_with(" 3< '/x/seccomp.bpf'"));
+        assert!(script.contains("'--disable-userns'"));
+        assert!(script.ends_with(" 3< '/x/seccomp.bpf' 4< '/x/abi.bpf'"));
         std::mem::forget(cgroups);
     }
 }

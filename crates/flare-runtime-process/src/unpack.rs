@@ -1,8 +1,11 @@
 //! A package becomes a directory of code: a single source file is copied,
 //! a zip or tar.gz archive is unpacked — safely. No entry may leave the
 //! directory (absolute paths, `..`), links are refused, and the number of
-//! files and the unpacked size are limited, so a zip bomb is an error, not
-//! a full disk.
+//! entries (files and directories) and the unpacked size are limited, so a
+//! zip bomb is an error, not a full disk. A tar.gz is also limited in what
+//! its decoder may produce (headers, long names and PAX records included),
+//! so no header can take the server's memory. Errors name archive entries,
+//! never paths on the host.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -33,7 +36,9 @@ pub enum Unpacked {
     Archive,
 }
 
-fn safe_path(root: &Path, name: &str) -> Result<PathBuf> {
+/// Where entry `name` goes under `root`; `None` for the root itself (the
+/// `./` entry of `tar czf app.tar.gz -C dir .`).
+fn entry_path(root: &Path, name: &str) -> Result<Option<PathBuf>> {
     let relative = Path::new(name);
     let mut out = root.to_path_buf();
     for part in relative.components() {
@@ -47,12 +52,13 @@ fn safe_path(root: &Path, name: &str) -> Result<PathBuf> {
             }
         }
     }
-    if out == root {
-        return Err(Error::invalid(format!(
-            "archive entry \"{name}\" has no name"
-        )));
-    }
-    Ok(out)
+    Ok((out != root).then_some(out))
+}
+
+/// Where file entry `name` goes: a file needs a name.
+fn file_path(root: &Path, name: &str) -> Result<PathBuf> {
+    entry_path(root, name)?
+        .ok_or_else(|| Error::invalid(format!("archive entry \"{name}\" has no name")))
 }
 
 struct Budget {
@@ -62,11 +68,12 @@ struct Budget {
 }
 
 impl Budget {
-    fn file(&mut self) -> Result<()> {
+    /// Counts one entry, file or directory: inodes cost as much as bytes.
+    fn entry(&mut self) -> Result<()> {
         self.files += 1;
         if self.files > self.limits.max_files {
             return Err(Error::invalid(format!(
-                "archive has more than {} files",
+                "archive has more than {} entries (files and directories)",
                 self.limits.max_files
             )));
         }
@@ -74,10 +81,9 @@ impl Budget {
     }
 
     /// Copies at most the remaining budget; more is an error.
-    fn copy(&mut self, reader: &mut impl Read, path: &Path) -> Result<()> {
+    fn copy(&mut self, reader: &mut impl Read, path: &Path, name: &str) -> Result<()> {
         let room = self.limits.max_bytes - self.bytes;
-        let mut file = std::fs::File::create(path)
-            .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
+        let mut file = std::fs::File::create(path).map_err(|e| conflict(name, &e))?;
         let copied = std::io::copy(&mut reader.take(room + 1), &mut file)
             .map_err(|e| Error::invalid(format!("cannot unpack archive: {e}")))?;
         if copied > room {
@@ -91,10 +97,52 @@ impl Budget {
     }
 }
 
-fn mkdirs(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::internal(format!("cannot create {}: {e}", path.display())))
+/// An entry that cannot be written where the archive puts it: a file and a
+/// directory of the same name, say. The package's fault, so a 400, and the
+/// message names the entry, not the host path.
+fn conflict(name: &str, e: &std::io::Error) -> Error {
+    let why = match e.kind() {
+        std::io::ErrorKind::AlreadyExists
+        | std::io::ErrorKind::NotADirectory
+        | std::io::ErrorKind::IsADirectory => {
+            "clashes with another entry (a file and a directory of the same name?)".to_string()
+        }
+        kind => format!("cannot be unpacked ({kind})"),
+    };
+    Error::invalid(format!("archive entry \"{name}\" {why}"))
 }
+
+fn mkdirs(path: &Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| conflict(name, &e))
+}
+
+/// A reader that fails once more than `left` bytes have come through: the
+/// cap on what a gzip stream may decompress to.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    cap: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("archive decompresses to more than {} bytes", self.cap),
+            ));
+        }
+        let room = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..room])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Room for tar headers, long names and PAX records on top of the files.
+const HEADER_ROOM_PER_ENTRY: u64 = 2048;
 
 fn unzip(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
@@ -107,27 +155,35 @@ fn unzip(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
             .name()
             .map_err(|e| Error::invalid(format!("invalid zip entry name: {e}")))?
             .to_string();
-        let path = safe_path(dest, &name)?;
         if entry.is_symlink() {
             return Err(Error::invalid(format!(
                 "archive entry \"{name}\" is a link; links are not allowed"
             )));
         }
+        budget.entry()?;
         if entry.is_dir() {
-            mkdirs(&path)?;
+            if let Some(path) = entry_path(dest, &name)? {
+                mkdirs(&path, &name)?;
+            }
             continue;
         }
-        budget.file()?;
+        let path = file_path(dest, &name)?;
         if let Some(parent) = path.parent() {
-            mkdirs(parent)?;
+            mkdirs(parent, &name)?;
         }
-        budget.copy(&mut entry, &path)?;
+        budget.copy(&mut entry, &path, &name)?;
     }
     Ok(())
 }
 
 fn untar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let cap = budget.limits.max_bytes
+        + HEADER_ROOM_PER_ENTRY * u64::try_from(budget.limits.max_files).unwrap_or(u64::MAX);
+    let mut archive = tar::Archive::new(Capped {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: cap,
+        cap,
+    });
     let entries = archive
         .entries()
         .map_err(|e| Error::invalid(format!("invalid tar.gz archive: {e}")))?;
@@ -140,8 +196,11 @@ fn untar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
             .to_string_lossy()
             .into_owned();
         let kind = entry.header().entry_type();
+        budget.entry()?;
         if kind.is_dir() {
-            mkdirs(&safe_path(dest, &name)?)?;
+            if let Some(path) = entry_path(dest, &name)? {
+                mkdirs(&path, &name)?;
+            }
             continue;
         }
         if !kind.is_file() {
@@ -149,12 +208,11 @@ fn untar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
                 "archive entry \"{name}\" is not a regular file or directory (links are not allowed)"
             )));
         }
-        let path = safe_path(dest, &name)?;
-        budget.file()?;
+        let path = file_path(dest, &name)?;
         if let Some(parent) = path.parent() {
-            mkdirs(parent)?;
+            mkdirs(parent, &name)?;
         }
-        budget.copy(&mut entry, &path)?;
+        budget.copy(&mut entry, &path, &name)?;
     }
     Ok(())
 }
@@ -184,7 +242,8 @@ pub fn unpack(
     file_name: &str,
     limits: UnpackLimits,
 ) -> Result<Unpacked> {
-    mkdirs(dest)?;
+    std::fs::create_dir_all(dest)
+        .map_err(|e| Error::internal(format!("cannot create the package directory: {e}")))?;
     let mut budget = Budget {
         limits,
         files: 0,
@@ -292,7 +351,100 @@ mod tests {
         let many: Vec<(&str, &[u8])> = many.iter().map(|(n, d)| (n.as_str(), *d)).collect();
         let err = unpack(&zip_of(&many), &dir.path().join("c"), "m", limits).unwrap_err();
         assert!(
-            err.message.contains("more than 10 files"),
+            err.message.contains("more than 10 entries"),
+            "{}",
+            err.message
+        );
+    }
+
+    fn tar_gz(build: impl FnOnce(&mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>)) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        build(&mut builder);
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn a_standard_tarball_with_a_dot_entry_unpacks() {
+        // What `tar czf app.tar.gz -C dir .` writes: "./" first.
+        let bytes = tar_gz(|b| {
+            let mut dir = tar::Header::new_gnu();
+            dir.set_entry_type(tar::EntryType::Directory);
+            dir.set_size(0);
+            dir.set_mode(0o755);
+            b.append_data(&mut dir, "./", std::io::empty()).unwrap();
+            let mut file = tar::Header::new_gnu();
+            file.set_size(2);
+            file.set_mode(0o644);
+            b.append_data(&mut file, "./main.py", &b"x\n"[..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack(&bytes, &dir.path().join("a"), "m", UnpackLimits::default()).unwrap();
+        assert_eq!(out, Unpacked::Archive);
+        assert!(dir.path().join("a/main.py").is_file());
+    }
+
+    #[test]
+    fn directories_count_toward_the_entry_limit() {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut zip = zip::ZipWriter::new(&mut buf);
+            for i in 0..11 {
+                zip.add_directory(format!("d{i}/"), zip::write::SimpleFileOptions::default())
+                    .unwrap();
+            }
+            zip.finish().unwrap();
+        }
+        let limits = UnpackLimits {
+            max_files: 10,
+            max_bytes: 1 << 20,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(buf.get_ref(), &dir.path().join("a"), "m", limits).unwrap_err();
+        assert!(
+            err.message.contains("more than 10 entries"),
+            "{}",
+            err.message
+        );
+        assert!(!dir.path().join("a").exists());
+    }
+
+    #[test]
+    fn a_file_and_a_directory_of_one_name_is_a_clear_400() {
+        let zip = zip_of(&[("app", b"x"), ("app/main.py", b"y")]);
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(&zip, &dir.path().join("a"), "m", UnpackLimits::default()).unwrap_err();
+        assert_eq!(err.code, flare_model::ErrorCode::InvalidArgument);
+        assert!(err.message.contains("\"app/main.py\""), "{}", err.message);
+        assert!(
+            !err.message.contains(&*dir.path().to_string_lossy()),
+            "no host path: {}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn tar_headers_cannot_expand_past_the_decoder_cap() {
+        // A GNU long name far past the budget: refused by the decoder cap
+        // before the tar reader can hold it.
+        let long = "a/".repeat(1 << 20);
+        let bytes = tar_gz(|b| {
+            let mut file = tar::Header::new_gnu();
+            file.set_size(1);
+            file.set_mode(0o644);
+            b.append_data(&mut file, format!("{long}f"), &b"x"[..])
+                .unwrap();
+        });
+        let limits = UnpackLimits {
+            max_files: 10,
+            max_bytes: 1 << 20,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(&bytes, &dir.path().join("a"), "m", limits).unwrap_err();
+        assert!(
+            err.message.contains("decompresses to more than"),
             "{}",
             err.message
         );

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flare_model::{LogRecord, LogStream, now_us};
+use flare_model::{
+    INVOCATION_LOG_BUDGET, LineSplitter, LogRecord, LogStream, now_us, split_long_line,
+};
 use flare_store::logs::LogSender;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::process::{Child, Command};
@@ -40,6 +41,10 @@ pub enum WorkerError {
     Function(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The function answered, but not with a valid HTTP response; the
+    /// worker itself is fine.
+    #[error("{0}")]
+    BadResponse(String),
 }
 
 /// Who the worker's output belongs to, once it is specialized.
@@ -55,6 +60,9 @@ struct Shared {
     /// The answer to a control message (specialize, health).
     control: Mutex<Option<oneshot::Sender<Result<Frame, WorkerError>>>>,
     dead: AtomicBool,
+    /// Why the connection was given up, when the worker broke the protocol
+    /// (a frame past its limit): the reason every waiter gets.
+    fault: Mutex<Option<String>>,
     attribution: Mutex<Attribution>,
     logs: LogSender,
     cgroups: Mutex<Cgroups>,
@@ -73,7 +81,7 @@ pub struct Worker {
 pub struct WorkerPlan<'a> {
     pub id: String,
     pub dir: PathBuf,
-    pub seccomp: &'a Path,
+    pub seccomp: [&'a Path; 2],
     pub ro_binds: Vec<PathBuf>,
     pub argv: Vec<String>,
     pub network: bool,
@@ -85,6 +93,8 @@ pub struct WorkerPlan<'a> {
     pub cpus: f64,
     /// Host directory of the worker program, shown read-only at `/env`.
     pub env_dir: Option<PathBuf>,
+    /// Start even where cgroups cannot limit memory and processes.
+    pub allow_unlimited: bool,
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> WorkerError + '_ {
@@ -99,17 +109,31 @@ impl Worker {
         let run = plan.dir.join("run");
         std::fs::create_dir_all(&code).map_err(io("create code dir"))?;
         std::fs::create_dir_all(&run).map_err(io("create run dir"))?;
-        for dir in [&plan.dir, &code, &run] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        // Searchable, not listable, by the sandbox's user (bubblewrap runs
+        // as that user and must reach what it binds); the code itself is
+        // the function's own and must be listable for imports.
+        for (dir, mode) in [(&plan.dir, 0o711), (&code, 0o755), (&run, 0o711)] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
                 .map_err(io("chmod"))?;
         }
         let socket = run.join("worker.sock");
         let listener = UnixListener::bind(&socket).map_err(io("bind socket"))?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777))
+        // Only the sandbox's user may connect.
+        let uid = crate::sandbox::SANDBOX_UID;
+        std::os::unix::fs::chown(&socket, Some(uid), Some(uid)).map_err(io("chown socket"))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(io("chmod socket"))?;
 
         let cgroups = Cgroups::create(&plan.id);
-        cgroups.limit(plan.memory_bytes, plan.pids, plan.cpus);
+        if !cgroups.missing().is_empty() && !plan.allow_unlimited {
+            return Err(WorkerError::Start(format!(
+                "cannot limit workers: no {} cgroup controller on this host; start the server with --allow-unlimited-workers to run them without those limits",
+                cgroups.missing().join(" or ")
+            )));
+        }
+        cgroups
+            .limit(plan.memory_bytes, plan.pids, plan.cpus)
+            .map_err(WorkerError::Start)?;
         let env = [
             ("FLARE_SOCKET", "/run/flare/worker.sock".to_string()),
             ("FLARE_WORKER_ID", plan.id.clone()),
@@ -184,6 +208,7 @@ impl Worker {
             pending: Mutex::default(),
             control: Mutex::default(),
             dead: AtomicBool::new(false),
+            fault: Mutex::default(),
             attribution: Mutex::default(),
             logs: plan.logs,
             cgroups: Mutex::new(cgroups),
@@ -251,7 +276,9 @@ impl Worker {
         timeout: Duration,
     ) -> Result<(), WorkerError> {
         if let Ok(cgroups) = self.shared.cgroups.lock() {
-            cgroups.limit(memory_bytes, crate::PIDS_PER_WORKER, crate::CPUS_PER_WORKER);
+            cgroups
+                .limit(memory_bytes, crate::PIDS_PER_WORKER, crate::CPUS_PER_WORKER)
+                .map_err(WorkerError::Start)?;
         }
         if let Ok(mut attribution) = self.shared.attribution.lock() {
             attribution.function = Some(function);
@@ -294,12 +321,7 @@ impl Worker {
         }));
         frame.body = request.body().clone();
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut pending) = self.shared.pending.lock() {
-            pending.insert(invocation.to_string(), tx);
-        }
-        if let Ok(mut attribution) = self.shared.attribution.lock() {
-            attribution.in_flight.push(invocation.clone());
-        }
+        let _waiting = Waiting::register(&self.shared, invocation, tx);
         let result = match self.send(&frame).await {
             Ok(()) => match rx.await {
                 Ok(answer) => answer,
@@ -307,35 +329,10 @@ impl Worker {
             },
             Err(e) => Err(e),
         };
-        if let Ok(mut attribution) = self.shared.attribution.lock() {
-            attribution.in_flight.retain(|id| id != invocation);
-        }
         let answer = result?;
         self.log_lines(invocation, answer_logs(&answer.header));
         match answer.op() {
-            "response" => {
-                let status = answer
-                    .header
-                    .get("status")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(200);
-                let mut response =
-                    http::Response::builder().status(u16::try_from(status).unwrap_or(500));
-                if let Some(list) = answer.header.get("headers").and_then(Value::as_array) {
-                    for pair in list {
-                        if let (Some(k), Some(v)) = (
-                            pair.get(0).and_then(Value::as_str),
-                            pair.get(1).and_then(Value::as_str),
-                        ) {
-                            response = response.header(k, v);
-                        }
-                    }
-                }
-                let response = response.body(answer.body).map_err(|e| {
-                    WorkerError::Protocol(format!("invalid response from the function: {e}"))
-                })?;
-                Ok(response)
-            }
+            "response" => response_of(answer),
             _ => Err(WorkerError::Function(
                 answer
                     .str("message")
@@ -368,6 +365,11 @@ impl Worker {
     /// Why the worker stopped answering: waits for it to exit.
     async fn death(&self) -> WorkerError {
         self.shared.dead.store(true, Ordering::Release);
+        // A worker that broke the protocol may still be alive (blocked on
+        // a write nobody reads): the fault is the reason, no need to wait.
+        if let Some(fault) = self.shared.fault.lock().ok().and_then(|f| f.clone()) {
+            return WorkerError::Protocol(fault);
+        }
         let status = {
             let mut child = self.shared.child.lock().await;
             tokio::time::timeout(Duration::from_secs(2), child.wait()).await
@@ -396,8 +398,97 @@ impl Worker {
             let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
         }
         if let Ok(mut cgroups) = self.shared.cgroups.lock() {
-            cgroups.destroy();
+            cgroups.destroy_in_background();
         }
+    }
+}
+
+/// An invocation waiting for its answer: registered for the reader task
+/// and for log attribution until it is dropped, however the wait ends.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    invocation: &'a Arc<str>,
+}
+
+impl<'a> Waiting<'a> {
+    fn register(
+        shared: &'a Shared,
+        invocation: &'a Arc<str>,
+        answer: oneshot::Sender<Result<Frame, WorkerError>>,
+    ) -> Self {
+        if let Ok(mut pending) = shared.pending.lock() {
+            pending.insert(invocation.to_string(), answer);
+        }
+        if let Ok(mut attribution) = shared.attribution.lock() {
+            attribution.in_flight.push(invocation.clone());
+        }
+        Waiting { shared, invocation }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.remove(&**self.invocation);
+        }
+        if let Ok(mut attribution) = self.shared.attribution.lock() {
+            attribution.in_flight.retain(|id| id != self.invocation);
+        }
+    }
+}
+
+/// The HTTP response in a `response` frame. A status or header that HTTP
+/// cannot carry is the function's mistake, not the worker's: the caller
+/// gets a 502 and the worker lives on.
+fn response_of(answer: Frame) -> Result<http::Response<Bytes>, WorkerError> {
+    let bad = |why: String| Err(WorkerError::BadResponse(why));
+    let status = match answer.header.get("status") {
+        None | Some(Value::Null) => 200,
+        Some(value) => match value.as_u64().and_then(|s| u16::try_from(s).ok()) {
+            Some(status) => status,
+            None => return bad(format!("status {value} is not an HTTP status")),
+        },
+    };
+    let Ok(status) = http::StatusCode::from_u16(status) else {
+        return bad(format!("status {status} is not an HTTP status"));
+    };
+    let mut response = http::Response::new(answer.body);
+    *response.status_mut() = status;
+    if let Some(list) = answer.header.get("headers").and_then(Value::as_array) {
+        let headers = response.headers_mut();
+        for pair in list {
+            let (Some(name), Some(value)) = (
+                pair.get(0).and_then(Value::as_str),
+                pair.get(1).and_then(Value::as_str),
+            ) else {
+                return bad("a header is not a [name, value] pair of strings".into());
+            };
+            let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                return bad(format!("header name {:?} is not valid", truncated(name)));
+            };
+            let Ok(value) = http::HeaderValue::from_str(value) else {
+                return bad(format!("the value of header {name} is not valid"));
+            };
+            headers.append(name, value);
+            if headers.len() > MAX_HEADERS {
+                return bad(format!(
+                    "more than {MAX_HEADERS} headers, past the limit of {}",
+                    flare_model::MAX_RESPONSE_HEADERS
+                ));
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// Headers a response frame may carry; the executor applies the real
+/// limits, this only bounds the work on a hostile frame.
+const MAX_HEADERS: usize = 10_000;
+
+fn truncated(text: &str) -> &str {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => &text[..end],
+        None => text,
     }
 }
 
@@ -408,33 +499,51 @@ impl Drop for Worker {
             let _ = child.start_kill();
         }
         if let Ok(mut cgroups) = self.shared.cgroups.lock() {
-            cgroups.destroy();
+            cgroups.destroy_in_background();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// The lines an answer reports, split at [`flare_model::MAX_LOG_LINE`] and kept within
+/// [`INVOCATION_LOG_BUDGET`], as for output on the worker's real pipes.
 fn answer_logs(header: &Value) -> Vec<(LogStream, String)> {
-    header
-        .get("logs")
-        .and_then(Value::as_array)
-        .map(|lines| {
-            lines
-                .iter()
-                .filter_map(|pair| {
-                    let stream = match pair.get(0)?.as_str()? {
-                        "stderr" => LogStream::Stderr,
-                        _ => LogStream::Stdout,
-                    };
-                    Some((stream, pair.get(1)?.as_str()?.to_string()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut budget = Budget::default();
+    let mut out = Vec::new();
+    let lines = header.get("logs").and_then(Value::as_array);
+    for pair in lines.into_iter().flatten() {
+        let (Some(stream), Some(line)) = (
+            pair.get(0).and_then(Value::as_str),
+            pair.get(1).and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let stream = match stream {
+            "stderr" => LogStream::Stderr,
+            _ => LogStream::Stdout,
+        };
+        for part in split_long_line(line) {
+            if let Some(part) = budget.admit("", part.to_string()) {
+                out.push((stream, part));
+            }
+        }
+    }
+    out
 }
 
 async fn read_loop(mut reader: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>) {
-    while let Ok(frame) = protocol::read(&mut reader).await {
+    loop {
+        let frame = match protocol::read(&mut reader).await {
+            Ok(frame) => frame,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::InvalidData
+                    && let Ok(mut fault) = shared.fault.lock()
+                {
+                    *fault = Some(e.to_string());
+                }
+                break;
+            }
+        };
         let id = frame.str("id").map(str::to_string);
         let waiter = match id {
             Some(id) => shared.pending.lock().ok().and_then(|mut p| p.remove(&id)),
@@ -458,10 +567,20 @@ async fn read_loop(mut reader: tokio::net::unix::OwnedReadHalf, shared: Arc<Shar
 }
 
 /// Logs what the worker writes to its real stdout/stderr: for the one
-/// invocation in flight if there is exactly one, else for the worker.
-async fn pump(pipe: impl tokio::io::AsyncRead + Unpin, stream: LogStream, shared: Arc<Shared>) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+/// invocation in flight if there is exactly one, else for the worker. Lines
+/// are capped at [`flare_model::MAX_LOG_LINE`] and each owner at
+/// [`INVOCATION_LOG_BUDGET`] bytes, so a worker printing without end (or
+/// without a newline) costs a bounded buffer and a bounded log.
+async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, stream: LogStream, shared: Arc<Shared>) {
+    use tokio::io::AsyncReadExt;
+    let mut splitter = LineSplitter::default();
+    let mut chunk = vec![0; 16 << 10];
+    let mut budget = Budget::default();
+    loop {
+        let (lines, ended) = match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => (splitter.finish().into_iter().collect(), true),
+            Ok(n) => (splitter.push(&chunk[..n]), false),
+        };
         let (function, invocation) = match shared.attribution.lock() {
             Ok(a) => (
                 a.function.clone(),
@@ -472,15 +591,86 @@ async fn pump(pipe: impl tokio::io::AsyncRead + Unpin, stream: LogStream, shared
             ),
             Err(_) => (None, String::new()),
         };
-        match function {
-            Some(function) => shared.logs.send(LogRecord {
+        for line in lines {
+            let Some(function) = &function else {
+                tracing::info!("worker {}: {line}", shared.id);
+                continue;
+            };
+            let Some(line) = budget.admit(&invocation, line) else {
+                continue;
+            };
+            shared.logs.send(LogRecord {
                 ts_us: now_us(),
                 function: function.to_string(),
-                invocation,
+                invocation: invocation.clone(),
                 stream,
                 line,
-            }),
-            None => tracing::info!("worker {}: {line}", shared.id),
+            });
         }
+        if ended {
+            return;
+        }
+    }
+}
+
+/// Bytes of output stored per owner (an invocation, or the worker), with
+/// one note when an owner's budget runs out. The last [`OWNERS`] owners are
+/// remembered, so output that alternates between them cannot reset a
+/// budget.
+#[derive(Default)]
+struct Budget {
+    owners: std::collections::VecDeque<(String, usize)>,
+}
+
+const OWNERS: usize = 16;
+
+impl Budget {
+    /// The line to store for `owner`: `line`, the note that the rest is
+    /// dropped, or nothing.
+    fn admit(&mut self, owner: &str, line: String) -> Option<String> {
+        let index = match self.owners.iter().position(|(o, _)| o == owner) {
+            Some(index) => index,
+            None => {
+                if self.owners.len() == OWNERS {
+                    self.owners.pop_front();
+                }
+                self.owners.push_back((owner.to_string(), 0));
+                self.owners.len() - 1
+            }
+        };
+        let written = &mut self.owners[index].1;
+        let before = *written;
+        *written = written.saturating_add(line.len());
+        if *written <= INVOCATION_LOG_BUDGET {
+            Some(line)
+        } else if before <= INVOCATION_LOG_BUDGET {
+            Some(format!(
+                "output over {INVOCATION_LOG_BUDGET} bytes in one invocation; the rest is dropped"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::{Budget, INVOCATION_LOG_BUDGET};
+
+    #[test]
+    fn alternating_owners_cannot_reset_a_budget() {
+        let mut budget = Budget::default();
+        let line = "x".repeat(1 << 10);
+        let mut kept = 0;
+        for i in 0..4 * (INVOCATION_LOG_BUDGET >> 10) {
+            let owner = if i % 2 == 0 { "a" } else { "worker" };
+            if let Some(l) = budget.admit(owner, line.clone())
+                && owner == "a"
+                && l == line
+            {
+                kept += l.len();
+            }
+        }
+        assert_eq!(kept, INVOCATION_LOG_BUDGET);
     }
 }

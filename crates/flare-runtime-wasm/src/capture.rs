@@ -10,16 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use flare_model::{LogRecord, LogStream, now_us};
+use flare_model::{INVOCATION_LOG_BUDGET as BUDGET, LineSplitter, LogRecord, LogStream, now_us};
 use flare_store::logs::LogSender;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-
-/// Bytes of output kept per invocation.
-pub(crate) const BUDGET: usize = 1 << 20;
-/// Longest line stored; longer lines are split.
-const MAX_LINE: usize = 16 * 1024;
 
 /// Who is writing: shared by the stdout and stderr of one invocation.
 pub(crate) struct Capture {
@@ -31,8 +26,8 @@ pub(crate) struct Capture {
 
 #[derive(Default)]
 struct State {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
+    stdout: LineSplitter,
+    stderr: LineSplitter,
     written: usize,
     truncated: bool,
 }
@@ -85,27 +80,10 @@ impl Capture {
             }
         }
         state.written += bytes.len();
-        let buffer = match stream {
-            LogStream::Stderr => &mut state.stderr,
-            _ => &mut state.stdout,
+        let lines = match stream {
+            LogStream::Stderr => state.stderr.push(bytes),
+            _ => state.stdout.push(bytes),
         };
-        buffer.extend_from_slice(bytes);
-        let mut lines = Vec::new();
-        while let Some(end) = buffer
-            .iter()
-            .position(|b| *b == b'\n')
-            .or_else(|| (buffer.len() >= MAX_LINE).then_some(MAX_LINE))
-        {
-            let rest = buffer.split_off((end + 1).min(buffer.len()));
-            let mut line = std::mem::replace(buffer, rest);
-            if line.last() == Some(&b'\n') {
-                line.pop();
-            }
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            lines.push(String::from_utf8_lossy(&line).into_owned());
-        }
         drop(state);
         for line in lines {
             self.send(stream, line);
@@ -117,12 +95,12 @@ impl Capture {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let stdout = std::mem::take(&mut state.stdout);
-        let stderr = std::mem::take(&mut state.stderr);
+        let stdout = state.stdout.finish();
+        let stderr = state.stderr.finish();
         drop(state);
         for (stream, rest) in [(LogStream::Stdout, stdout), (LogStream::Stderr, stderr)] {
-            if !rest.is_empty() {
-                self.send(stream, String::from_utf8_lossy(&rest).into_owned());
+            if let Some(rest) = rest {
+                self.send(stream, rest);
             }
         }
     }

@@ -38,9 +38,11 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Outbound HTTP: only to the hosts the function lists.
+/// Outbound HTTP: only to the hosts the function lists, and only to
+/// addresses the server's egress policy allows.
 pub(crate) struct OutboundPolicy {
     pub allowed_hosts: Arc<[String]>,
+    pub egress: Arc<flare_model::EgressPolicy>,
 }
 
 type SendFuture = Box<
@@ -70,8 +72,22 @@ impl WasiHttpHooks for OutboundPolicy {
         if !FunctionSpec::allows_host(&self.allowed_hosts, &authority) {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let egress = self.egress.clone();
+        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let host = request.uri().host().unwrap_or_default().to_string();
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
         Box::new(async move {
             use http_body_util::BodyExt;
+            // Every address the name resolves to must be allowed. The
+            // connection resolves the name again: a name that changes its
+            // answer in between (DNS rebinding) is a gap this check leaves.
+            if let Err(why) = egress.resolve(&host, port).await {
+                tracing::debug!("outbound request to {host}:{port} refused: {why}");
+                return Err(HttpError::HttpRequestDenied);
+            }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),

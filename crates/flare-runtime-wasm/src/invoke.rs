@@ -91,6 +91,7 @@ impl WasmRuntime {
             http: WasiHttpCtx::new(),
             hooks: OutboundPolicy {
                 allowed_hosts: call.allowed_hosts.clone(),
+                egress: self.egress.clone(),
             },
             limits: StoreLimitsBuilder::new()
                 .memory_size(call.limits.memory_bytes())

@@ -48,6 +48,9 @@ pub struct RuntimeConfig {
     pub pool_instances: u32,
     /// `None`: use the pooling allocator if the address space allows it.
     pub pooling: Option<bool>,
+    /// Where functions' outbound HTTP may connect, beyond their own
+    /// `allowHosts` list.
+    pub egress: std::sync::Arc<flare_model::EgressPolicy>,
 }
 
 impl RuntimeConfig {
@@ -57,6 +60,7 @@ impl RuntimeConfig {
             max_memory_bytes: (flare_model::Limits::MAX_MEMORY_MB as usize) << 20,
             pool_instances: 1000,
             pooling: None,
+            egress: std::sync::Arc::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct WasmRuntime {
     pooling: bool,
     prepared: Mutex<std::collections::HashMap<String, Prepared>>,
     ticker: EpochTicker,
+    egress: std::sync::Arc<flare_model::EgressPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +155,7 @@ impl WasmRuntime {
             pooling,
             prepared: Mutex::default(),
             ticker,
+            egress: settings.egress,
         })
     }
 

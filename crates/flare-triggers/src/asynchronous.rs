@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flare_executor::Executor;
-use flare_model::ErrorCode;
+use flare_model::{EgressPolicy, ErrorCode};
 use flare_store::invocations::{AsyncQueue, Attempt, Invocation, InvocationStatus};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
@@ -30,7 +30,7 @@ pub struct AsyncInvoker {
     queue: AsyncQueue,
     executor: Arc<Executor>,
     slots: Arc<Semaphore>,
-    http: reqwest::Client,
+    egress: Arc<EgressPolicy>,
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -38,12 +38,14 @@ fn backoff(attempts: u32) -> Duration {
 }
 
 impl AsyncInvoker {
-    pub fn new(queue: AsyncQueue, executor: Arc<Executor>) -> Arc<Self> {
+    /// Callbacks go only where `egress` allows: a caller of the router
+    /// must not reach, through Flare, what it cannot reach itself.
+    pub fn new(queue: AsyncQueue, executor: Arc<Executor>, egress: Arc<EgressPolicy>) -> Arc<Self> {
         Arc::new(AsyncInvoker {
             queue,
             executor,
             slots: Arc::new(Semaphore::new(CONCURRENCY)),
-            http: reqwest::Client::new(),
+            egress,
         })
     }
 
@@ -150,7 +152,7 @@ impl AsyncInvoker {
                 body: Vec::new(),
                 fatal: e.code == ErrorCode::NotFound,
                 retry: true,
-                error: Some(e.message),
+                error: Some(e.owner_message()),
             },
         };
         let status = match self.queue.store.record_attempt(
@@ -171,7 +173,10 @@ impl AsyncInvoker {
         }
     }
 
-    /// POSTs the outcome to the caller's callback URL; best effort.
+    /// POSTs the outcome to the caller's callback URL; best effort. The
+    /// URL's host is resolved and checked against the egress policy, and
+    /// the connection goes to exactly the checked addresses; redirects are
+    /// not followed.
     async fn call_back(
         &self,
         url: &str,
@@ -179,24 +184,43 @@ impl AsyncInvoker {
         status: InvocationStatus,
         attempt: &Attempt,
     ) {
-        let sent = self
-            .http
+        let id = &invocation.request.id;
+        let client = match self.callback_client(url).await {
+            Ok(client) => client,
+            Err(why) => {
+                tracing::warn!("invocation {id}: callback to {url} refused: {why}");
+                return;
+            }
+        };
+        let sent = client
             .post(url)
-            .header("x-flare-invocation-id", &invocation.request.id)
+            .header("x-flare-invocation-id", id)
             .header("x-flare-invocation-status", status.as_str())
             .header(
                 "x-flare-function-status",
                 attempt.status.unwrap_or(0).to_string(),
             )
             .body(attempt.body.clone())
-            .timeout(Duration::from_secs(10))
             .send()
             .await;
         if let Err(e) = sent {
-            tracing::warn!(
-                "invocation {}: callback to {url} failed: {e}",
-                invocation.request.id
-            );
+            tracing::warn!("invocation {id}: callback to {url} failed: {e}");
         }
+    }
+
+    async fn callback_client(&self, url: &str) -> Result<reqwest::Client, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+        let host = parsed.host_str().ok_or("the URL has no host")?;
+        let port = parsed
+            .port_or_known_default()
+            .ok_or("the URL has no port")?;
+        let addrs = self.egress.resolve(host, port).await?;
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .resolve_to_addrs(host, &addrs)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())
     }
 }

@@ -16,6 +16,12 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Global flags may stand anywhere (`flare --api URL fn list`): clap
+    /// hands their values down to the subcommand that reads them.
+    #[command(flatten)]
+    _api: commands::ApiFlag,
+    #[command(flatten)]
+    _output: output::OutputFlag,
 }
 
 #[derive(Subcommand)]

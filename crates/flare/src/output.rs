@@ -14,7 +14,7 @@ pub enum Format {
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct OutputFlag {
     /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
 }
 

@@ -144,7 +144,8 @@ fn failures_are_retried_then_dead_lettered() {
 
 #[test]
 fn the_outcome_is_posted_to_the_callback() {
-    let server = Server::start();
+    // The callback target is a loopback port of the test's own.
+    let server = Server::start_with(&["--egress-allow-private"]);
     server.create("echo", "echo", &[]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/done", listener.local_addr().unwrap());
@@ -190,6 +191,32 @@ fn the_outcome_is_posted_to_the_callback() {
     assert!(head.contains("x-flare-function-status: 200"), "{head}");
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["body"], "hi");
+}
+
+#[test]
+fn callbacks_cannot_reach_flare_or_private_addresses() {
+    for flags in [&[][..], &["--egress-allow-private"][..]] {
+        let server = Server::start_with(flags);
+        server.python_env("1");
+        server.create_python("echo", "hostile.py", &[]);
+        // Only the router is the attacker's; the callback aims at the API
+        // and carries what the function echoes: an environment document.
+        let url = format!("{}/v1/environments", server.api);
+        let env = r#"{"apiVersion":"flare.dev/v1","kind":"Environment","metadata":{"name":"pwned"},"spec":{"runtime":"python"}}"#;
+        let id = submit(
+            &server,
+            "/async/fn/echo/echo",
+            &[("x-flare-callback-url", &url)],
+            env,
+        );
+        outcome(&server, &id, "succeeded");
+        // A callback that would land has done so by the time a second
+        // invocation, queued after it, is done.
+        let second = submit(&server, "/async/fn/echo/", &[], "");
+        outcome(&server, &second, "succeeded");
+        let envs = server.ok(&["env", "list"]);
+        assert!(!envs.contains("pwned"), "{flags:?}: {envs}");
+    }
 }
 
 #[test]

@@ -143,21 +143,58 @@ fn beyond_max_concurrency_is_503_with_retry_after() {
     );
 }
 
+/// A plain HTTP server of the test's own on loopback, answering "ok" to
+/// every request until the test ends.
+fn http_ok_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+            );
+        }
+    });
+    addr
+}
+
 #[test]
-fn outbound_http_only_to_listed_hosts() {
+fn outbound_http_only_to_listed_hosts_and_allowed_addresses() {
+    let target = http_ok_server();
+    let fetch = format!("/fetch?url=http://{target}/");
+
+    // By default loopback is refused, listed or not.
     let server = Server::start();
-    // The API's own health endpoint is a real HTTP server on loopback.
+    server.create("closed", "misbehave", &[]);
+    server.create("open", "misbehave", &["--allow-host", &target]);
+    for name in ["closed", "open"] {
+        let denied = server.get(&format!("/fn/{name}{fetch}"));
+        assert_eq!(denied.status(), 502, "{name}");
+        assert!(
+            denied.text().unwrap().contains("HttpRequestDenied"),
+            "{name}"
+        );
+    }
+    drop(server);
+
+    // The operator allows private addresses: a listed host is reached,
+    // an unlisted one is not, and Flare's own API never is.
+    let server = Server::start_with(&["--egress-allow-private"]);
     let api_host = server.api.trim_start_matches("http://").to_string();
     server.create("closed", "misbehave", &[]);
-    server.create("open", "misbehave", &["--allow-host", &api_host]);
-    let fetch = format!("/fetch?url=http://{api_host}/healthz");
-
-    let denied = server.get(&format!("/fn/closed{fetch}"));
-    assert_eq!(denied.status(), 502);
-    assert!(denied.text().unwrap().contains("HttpRequestDenied"));
+    server.create("open", "misbehave", &["--allow-host", &target]);
+    server.create("api", "misbehave", &["--allow-host", &api_host]);
     let allowed = server.get(&format!("/fn/open{fetch}"));
     assert_eq!(allowed.status(), 200);
     assert_eq!(allowed.text().unwrap(), "200 ok\n");
+    assert_eq!(server.get(&format!("/fn/closed{fetch}")).status(), 502);
+    let own = server.get(&format!("/fn/api/fetch?url=http://{api_host}/healthz"));
+    assert_eq!(own.status(), 502);
+    assert!(own.text().unwrap().contains("HttpRequestDenied"));
 }
 
 #[test]

@@ -334,8 +334,10 @@ fn nats_jetstream_success_failure_and_kill_9() {
                 .unwrap();
         })
     };
+    // The failure's text spans lines (as a trap's backtrace does): the
+    // error header is one line and the trigger lives on.
+    publish(1, "fail-now\nand a second line\r\n");
     publish(0, "hello");
-    publish(1, "fail-now");
     use futures::StreamExt;
     let answer = runtime
         .block_on(tokio::time::timeout(
@@ -349,7 +351,7 @@ fn nats_jetstream_success_failure_and_kill_9() {
         .block_on(tokio::time::timeout(Duration::from_secs(20), dead.next()))
         .unwrap()
         .unwrap();
-    assert_eq!(&failure.payload[..], b"fail-now");
+    assert_eq!(&failure.payload[..], b"fail-now\nand a second line\r\n");
     let reason = failure
         .headers
         .as_ref()
@@ -357,6 +359,12 @@ fn nats_jetstream_success_failure_and_kill_9() {
         .map(|v| v.to_string())
         .unwrap();
     assert!(reason.contains("cannot process fail-now"), "{reason}");
+    assert!(!reason.contains(['\n', '\r']), "{reason:?}");
+    let view: serde_json::Value =
+        serde_json::from_str(&server.ok(&["mqt", "get", "--name", &trigger, "-o", "json"]))
+            .unwrap();
+    assert_eq!(view["status"]["connected"], true, "{view}");
+    assert!(view["status"].get("error").is_none(), "{view}");
 
     // 40 more, kill -9 part way, restart: every one answered.
     for i in 0..40 {

@@ -71,6 +71,23 @@ pub(crate) struct Context {
 }
 
 const MAX_RESPONSE: usize = 16 << 20;
+/// Longest text put in a message header (an error, a subject).
+pub(crate) const MAX_HEADER_TEXT: usize = 1024;
+
+/// `text` as one line of at most `max` bytes: control characters (CR, LF,
+/// NUL, escapes) become spaces, so it is safe as a header value whatever a
+/// function printed.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
 
 impl Context {
     pub fn report(&self, update: impl FnOnce(&mut MqStatus)) {
@@ -131,7 +148,7 @@ impl Context {
                         Err(e) => (true, format!("cannot read the response: {e}")),
                     }
                 }
-                Err(e) => (e.code != ErrorCode::InvalidArgument, e.message),
+                Err(e) => (e.code != ErrorCode::InvalidArgument, e.owner_message()),
             };
             if !retry || attempt >= self.spec.maxretries {
                 self.report(|s| s.failed += 1);
@@ -254,16 +271,25 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Keeps a connector consuming: each failure is reported (`flare mqt get`,
 /// the log) and followed by a reconnection after a backoff that grows while
 /// attempts keep failing.
+///
+/// This is the one supervisor of every connector: a session that ends for
+/// any reason, a panic included, is reported and restarted, so a trigger
+/// never dies silently while `flare mqt get` still shows it healthy.
 async fn keep_consuming<F, Fut>(context: Arc<Context>, consume: F)
 where
     F: Fn(Arc<Context>) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let mut failures = 0u32;
     loop {
         let started = tokio::time::Instant::now();
-        let Err(error) = consume(context.clone()).await else {
-            return;
+        let mut session = AbortOnDrop(tokio::spawn(consume(context.clone())));
+        let error = match (&mut session.0).await {
+            Ok(Ok(())) => "the consumer ended".to_string(),
+            Ok(Err(error)) => error,
+            Err(join) if join.is_panic() => format!("the consumer failed: {join}"),
+            // Cancelled: the server is shutting down.
+            Err(_) => return,
         };
         context.disconnected(error);
         if started.elapsed() >= HEALTHY_SESSION {
@@ -272,6 +298,16 @@ where
         let backoff = Duration::from_millis(200 << failures.min(5)).min(Duration::from_secs(5));
         tokio::time::sleep(backoff).await;
         failures += 1;
+    }
+}
+
+/// A session task that ends with its supervisor (a trigger deleted or
+/// replaced aborts the supervisor; its session must not live on).
+struct AbortOnDrop(JoinHandle<Result<(), String>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -376,7 +412,20 @@ impl MqTriggers {
 
 #[cfg(test)]
 mod tests {
-    use super::Lanes;
+    use super::{Lanes, one_line};
+
+    #[test]
+    fn header_text_is_one_bounded_line() {
+        let text = "trap:\n  0: wasm backtrace\r\n\u{1b}[31m\u{0}é";
+        let line = one_line(text, 1024);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("trap:   0: wasm backtrace"), "{line:?}");
+        assert_eq!(
+            one_line(&"é".repeat(100), 9).len(),
+            8,
+            "cut on a char boundary"
+        );
+    }
 
     #[test]
     fn unordered_lanes_start_everything_up_to_the_limit() {

@@ -8,10 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 
-use super::{Context, Message, Outcome, dispatch};
+use super::{Context, MAX_HEADER_TEXT, Message, Outcome, dispatch, one_line};
+
+/// Deliveries a message gets beyond its trigger's retries (which run inside
+/// one delivery) before JetStream gives it up: room for a few reconnections.
+const MAX_EXTRA_DELIVERIES: i64 = 5;
 
 /// How long JetStream waits for an ack before redelivering; a message being
 /// worked on is kept alive with progress acks (see [`handle`]).
@@ -48,6 +53,10 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 filter_subject: spec.topic.clone(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
+                // Bounded redelivery: a message that keeps killing its
+                // connection (or the server) is given up after this many
+                // tries instead of looping for ever.
+                max_deliver: i64::from(spec.maxretries) + MAX_EXTRA_DELIVERIES,
                 max_ack_pending: i64::from(spec.concurrency),
                 ..Default::default()
             },
@@ -99,21 +108,38 @@ async fn handle(
             }
         }
     };
-    match (&outcome, &spec.resptopic, &spec.errortopic) {
-        (Outcome::Answered(body), Some(topic), _) => client
-            .publish(topic.clone(), body.clone())
-            .await
-            .map_err(|e| format!("publishing the answer: {e}"))?,
-        (Outcome::Failed(error), _, Some(topic)) => {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("x-flare-error", error.as_str());
-            headers.insert("x-flare-source-subject", message.subject.as_str());
-            client
-                .publish_with_headers(topic.clone(), headers, message.payload.clone())
-                .await
-                .map_err(|e| format!("publishing the failure: {e}"))?
+    let outcome = match (outcome, &spec.resptopic) {
+        (Outcome::Answered(body), Some(topic)) => {
+            match client.publish(topic.clone(), body.clone()).await {
+                Ok(()) => Outcome::Answered(body),
+                // An answer the broker cannot carry is a failure of this
+                // message, not of the connection: redelivering it would
+                // fail the same way for ever.
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    context.report(|s| s.failed += 1);
+                    Outcome::Failed(format!(
+                        "the answer of {} bytes is over the broker's message size limit",
+                        body.len()
+                    ))
+                }
+                Err(e) => return Err(format!("publishing the answer: {e}")),
+            }
         }
-        _ => {}
+        (outcome, _) => outcome,
+    };
+    if let (Outcome::Failed(error), Some(topic)) = (&outcome, &spec.errortopic) {
+        let mut headers = async_nats::HeaderMap::new();
+        // Header values are one line: a multi-line error (a trap's
+        // backtrace) would otherwise make the client refuse the header.
+        headers.insert("x-flare-error", one_line(error, MAX_HEADER_TEXT).as_str());
+        headers.insert(
+            "x-flare-source-subject",
+            one_line(&message.subject, MAX_HEADER_TEXT).as_str(),
+        );
+        client
+            .publish_with_headers(topic.clone(), headers, message.payload.clone())
+            .await
+            .map_err(|e| format!("publishing the failure: {e}"))?;
     }
     // The ack travels on the same connection after the publish: if the
     // server has the ack, it has the answer.

@@ -273,10 +273,10 @@ fn show(output: OutputFlag, views: &[FunctionView], single: bool) -> anyhow::Res
                 let status = match &v.status {
                     Some(s) if s.ready => match &s.instances {
                         Some(i) => format!(
-                            "ready ({} in flight; instances: {} warm, {} busy, {} specializing)",
-                            s.in_flight, i.warm, i.busy, i.specializing
+                            "ready ({} in flight, {} queued; instances: {} warm, {} busy, {} specializing)",
+                            s.in_flight, s.queued, i.warm, i.busy, i.specializing
                         ),
-                        None => format!("ready ({} in flight)", s.in_flight),
+                        None => format!("ready ({} in flight, {} queued)", s.in_flight, s.queued),
                     },
                     Some(s) => format!("failed: {}", s.error.as_deref().unwrap_or("?")),
                     None => "not deployed".into(),
@@ -316,7 +316,12 @@ fn format_entry(entry: &LogEntry) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_else(|| r.ts_us.to_string());
-    format!("{at} {} [{}] {}", r.stream.as_str(), r.invocation, r.line)
+    format!(
+        "{at} {} [{}] {}",
+        r.stream.as_str(),
+        flare_model::printable(&r.invocation),
+        flare_model::printable(&r.line)
+    )
 }
 
 pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {

@@ -39,6 +39,16 @@ pub struct ServerArgs {
     /// [default: 1000]
     #[arg(long, env = "FLARE_MAX_INSTANCES")]
     max_instances: Option<u32>,
+    /// Let functions' outbound HTTP and async callbacks reach loopback and
+    /// private addresses (a trusted network, tests). Off: only public
+    /// addresses; Flare's own ports are refused either way.
+    #[arg(long, env = "FLARE_EGRESS_ALLOW_PRIVATE")]
+    egress_allow_private: bool,
+    /// Run process functions even where cgroups cannot limit their memory
+    /// and processes (no memory or pids controller). Off: such workers do
+    /// not start.
+    #[arg(long, env = "FLARE_ALLOW_UNLIMITED_WORKERS")]
+    allow_unlimited_workers: bool,
     /// A TOML file with any of the settings above (addr, api_addr, data_dir,
     /// max_package_bytes, max_instances); flags and FLARE_* variables win.
     #[arg(long, env = "FLARE_CONFIG")]
@@ -63,6 +73,8 @@ struct Settings {
     data_dir: PathBuf,
     max_package_bytes: u64,
     max_instances: u32,
+    allow_unlimited_workers: bool,
+    egress_allow_private: bool,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -108,19 +120,44 @@ impl ServerArgs {
                 .or(file.max_package_bytes)
                 .unwrap_or(flare_api::DEFAULT_MAX_PACKAGE_BYTES),
             max_instances,
+            allow_unlimited_workers: self.allow_unlimited_workers,
+            egress_allow_private: self.egress_allow_private,
         })
     }
 }
 
 /// Scratch space of the process runtime. Sandboxed workers (an
 /// unprivileged user) must be able to reach it, which a data dir under
-/// /root is not; so it lives in the system temp dir, one per data dir.
-fn process_work_dir(data_dir: &std::path::Path) -> PathBuf {
-    use std::hash::{Hash, Hasher};
-    let absolute = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    absolute.hash(&mut hasher);
-    std::env::temp_dir().join(format!("flare-{:016x}", hasher.finish()))
+/// /root is not; so it lives in the system temp dir. Its name is random
+/// and it is created fresh (never a directory someone else made first);
+/// the data dir records it so the next start removes it.
+fn process_work_dir(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let record = data_dir.join("process-work-dir");
+    let temp = std::env::temp_dir();
+    if let Ok(old) = std::fs::read_to_string(&record) {
+        let old = PathBuf::from(old.trim());
+        let ours = old.parent() == Some(temp.as_path())
+            && old
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("flare-"));
+        if ours {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+    }
+    for _ in 0..8 {
+        let dir = temp.join(format!("flare-{:016x}", rand::random::<u64>()));
+        match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => {
+                std::fs::write(&record, dir.to_string_lossy().as_bytes())
+                    .with_context(|| format!("cannot write {}", record.display()))?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    bail!("cannot create a fresh work directory in {}", temp.display())
 }
 
 async fn shutdown_signal() {
@@ -156,17 +193,44 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let data_dir = &settings.data_dir;
 
+    let router_listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (router)", settings.addr))?;
+    let api_listener = tokio::net::TcpListener::bind(settings.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (API)", settings.api_addr))?;
+    let egress = Arc::new(flare_model::EgressPolicy {
+        allow_private: settings.egress_allow_private,
+        own_ports: vec![
+            router_listener.local_addr()?.port(),
+            api_listener.local_addr()?.port(),
+        ],
+    });
+
     let sqlite = Arc::new(SqliteStore::open(data_dir)?);
     let store = sqlite.clone();
     let packages = PackageStore::open(&data_dir.join("packages"))?;
     let (log_sender, logs) = flare_store::logs::start(store.path())?;
     let mut runtime_config = RuntimeConfig::new(data_dir.join("cache"));
     runtime_config.pool_instances = settings.max_instances;
+    runtime_config.egress = egress.clone();
     let runtime = Arc::new(WasmRuntime::new(runtime_config)?);
-    let process = ProcessRuntime::new(
-        ProcessConfig::new(process_work_dir(data_dir)),
-        log_sender.clone(),
-    )?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let mut process_config = ProcessConfig::new(process_work_dir(data_dir)?);
+    process_config.allow_unlimited = settings.allow_unlimited_workers;
+    if !flare_runtime_process::sandbox::can_limit_workers() {
+        if settings.allow_unlimited_workers {
+            tracing::warn!(
+                "cgroups cannot limit workers' memory and processes on this host; --allow-unlimited-workers: process functions run without those limits"
+            );
+        } else {
+            tracing::warn!(
+                "cgroups cannot limit workers' memory and processes on this host: process functions will not start (pass --allow-unlimited-workers to run them anyway)"
+            );
+        }
+    }
+    let process = ProcessRuntime::new(process_config, log_sender.clone())?;
     process.start();
     let store: Arc<dyn Store> = store;
 
@@ -190,7 +254,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(router.clone().run(store.clone()));
     tokio::spawn(timers.run());
     tokio::spawn(mq.clone().run());
-    tokio::spawn(AsyncInvoker::new(queue.clone(), executor.clone()).run());
+    tokio::spawn(AsyncInvoker::new(queue.clone(), executor.clone(), egress).run());
 
     // Serve only once everything stored before the start is deployed.
     let revision = store.revision();
@@ -213,12 +277,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         applied,
         max_package_bytes: settings.max_package_bytes,
     });
-    let router_listener = tokio::net::TcpListener::bind(settings.addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (router)", settings.addr))?;
-    let api_listener = tokio::net::TcpListener::bind(settings.api_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (API)", settings.api_addr))?;
     // Tests and scripts read these two lines to find ports chosen by the OS.
     println!(
         "router listening on http://{}",

@@ -128,8 +128,54 @@ impl Server {
         self.ok(&args);
     }
 
+    /// Creates the `python` environment with `poolsize` pooled workers.
+    pub fn python_env(&self, poolsize: &str) {
+        self.ok(&[
+            "env",
+            "create",
+            "--name",
+            "python",
+            "--runtime",
+            "python",
+            "--poolsize",
+            poolsize,
+        ]);
+    }
+
+    /// Creates a Python function from a file of tests/functions.
+    pub fn create_python(&self, name: &str, file: &str, extra: &[&str]) {
+        let code = function_file(file);
+        let mut args = vec![
+            "fn",
+            "create",
+            "--name",
+            name,
+            "--env",
+            "python",
+            "--code",
+            code.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
     pub fn get(&self, path: &str) -> reqwest::blocking::Response {
         http().get(format!("{}{path}", self.router)).send().unwrap()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     }
 
     /// Kills the server without a chance to clean up.

@@ -1,0 +1,154 @@
+//! Where outbound connections may go: one policy for every path a tenant
+//! can make Flare connect somewhere (a wasm function's outbound HTTP, an
+//! async invocation's callback).
+//!
+//! The address checked is the one connected to, after DNS resolution:
+//! loopback, private, link-local (cloud metadata), CGNAT, multicast and
+//! unspecified addresses are refused unless the operator allows private
+//! addresses (`flare server --egress-allow-private`), and Flare's own ports
+//! on any such address are refused always, so a function cannot drive
+//! Flare's API from inside.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The egress policy of one server.
+#[derive(Debug, Clone, Default)]
+pub struct EgressPolicy {
+    /// Allow loopback and private addresses (tests, a trusted LAN).
+    pub allow_private: bool,
+    /// Flare's own listening ports (router, API): never a target on a
+    /// non-public address.
+    pub own_ports: Vec<u16>,
+}
+
+/// Whether `ip` is an address on the public internet (as far as a static
+/// table can tell).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        // 100.64.0.0/10, carrier-grade NAT.
+        || (a == 100 && (64..128).contains(&b))
+        // 198.18.0.0/15, benchmarking; 240.0.0.0/4, reserved.
+        || (a == 198 && (b == 18 || b == 19))
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        // fc00::/7 unique local, fe80::/10 link-local.
+        || (first & 0xfe00) == 0xfc00
+        || (first & 0xffc0) == 0xfe80
+        // 2001:db8::/32 documentation.
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
+}
+
+impl EgressPolicy {
+    /// Whether a connection to `addr` is allowed; the reason when not.
+    pub fn check(&self, addr: SocketAddr) -> Result<(), String> {
+        if is_public(addr.ip()) {
+            return Ok(());
+        }
+        if self.own_ports.contains(&addr.port()) {
+            return Err(format!("{addr} is one of Flare's own ports"));
+        }
+        if !self.allow_private {
+            return Err(format!(
+                "{addr} is a loopback, private or link-local address (the operator can allow them with --egress-allow-private)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves `host:port` and checks every address; returns them all
+    /// when every one is allowed, so the caller connects only to checked
+    /// addresses.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect(),
+        };
+        if addrs.is_empty() {
+            return Err(format!("{host} has no address"));
+        }
+        for addr in &addrs {
+            self.check(*addr)?;
+        }
+        Ok(addrs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn non_public_addresses_are_refused_by_default() {
+        let policy = EgressPolicy::default();
+        for target in [
+            "127.0.0.1:80",
+            "10.1.2.3:80",
+            "172.16.0.1:80",
+            "192.168.1.1:80",
+            "169.254.169.254:80",
+            "100.64.0.1:80",
+            "0.0.0.0:80",
+            "[::1]:80",
+            "[fe80::1]:80",
+            "[fd00::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "[::ffff:169.254.169.254]:80",
+        ] {
+            assert!(policy.check(addr(target)).is_err(), "{target}");
+        }
+        assert!(policy.check(addr("93.184.216.34:443")).is_ok());
+        assert!(policy.check(addr("[2606:4700::1111]:443")).is_ok());
+    }
+
+    #[test]
+    fn allowing_private_addresses_never_opens_flares_own_ports() {
+        let policy = EgressPolicy {
+            allow_private: true,
+            own_ports: vec![8081],
+        };
+        assert!(policy.check(addr("127.0.0.1:9000")).is_ok());
+        let err = policy.check(addr("127.0.0.1:8081")).unwrap_err();
+        assert!(err.contains("own ports"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn names_are_checked_after_resolution() {
+        let policy = EgressPolicy::default();
+        let err = policy.resolve("localhost", 80).await.unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        let err = policy.resolve("[::1]", 80).await.unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+    }
+}

@@ -1,0 +1,100 @@
+"""A Python function that attacks Flare from inside, chosen by path."""
+import ctypes
+import os
+import sys
+import time
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+# x86_64 syscall numbers (the tests run there).
+SYS_CLONE, SYS_IO_URING_SETUP, SYS_FSOPEN, SYS_CLONE3 = 56, 425, 430, 435
+CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
+
+
+def syscall_result(rc):
+    """'ok' when the call worked, else the errno's name."""
+    if rc >= 0:
+        return str(os.getpid())
+    return os.strerror(ctypes.get_errno())
+
+
+def syscalls():
+    """Each way into a new namespace or around seccomp, and what it got."""
+    out = {}
+    out["unshare_user"] = syscall_result(LIBC.unshare(CLONE_NEWUSER))
+    LIBC.syscall.restype = ctypes.c_long
+    # clone with a namespace flag; a child that exits at once if it runs.
+    rc = LIBC.syscall(SYS_CLONE, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+    if rc == 0:
+        os._exit(0)
+    if rc > 0:
+        os.waitpid(rc, 0)
+    out["clone_newuser"] = syscall_result(rc)
+    params = ctypes.create_string_buffer(120)
+    out["io_uring_setup"] = syscall_result(LIBC.syscall(SYS_IO_URING_SETUP, 4, params))
+    out["fsopen"] = syscall_result(LIBC.syscall(SYS_FSOPEN, b"tmpfs", 0))
+    # struct clone_args: flags first, 88 bytes in all.
+    args = (ctypes.c_uint64 * 11)(CLONE_NEWUSER | CLONE_NEWNET)
+    rc = LIBC.syscall(SYS_CLONE3, args, 88)
+    if rc == 0:
+        os._exit(0)
+    out["clone3_namespaces"] = syscall_result(rc)
+    # An x32 syscall number: unshare | __X32_SYSCALL_BIT.
+    out["x32_unshare"] = syscall_result(LIBC.syscall(272 | 0x40000000, CLONE_NEWUSER))
+    # Ordinary work still works: a thread and a child process.
+    import threading
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    out["fork"] = "ok" if os.WEXITSTATUS(status) == 7 else "broken"
+    return out
+
+
+def main(req):
+    path = req.path.split("?")[0]
+    q = req.query
+    if path == "/echo":
+        return req.body
+    if path == "/sleep":
+        time.sleep(float(q.get("s", "1")))
+        return "slept"
+    if path == "/status":
+        return ("status " + q.get("code", ""), int(q.get("code", "200")))
+    if path == "/framing":
+        # Framing headers that would desynchronize a keep-alive connection.
+        return ("a body the headers lie about", 200, {
+            "content-length": "0",
+            "transfer-encoding": "chunked",
+            "connection": "keep-alive",
+            "keep-alive": "timeout=999",
+            "upgrade": "h2c",
+            "trailer": "x-evil",
+            "x-fine": "kept",
+        })
+    if path == "/headers":
+        n, size = int(q.get("n", "1")), int(q.get("size", "1"))
+        return ("many headers", 200, {"x-h%d" % i: "v" * size for i in range(n)})
+    if path == "/big":
+        return b"x" * (int(q.get("mb", "1")) << 20)
+    if path == "/raise":
+        raise ValueError("secret-token-" + q.get("tag", "x"))
+    if path == "/syscalls":
+        return syscalls()
+    if path == "/memory":
+        data = bytearray(int(q.get("mb", "1")) << 20)
+        for i in range(0, len(data), 4096):
+            data[i] = 1
+        return "allocated %d MiB" % (len(data) >> 20)
+    if path == "/spew":
+        # Straight to the worker's real stdout, without a newline.
+        chunk = b"y" * (1 << 20)
+        for _ in range(int(q.get("mb", "1"))):
+            os.write(1, chunk)
+        return "spewed"
+    if path == "/forge":
+        print("line one\r\x1b[2Kforged\ninvocation 0000 fake line")
+        return "forged"
+    return str(os.getpid())
