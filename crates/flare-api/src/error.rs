@@ -35,3 +35,42 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Makes every error the API sends the same JSON document: axum's own
+/// rejections (a bad or repeated query parameter, a missing body, a method
+/// the route does not take) come as plain text or empty, and go through
+/// [`ApiError`] here, so there is one error mapping for every response.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(http::header::ALLOW).cloned();
+    let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status.as_u16() {
+        405 => ErrorCode::MethodNotAllowed,
+        other => ErrorCode::from_status(other),
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string()
+    } else {
+        text
+    };
+    let mut json = ApiError(Error::new(code, message)).into_response();
+    // Keep the status axum chose (422 for a body that does not parse, say).
+    *json.status_mut() = status;
+    if let Some(allow) = allow {
+        json.headers_mut().insert(http::header::ALLOW, allow);
+    }
+    json
+}

@@ -184,6 +184,7 @@ pub fn router(api: Arc<Api>) -> Router {
                 "no such API endpoint; see /v1/openapi.json",
             ))
         })
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(api)
 }
 

@@ -101,20 +101,22 @@ impl Executor {
                 )
             })
             .collect();
-        queue.submit(&NewInvocation {
-            id: id.to_string(),
-            function: function.to_string(),
-            method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            headers,
-            body: body.to_vec(),
-            callback_url,
-            max_retries,
-        })?;
+        queue
+            .submit(NewInvocation {
+                id: id.to_string(),
+                function: function.to_string(),
+                method: parts.method.to_string(),
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+                headers,
+                body: body.to_vec(),
+                callback_url,
+                max_retries,
+            })
+            .await?;
         Ok(id)
     }
 }

@@ -75,6 +75,7 @@ pub struct Invocation {
 }
 
 /// The outcome of one attempt.
+#[derive(Debug, Clone)]
 pub struct Attempt {
     pub status: Option<u16>,
     pub body: Vec<u8>,
@@ -390,9 +391,21 @@ impl AsyncQueue {
     }
 
     /// Stores the invocation durably, then wakes the runner.
-    pub fn submit(&self, new: &NewInvocation) -> Result<()> {
-        self.store.enqueue(new)?;
+    pub async fn submit(&self, new: NewInvocation) -> Result<()> {
+        self.blocking(move |store| store.enqueue(&new)).await?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Runs `work` on the store off the async threads: a SQLite write (a
+    /// 1 MiB body, an fsync) must not stall every other request.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&SqliteStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| flare_model::Error::internal(format!("store task failed: {e}")))?
     }
 }

@@ -64,10 +64,13 @@ impl AsyncInvoker {
         loop {
             let room = self.slots.available_permits();
             let claimed = if room > 0 {
-                store.claim_due(room).unwrap_or_else(|e| {
-                    tracing::error!("cannot read the invocation queue: {e}");
-                    Vec::new()
-                })
+                self.queue
+                    .blocking(move |store| store.claim_due(room))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!("cannot read the invocation queue: {e}");
+                        Vec::new()
+                    })
             } else {
                 Vec::new()
             };
@@ -83,7 +86,7 @@ impl AsyncInvoker {
                 });
             }
             let now_us = flare_model::now_us();
-            let wait = match store.next_due_us() {
+            let wait = match self.queue.blocking(|store| store.next_due_us()).await {
                 Ok(Some(due)) if self.slots.available_permits() > 0 => {
                     Duration::from_micros(due.saturating_sub(now_us).max(0) as u64)
                 }
@@ -120,10 +123,12 @@ impl AsyncInvoker {
         {
             // Saturated, not failed: wait for capacity without spending a
             // retry (the function's own queue and limits still apply).
+            let id = r.id.clone();
+            let delay = SATURATED_DELAY.as_micros() as i64;
             if let Err(e) = self
                 .queue
-                .store
-                .defer(&r.id, SATURATED_DELAY.as_micros() as i64)
+                .blocking(move |store| store.defer(&id, delay))
+                .await
             {
                 tracing::error!("invocation {}: cannot defer it: {e}", r.id);
             }
@@ -155,11 +160,14 @@ impl AsyncInvoker {
                 error: Some(e.owner_message()),
             },
         };
-        let status = match self.queue.store.record_attempt(
-            &invocation,
-            &attempt,
-            backoff(invocation.attempts).as_micros() as i64,
-        ) {
+        let recorded = {
+            let (invocation, attempt) = (invocation.clone(), attempt.clone());
+            let delay = backoff(invocation.attempts).as_micros() as i64;
+            self.queue
+                .blocking(move |store| store.record_attempt(&invocation, &attempt, delay))
+                .await
+        };
+        let status = match recorded {
             Ok(status) => status,
             Err(e) => {
                 tracing::error!("invocation {}: cannot record its outcome: {e}", r.id);

@@ -325,3 +325,31 @@ fn unmatched_routes_and_methods() {
     assert_eq!(response.status(), 405);
     assert_eq!(server.get("/fn/").status(), 404);
 }
+
+#[test]
+fn extractor_rejections_are_json_errors_too() {
+    let server = Server::start();
+    server.create("echo", "echo", &[]);
+    let api = &server.api;
+    for (method, path, status) in [
+        ("GET", "/v1/functions/echo/logs?limit=abc", 400),
+        ("GET", "/v1/functions/echo/logs?limit=1&limit=2", 400),
+        ("GET", "/v1/functions/echo/logs?follow=maybe", 400),
+        ("DELETE", "/v1/functions", 405),
+        ("POST", "/v1/environments", 400),
+    ] {
+        let response = http()
+            .request(method.parse().unwrap(), format!("{api}{path}"))
+            .header("content-type", "application/json")
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{method} {path}"
+        );
+        let (code, message) = error_of(&response.text().unwrap());
+        assert!(!code.is_empty() && !message.is_empty(), "{method} {path}");
+    }
+}

@@ -95,6 +95,9 @@ async fn handle(context: &Context, client: &AsyncClient, publish: &Publish) -> R
     Ok(())
 }
 
+/// Messages a session may hold unacknowledged.
+const MAX_UNACKED: usize = 1024;
+
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let spec = &context.spec;
     let (host, port) = endpoint(spec.broker_url())?;
@@ -109,8 +112,10 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // The event loop must keep polling (it answers pings and takes acks
     // out), so messages go to a dispatcher task. The broker bounds what
-    // reaches it: QoS 1 messages stay in flight until acknowledged.
-    let (incoming, messages) = futures::channel::mpsc::unbounded::<Publish>();
+    // reaches it (QoS 1 messages stay in flight until acknowledged); the
+    // channel bounds it too, for a broker that does not: past it the
+    // session is dropped and what was not acknowledged is redelivered.
+    let (mut incoming, messages) = futures::channel::mpsc::channel::<Publish>(MAX_UNACKED);
     let acks = Arc::new(Mutex::new(AcksInOrder::default()));
     let dispatcher = {
         let (context, client, acks) = (context.clone(), client.clone(), acks.clone());
@@ -150,9 +155,15 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 Event::Incoming(Packet::SubAck(_)) => context.connected(),
                 Event::Incoming(Packet::Publish(publish)) => {
                     acks.lock().await.arrived(&publish);
-                    incoming
-                        .unbounded_send(publish)
-                        .map_err(|e| e.to_string())?
+                    incoming.try_send(publish).map_err(|e| {
+                        if e.is_full() {
+                            format!(
+                                "the broker sent more than {MAX_UNACKED} unacknowledged messages"
+                            )
+                        } else {
+                            e.to_string()
+                        }
+                    })?
                 }
                 _ => {}
             }
