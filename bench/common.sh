@@ -6,9 +6,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FLARE="${FLARE:-$ROOT/target/release/flare}"
 GUESTS="$ROOT/target/guests/wasm32-wasip2/release"
 
+# SKIP_BUILD=1 uses what is built (with FLARE= another binary).
 build_all() {
   "$ROOT/scripts/build-guests.sh" >/dev/null
-  (cd "$ROOT" && cargo build --release --quiet -p flare)
+  [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release --quiet -p flare)
 }
 
 # start_flare DATA_DIR: starts a server on ephemeral ports; sets FLARE_PID,

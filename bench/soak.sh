@@ -12,7 +12,7 @@ DURATION=${1:-600}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 "$ROOT/scripts/services.sh" >/dev/null
 build_all
-(cd "$ROOT" && cargo build --release --quiet -p flare-triggers --example mq_bench)
+[ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release --quiet -p flare-triggers --example mq_bench)
 MQ_BENCH="$ROOT/target/release/examples/mq_bench"
 data=$(mktemp -d)
 start_flare "$data"
@@ -30,9 +30,9 @@ for _ in $(seq 100); do
 done
 
 # field NAME FILE: the number wrk printed after NAME (0 when absent).
-field() { grep -o "$1 *[0-9]*" "$2" | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }'; }
+field() { { grep -o "$1 *[0-9]*" "$2" || true; } | { grep -o '[0-9]*$' || true; } | awk '{ s += $1 } END { print s + 0 }'; }
 
-rounds=0 wasm_requests=0 wasm_bad=0 py_requests=0 py_bad=0 mq_ok=0 mq_failed=0
+rounds=0 wasm_requests=0 wasm_bad=0 py_bad=0 mq_ok=0 mq_failed=0
 rss_first=""
 started=$(date +%s)
 out=$(mktemp -d)
@@ -49,7 +49,7 @@ while [ $(( $(date +%s) - started )) -lt "$DURATION" ]; do
   fi
   wait "$wasm" || true
   wait "$py" || true
-  wasm_requests=$((wasm_requests + $(grep -o '^ *[0-9]* requests' "$out/wasm" | grep -o '[0-9]*' || echo 0)))
+  wasm_requests=$((wasm_requests + $(awk '/ requests in / { n = $1 } END { print n + 0 }' "$out/wasm")))
   wasm_bad=$((wasm_bad + $(field 'Non-2xx or 3xx responses:' "$out/wasm")))
   py_bad=$((py_bad + $(field 'Non-2xx or 3xx responses:' "$out/py")))
   rounds=$((rounds + 1))

@@ -94,6 +94,22 @@ def main(req):
         for _ in range(int(q.get("mb", "1"))):
             os.write(1, chunk)
         return "spewed"
+    if path == "/fill-tmp":
+        written = 0
+        try:
+            with open("/tmp/fill", "wb") as f:
+                for _ in range(int(q.get("mb", "100"))):
+                    f.write(b"z" * (1 << 20))
+                    f.flush()
+                    written += 1
+        except OSError as e:
+            return "stopped after %d MiB: %s" % (written, type(e).__name__)
+        finally:
+            try:
+                os.remove("/tmp/fill")
+            except OSError:
+                pass
+        return "wrote %d MiB" % written
     if path == "/forge":
         print("line one\r\x1b[2Kforged\ninvocation 0000 fake line")
         return "forged"

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use flare_model::{Error, Result};
 
+/// Size of a worker's private /tmp.
+pub const TMP_BYTES: u64 = 64 << 20;
+
 /// The unprivileged user and group workers run as (`nobody`).
 pub const SANDBOX_UID: u32 = 65534;
 
@@ -536,6 +539,10 @@ impl SandboxCommand<'_> {
             "/proc".into(),
             "--dev".into(),
             "/dev".into(),
+            // A private /tmp, bounded: its pages count toward the memory
+            // limit too, but a full /tmp should fail a write, not kill.
+            "--size".into(),
+            TMP_BYTES.to_string(),
             "--tmpfs".into(),
             "/tmp".into(),
             "--ro-bind".into(),
@@ -713,6 +720,7 @@ mod tests {
         assert!(script.contains("'--unshare-net'"));
         assert!(script.contains(r"'/opt/it'\''s'"));
         assert!(script.contains("'--disable-userns'"));
+        assert!(script.contains("'--size' '67108864' '--tmpfs' '/tmp'"));
         assert!(script.ends_with(" 3< '/x/seccomp.bpf' 4< '/x/abi.bpf'"));
         std::mem::forget(cgroups);
     }

@@ -516,6 +516,10 @@ fn the_sandbox_refuses_namespaces_io_uring_and_the_mount_api() {
     }
     assert_eq!(report["fork"], "ok", "ordinary work still works: {report}");
 
+    // The private /tmp is bounded (64 MiB): filling it fails a write.
+    let filled = server.get("/fn/py/fill-tmp?mb=100").text().unwrap();
+    assert!(filled.starts_with("stopped after"), "{filled}");
+
     // A memory limit above the generic worker's 256 MiB is applied: 400 MiB
     // fits in 1024 MiB.
     let response = server.get("/fn/py/memory?mb=400");
