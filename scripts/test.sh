@@ -25,6 +25,13 @@ echo "== cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+# pipefail would end the script here when a test fails; keep cargo's status
+# and print the summary either way.
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt || status=$?
 # Summarize: one line a newcomer (and CI) can read at a glance.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt || status=1
+if [ "$status" -ne 0 ]; then
+    grep -E '^    [a-z_:]+$|^error: ' target/test-output.txt | sort -u | sed 's/^/failed: /' || true
+fi
+exit "$status"

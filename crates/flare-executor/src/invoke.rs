@@ -67,9 +67,14 @@ fn wasm_failure(error: InvokeError, function: &str, invocation: &str) -> Error {
             format!("did not finish within its timeout of {t}"),
             None,
         ),
-        InvokeError::Instantiate(_) => (
+        InvokeError::Busy(_) => (
             ErrorCode::Unavailable,
-            "could not be started; retry later".to_string(),
+            "found no free instance slot; retry later".to_string(),
+            Some(error.to_string()),
+        ),
+        InvokeError::Instantiate(_) => (
+            ErrorCode::Internal,
+            "could not be started".to_string(),
             Some(error.to_string()),
         ),
         InvokeError::OutOfMemory(mb) => (

@@ -58,6 +58,9 @@ pub enum InvokeError {
     Guest(String),
     #[error("cannot start the function: {0}")]
     Instantiate(String),
+    /// The instance pool had no room for as long as the call could wait.
+    #[error("{0}")]
+    Busy(String),
 }
 
 fn classify(error: &wasmtime::Error, limits: &Limits) -> InvokeError {
@@ -65,9 +68,10 @@ fn classify(error: &wasmtime::Error, limits: &Limits) -> InvokeError {
         return InvokeError::Timeout(humantime::format_duration(limits.timeout).to_string());
     }
     if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
-        // Every pool slot is taken (--max-instances): a moment's wait will
-        // do, so the caller gets 503 with Retry-After, not a 500.
-        return InvokeError::Instantiate(format!("no free instance slot: {full}"));
+        // The slot permits count component instances; a component with
+        // more core instances or memories than the pool's average can
+        // still run out of those. Still a moment's wait, so 503.
+        return InvokeError::Busy(format!("the instance pool is full: {full}"));
     }
     let message = format!("{error:#}");
     if message.contains("forcing trap when growing memory") {
@@ -119,6 +123,28 @@ impl WasmRuntime {
         store
     }
 
+    /// A pool slot for one instance: at once if one is free, else after
+    /// waiting at most the function's queue timeout. Dropped (with the
+    /// store) however the invocation ends.
+    async fn slot(
+        &self,
+        limits: &Limits,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, InvokeError> {
+        let Some(slots) = &self.slots else {
+            return Ok(None);
+        };
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        match tokio::time::timeout(limits.queue_timeout, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(InvokeError::Busy(format!(
+                "no free instance slot within the queue timeout of {}",
+                humantime::format_duration(limits.queue_timeout)
+            ))),
+        }
+    }
+
     /// Runs `call` in a fresh instance of `prepared`. Returns once the guest
     /// has sent its response head; the body streams on while the guest
     /// writes it, still under the timeout.
@@ -134,6 +160,13 @@ impl WasmRuntime {
             call.invocation.clone(),
             call.logs.clone(),
         );
+        let slot = match self.slot(&call.limits).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                capture.system(e.to_string());
+                return Err(e);
+            }
+        };
         let mut store = self.new_store(&call, &capture, deadline);
         let Call {
             request,
@@ -177,7 +210,10 @@ impl WasmRuntime {
             if let Err(e) = &result {
                 task_capture.system(e.to_string());
             }
+            // The slot goes back only once the store (and so the pool's
+            // instance) is gone; then the caller's permit.
             drop(store);
+            drop(slot);
             drop(guard);
             result
         });

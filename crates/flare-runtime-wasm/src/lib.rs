@@ -74,6 +74,11 @@ pub struct WasmRuntime {
     prepared: Mutex<std::collections::HashMap<String, Prepared>>,
     ticker: EpochTicker,
     egress: std::sync::Arc<flare_model::EgressPolicy>,
+    /// One permit per pool slot, taken before instantiation and given back
+    /// when the instance's `Store` is dropped, so the pooling allocator is
+    /// never asked for more instances than it has. `None` when instances
+    /// are allocated on demand.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,11 @@ impl WasmRuntime {
             prepared: Mutex::default(),
             ticker,
             egress: settings.egress,
+            slots: pooling.then(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    settings.pool_instances as usize,
+                ))
+            }),
         })
     }
 
@@ -170,6 +180,11 @@ impl WasmRuntime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Pool slots free right now (`None` without a pool).
+    pub fn free_slots(&self) -> Option<usize> {
+        self.slots.as_ref().map(|slots| slots.available_permits())
     }
 }
 

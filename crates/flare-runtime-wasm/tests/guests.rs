@@ -105,7 +105,10 @@ impl Fixture {
             limit: 100,
             ..Default::default()
         };
-        for _ in 0..100 {
+        // Lines are written in the background: wait for them, with a
+        // deadline generous enough for a busy machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
             let lines: Vec<String> = self
                 .log_reader
                 .query(&query)
@@ -158,28 +161,81 @@ async fn a_pool_that_cannot_be_reserved_falls_back_to_on_demand() {
     assert!(error.to_string().contains("pooling allocator"), "{error}");
 }
 
-/// With every pool slot busy, another request is told so (the executor
-/// answers 503 with Retry-After) and the next one after a slot frees works.
+/// With every pool slot busy, another request waits for one at most its
+/// queue timeout and is then told the pool is full (the executor answers 503
+/// with Retry-After), never an instantiation error; a request that arrives
+/// while a slot frees within its wait gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_pool_refuses_clearly_and_recovers() {
+async fn a_full_pool_makes_callers_wait_then_refuses_clearly() {
     let f = fixture_with(|config| config.pool_instances = 1);
     assert!(f.runtime.pooling());
     let guest = f.prepare("misbehave");
-    let (slow, busy) = tokio::join!(f.call(&guest, "/sleep?ms=500", Limits::default()), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        f.call(&guest, "/env", Limits::default()).await
-    });
+    let short = Limits {
+        queue_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let patient = Limits {
+        queue_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    // join! polls in order: the slow call takes the only slot first; the
+    // others start once they see it taken.
+    let (slow, busy, waited) = tokio::join!(
+        f.call(&guest, "/sleep?ms=1500", Limits::default()),
+        async {
+            wait_for_no_free_slot(&f.runtime).await;
+            f.call(&guest, "/env", short).await
+        },
+        async {
+            wait_for_no_free_slot(&f.runtime).await;
+            f.call(&guest, "/env", patient).await
+        },
+    );
     assert_eq!(slow.unwrap().0, 200);
     match busy {
-        Err(InvokeError::Instantiate(message)) => {
+        Err(InvokeError::Busy(message)) => {
             assert!(message.contains("no free instance slot"), "{message}")
         }
         other => panic!("expected a full pool, got {other:?}"),
     }
-    assert_eq!(
-        f.call(&guest, "/env", Limits::default()).await.unwrap().0,
-        200
-    );
+    assert_eq!(waited.unwrap().0, 200, "a patient caller gets the slot");
+    assert_eq!(f.runtime.free_slots(), Some(1), "every slot given back");
+}
+
+async fn wait_for_no_free_slot(runtime: &WasmRuntime) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while runtime.free_slots() != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow call never took its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A slot is free again by the time a caller has its whole answer: clients
+/// that send their next request at once never find a pool of 2 full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_clients_never_find_the_pool_full() {
+    let f = Arc::new(fixture_with(|config| config.pool_instances = 2));
+    let guest = f.prepare("hello_rust");
+    let clients = (0..4).map(|_| {
+        let (f, guest) = (f.clone(), guest.clone());
+        tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..200 {
+                let (status, _) = f.call(&guest, "/", Limits::default()).await.unwrap();
+                answered += usize::from(status == 200);
+            }
+            answered
+        })
+    });
+    let mut total = 0;
+    for client in clients.collect::<Vec<_>>() {
+        total += client.await.unwrap();
+    }
+    assert_eq!(total, 800);
+    assert_eq!(f.runtime.free_slots(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +294,7 @@ async fn infinite_loop_times_out_without_starving_others() {
         timeout: Duration::from_millis(500),
         ..Limits::default()
     };
+    let all = f.runtime.free_slots().unwrap();
     let spinner = {
         let (f, guest) = (f.clone(), guest.clone());
         tokio::spawn(async move { f.call(&guest, "/loop", limits).await })
@@ -246,7 +303,15 @@ async fn infinite_loop_times_out_without_starving_others() {
         let (f, guest) = (f.clone(), guest.clone());
         tokio::spawn(async move { f.call(&guest, "/loop?2", limits).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both spinners hold their slots, so both are running.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while f.runtime.free_slots() != Some(all - 2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spinners never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Both worker threads have a spinning guest; a cheap request still runs.
     let (status, body) = f.call(&guest, "/", Limits::default()).await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));

@@ -53,7 +53,12 @@ fn an_endless_loop_is_a_504_after_its_timeout_and_others_are_unaffected() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(10), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&server.ok(&["fn", "get", "--name", "spin", "-o", "json"]))
+                .unwrap();
+        (status["status"]["inFlight"] == 2).then_some(())
+    });
     // Two spinning guests on a two-core machine; hello still answers.
     for _ in 0..5 {
         let response = server.get("/fn/hello");
@@ -141,6 +146,54 @@ fn beyond_max_concurrency_is_503_with_retry_after() {
         200,
         "the permit came back"
     );
+}
+
+/// The wasm instance pool (`--max-instances`) is never asked for more
+/// instances than it has: back-to-back clients never find it full, and a
+/// request that cannot get a slot within its queue timeout is a 503 with
+/// Retry-After, never a 500.
+#[test]
+fn a_full_instance_pool_is_a_wait_then_503_never_500() {
+    let server = Server::start_with(&["--max-instances", "2"]);
+    server.create("hello", "hello_rust", &[]);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("{}/fn/hello/", server.router);
+            std::thread::spawn(move || {
+                let client = http();
+                (0..200)
+                    .filter(|_| client.get(&url).send().unwrap().status() == 200)
+                    .count()
+            })
+        })
+        .collect();
+    let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(answered, 800);
+
+    let server = Server::start_with(&["--max-instances", "1"]);
+    server.create("slow", "misbehave", &["--queue-timeout", "200ms"]);
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let url = format!("{}/fn/slow/sleep?ms=1500", server.router);
+            std::thread::spawn(move || {
+                let response = http().get(url).send().unwrap();
+                let status = response.status().as_u16();
+                let retry = response.headers().get("retry-after").cloned();
+                (status, retry, response.text().unwrap())
+            })
+        })
+        .collect();
+    let mut outcomes: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    outcomes.sort_by_key(|(status, _, _)| *status);
+    assert_eq!(outcomes[0].0, 200, "{outcomes:?}");
+    for (status, retry, body) in &outcomes[1..] {
+        assert_eq!(*status, 503, "{outcomes:?}");
+        assert_eq!(retry.as_ref().unwrap(), "1");
+        let (code, message) = error_of(body);
+        assert_eq!(code, "unavailable");
+        assert!(message.contains("no free instance slot"), "{message}");
+    }
+    assert_eq!(server.get("/fn/slow/").status(), 200, "the slot came back");
 }
 
 /// A plain HTTP server of the test's own on loopback, answering "ok" to

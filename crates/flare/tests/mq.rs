@@ -526,9 +526,22 @@ fn nats_ordered_keeps_each_subject_in_order_and_runs_subjects_side_by_side() {
 }
 
 /// Collects what arrives on an MQTT topic, through mosquitto_sub.
-fn mqtt_listen(topic: &str, count: usize) -> std::process::Child {
-    let child = Command::new("mosquitto_sub")
+/// A `mosquitto_sub` for `count` messages on `topic`, returned once the
+/// broker has acknowledged its subscription (so nothing published after
+/// this can be missed).
+struct MqttListener {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+fn mqtt_listen(topic: &str, count: usize) -> MqttListener {
+    use std::io::BufRead;
+    // Line-buffered, or its debug lines wait in stdio's buffer.
+    let mut child = Command::new("stdbuf")
         .args([
+            "-oL",
+            "mosquitto_sub",
+            "-d",
             "-h",
             "127.0.0.1",
             "-t",
@@ -543,9 +556,18 @@ fn mqtt_listen(topic: &str, count: usize) -> std::process::Child {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");
-    // Give the subscription a moment to reach the broker.
-    std::thread::sleep(Duration::from_millis(300));
-    child
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    // `-d` prints the protocol exchange; SUBACK means subscribed.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = out.read_line(&mut line).unwrap();
+        assert!(read > 0, "mosquitto_sub ended before subscribing");
+        if line.contains("received SUBACK") {
+            break;
+        }
+    }
+    MqttListener { child, out }
 }
 
 fn mqtt_publish(topic: &str, payload: &str) {
@@ -556,13 +578,16 @@ fn mqtt_publish(topic: &str, payload: &str) {
     assert!(status.success());
 }
 
-fn lines_of(child: std::process::Child) -> Vec<String> {
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
+/// The messages a listener received (its debug lines left out).
+fn lines_of(mut listener: MqttListener) -> Vec<String> {
+    use std::io::BufRead;
+    let lines: Vec<String> = (&mut listener.out)
         .lines()
-        .map(str::to_string)
-        .collect()
+        .map(|line| line.unwrap())
+        .filter(|line| !line.starts_with("Client ") && !line.starts_with("Subscribed (mid"))
+        .collect();
+    listener.child.wait().unwrap();
+    lines
 }
 
 #[test]

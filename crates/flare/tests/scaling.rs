@@ -135,33 +135,41 @@ fn saturated_functions_queue_then_refuse_with_retry_after() {
     );
     let router = server.router.clone();
     let calls: Vec<_> = (0..3)
-        .map(|i| {
+        .map(|_| {
             let url = format!("{router}/fn/slow/sleep?ms=400");
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50 * i));
-                http().get(url).send().unwrap().status().as_u16()
-            })
+            std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16())
         })
         .collect();
     let statuses: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap()).collect();
     assert_eq!(statuses, [200, 200, 200], "queued, then served in turn");
 
     // Four at once: one runs, two wait, the fourth is refused at once.
+    // Each is sent only once the one before it is running or queued.
     let router = server.router.clone();
-    let calls: Vec<_> = (0..4)
-        .map(|i| {
-            let url = format!("{router}/fn/slow/sleep?ms=600");
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100 * i));
-                let response = http().get(url).send().unwrap();
-                let retry = response
-                    .headers()
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap().to_string());
-                (response.status().as_u16(), retry, response.text().unwrap())
-            })
+    let call = move || {
+        let url = format!("{router}/fn/slow/sleep?ms=1500");
+        std::thread::spawn(move || {
+            let response = http().get(url).send().unwrap();
+            let retry = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (response.status().as_u16(), retry, response.text().unwrap())
         })
-        .collect();
+    };
+    let load = |in_flight: u64, queued: u64| {
+        eventually(Duration::from_secs(10), || {
+            let s = &status(&server, "slow")["status"];
+            (s["inFlight"] == in_flight && s["queued"] == queued).then_some(())
+        })
+    };
+    let mut calls = vec![call()];
+    load(1, 0);
+    calls.push(call());
+    load(1, 1);
+    calls.push(call());
+    load(1, 2);
+    calls.push(call());
     let results: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
     let refused: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
     assert_eq!(refused.len(), 1, "{results:?}");
@@ -184,7 +192,9 @@ fn saturated_functions_queue_then_refuse_with_retry_after() {
     server.ok(&["fn", "update", "--name", "slow", "--queue-timeout", "300ms"]);
     let url = format!("{}/fn/slow/sleep?ms=1500", server.router);
     let busy = std::thread::spawn(move || http().get(url).send().unwrap().status().as_u16());
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(10), || {
+        (status(&server, "slow")["status"]["inFlight"] == 1).then_some(())
+    });
     let response = server.get("/fn/slow/");
     assert_eq!(response.status(), 503);
     assert!(

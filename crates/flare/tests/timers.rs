@@ -22,6 +22,32 @@ fn firings(server: &Server) -> usize {
         .count()
 }
 
+/// When each timer event reached echo, in seconds since the epoch.
+fn firing_times(server: &Server) -> Vec<f64> {
+    let json = server.ok(&[
+        "fn",
+        "logs",
+        "--name",
+        "echo",
+        "--contains",
+        "event dev.flare.timer",
+        "-o",
+        "json",
+    ]);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    entries
+        .iter()
+        .map(|e| e["ts_us"].as_i64().unwrap() as f64 / 1e6)
+        .collect()
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 #[test]
 fn schedules_are_checked_and_shown() {
     let server = Server::start();
@@ -151,35 +177,31 @@ fn fires_with_cloudevents_headers_and_catches_up_once_after_a_restart() {
     let before = firings(&server);
     server.kill9();
 
-    // Down for more than two slots.
+    // Down for more than two slots, and back well clear of a slot
+    // boundary, so the catch-up cannot be mistaken for a regular run.
     std::thread::sleep(Duration::from_secs(23));
-    let server = Server::start_in(dir.path(), &[]);
-    // The missed run fires once at start...
-    eventually(Duration::from_secs(3), || {
-        (firings(&server) > before).then_some(())
+    eventually(Duration::from_secs(15), || {
+        (2.0..5.0).contains(&(now_s() % 10.0)).then_some(())
     });
-    // ...and only once: count just before the next regular slot (or just
-    // after it, when it is too close to call, expecting it as well).
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let margin = ((now / 10.0).floor() + 1.0) * 10.0 - now;
-    if margin > 1.0 {
-        std::thread::sleep(Duration::from_secs_f64(margin - 0.8));
-        assert_eq!(
-            firings(&server),
-            before + 1,
-            "once, not once per missed slot"
-        );
-    } else {
-        std::thread::sleep(Duration::from_secs_f64(margin + 1.5));
-        assert_eq!(
-            firings(&server),
-            before + 2,
-            "the catch-up and the regular slot"
-        );
-    }
+    let restarted = now_s();
+    let server = Server::start_in(dir.path(), &[]);
+    // The missed runs fire once at start...
+    let catch_up = eventually(Duration::from_secs(15), || {
+        firing_times(&server).into_iter().find(|&t| t >= restarted)
+    });
+    // ...and only once: up to the next regular slot after it there is
+    // exactly one firing since the restart.
+    let slot = (catch_up / 10.0).floor() * 10.0 + 10.0;
+    let times = eventually(Duration::from_secs(20), || {
+        let times = firing_times(&server);
+        times.iter().any(|&t| t >= slot).then_some(times)
+    });
+    let early: Vec<f64> = times
+        .iter()
+        .copied()
+        .filter(|&t| t >= restarted && t < slot)
+        .collect();
+    assert_eq!(early.len(), 1, "once, not once per missed slot: {early:?}");
     // ...and then on schedule.
     eventually(Duration::from_secs(15), || {
         (firings(&server) >= before + 2).then_some(())
