@@ -25,16 +25,34 @@ function frame(header, body) {
   return out;
 }
 
-// Route console output of an invocation into its logs.
+// Bytes of one call's output sent to Flare; the rest is only counted (Flare
+// keeps 1 MiB a call and says how much was dropped). Also bounds what waits
+// in the socket's buffer.
+const LOG_BUDGET = 1 << 20;
+// Longest piece of a line held before it is sent.
+const LOG_CHUNK = 16 << 10;
+let sendFrame = null;
+
+// Send console output of an invocation to Flare as it is written, a `log`
+// frame per write that completes a line, so a kill takes nothing along.
+function emit(logs, stream, text) {
+  const data = Buffer.from(text);
+  const room = Math.max(0, LOG_BUDGET - logs.sent);
+  const kept = data.subarray(0, room);
+  logs.sent += kept.length;
+  logs.dropped += data.length - kept.length;
+  if (kept.length) sendFrame({ op: 'log', id: logs.id, stream }, kept);
+}
+
 for (const stream of ['stdout', 'stderr']) {
   const original = process[stream].write.bind(process[stream]);
   process[stream].write = (chunk, encoding, callback) => {
     const logs = current.getStore();
-    if (!logs) return original(chunk, encoding, callback);
+    if (!logs || !sendFrame) return original(chunk, encoding, callback);
     const text = logs.partial[stream] + chunk.toString();
-    const lines = text.split('\n');
-    logs.partial[stream] = lines.pop();
-    for (const line of lines) logs.lines.push([stream, line]);
+    const end = text.lastIndexOf('\n') + 1 || (text.length >= LOG_CHUNK ? text.length : 0);
+    if (end) emit(logs, stream, text.slice(0, end));
+    logs.partial[stream] = text.slice(end);
     if (typeof encoding === 'function') encoding();
     else if (typeof callback === 'function') callback();
     return true;
@@ -43,10 +61,11 @@ for (const stream of ['stdout', 'stderr']) {
 
 function finish(logs) {
   for (const stream of ['stdout', 'stderr']) {
-    if (logs.partial[stream]) logs.lines.push([stream, logs.partial[stream]]);
+    if (logs.partial[stream]) emit(logs, stream, logs.partial[stream] + '\n');
     logs.partial[stream] = '';
   }
-  return logs.lines;
+  if (logs.dropped) sendFrame({ op: 'log', id: logs.id, stream: 'stderr', dropped: logs.dropped });
+  logs.dropped = 0;
 }
 
 function load(header) {
@@ -87,6 +106,7 @@ function main() {
   let fn = null;
   let buffer = Buffer.alloc(0);
   const send = (header, body) => socket.write(frame(header, body));
+  sendFrame = send;
 
   socket.on('connect', () => send({ op: 'ready', runtime: `node ${process.version}` }));
   socket.on('close', () => process.exit(0));
@@ -118,7 +138,7 @@ function main() {
         }
         return;
       case 'invoke': {
-        const logs = { lines: [], partial: { stdout: '', stderr: '' } };
+        const logs = { id: header.id, sent: 0, dropped: 0, partial: { stdout: '', stderr: '' } };
         current.run(logs, async () => {
           try {
             if (!fn) throw new Error('worker is not specialized');
@@ -132,11 +152,12 @@ function main() {
               body,
             };
             const response = toResponse(await fn({ request }));
-            send({ op: 'response', id: header.id, status: response.status, headers: response.headers, logs: finish(logs) }, response.body);
+            finish(logs);
+            send({ op: 'response', id: header.id, status: response.status, headers: response.headers }, response.body);
           } catch (e) {
-            const trace = String((e && e.stack) || e).split('\n').map((line) => ['stderr', line]);
-            const lines = finish(logs).concat(trace);
-            send({ op: 'error', id: header.id, message: String((e && e.message) || e), logs: lines });
+            emit(logs, 'stderr', String((e && e.stack) || e) + '\n');
+            finish(logs);
+            send({ op: 'error', id: header.id, message: String((e && e.message) || e) });
           }
         });
         return;

@@ -20,6 +20,7 @@ import platform
 import socket
 import struct
 import sys
+import threading
 import traceback
 import urllib.parse
 
@@ -42,9 +43,14 @@ def read_frame(sock):
     return header, body
 
 
+# Threads a function starts may print while the call's answer is sent.
+SENDING = threading.Lock()
+
+
 def write_frame(sock, header, body=b""):
     h = json.dumps(header).encode()
-    sock.sendall(struct.pack(">I", len(h)) + h + struct.pack(">I", len(body)) + body)
+    with SENDING:
+        sock.sendall(struct.pack(">I", len(h)) + h + struct.pack(">I", len(body)) + body)
 
 
 class Request:
@@ -85,22 +91,55 @@ def to_response(result):
     return int(status), [[str(k), str(v)] for k, v in headers.items()], body
 
 
-class Lines(io.TextIOBase):
-    """Collects what the function prints, line by line, for its log."""
+# Bytes of one call's output sent to Flare; the rest is only counted (Flare
+# keeps 1 MiB a call and says how much was dropped).
+LOG_BUDGET = 1 << 20
+# Longest piece of a line held before it is sent.
+LOG_CHUNK = 16 << 10
 
-    def __init__(self, stream, logs):
-        self.stream, self.logs, self.partial = stream, logs, ""
+
+class Lines(io.TextIOBase):
+    """Sends what the function prints to Flare as it is written, a `log`
+    frame per write that completes a line, so nothing waits in here that a
+    kill could take along."""
+
+    def __init__(self, sock, call, stream, budget):
+        self.sock, self.call, self.stream, self.budget = sock, call, stream, budget
+        self.partial = ""
+
+    def writable(self):
+        return True
 
     def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         self.partial += text
-        *lines, self.partial = self.partial.split("\n")
-        self.logs.extend([self.stream, line] for line in lines)
+        if "\n" in text or len(self.partial) >= LOG_CHUNK:
+            end = self.partial.rfind("\n") + 1 or len(self.partial)
+            self.send(self.partial[:end])
+            self.partial = self.partial[end:]
         return len(text)
+
+    def flush(self):
+        pass
+
+    def send(self, text):
+        data = text.encode("utf-8", "replace")
+        room = max(0, LOG_BUDGET - self.budget["sent"])
+        kept, dropped = data[:room], len(data) - min(room, len(data))
+        self.budget["sent"] += len(kept)
+        self.budget["dropped"] += dropped
+        if kept:
+            write_frame(self.sock, {"op": "log", "id": self.call, "stream": self.stream}, kept)
 
     def finish(self):
         if self.partial:
-            self.logs.append([self.stream, self.partial])
+            self.send(self.partial + "\n")
             self.partial = ""
+        if self.budget["dropped"] and self.stream == "stderr":
+            write_frame(self.sock, {"op": "log", "id": self.call, "stream": self.stream,
+                                    "dropped": self.budget["dropped"]})
+            self.budget["dropped"] = 0
 
 
 def load(code, file, entrypoint):
@@ -144,8 +183,9 @@ def main():
                 detail = "".join(traceback.format_exception_only(type(e), e)).strip()
                 write_frame(sock, {"op": "error", "message": f"cannot load the function: {detail}"})
         elif op == "invoke":
-            logs = []
-            out, err = Lines("stdout", logs), Lines("stderr", logs)
+            call = header.get("id")
+            budget = {"sent": 0, "dropped": 0}
+            out, err = Lines(sock, call, "stdout", budget), Lines(sock, call, "stderr", budget)
             try:
                 if function is None:
                     raise RuntimeError("worker is not specialized")
@@ -154,13 +194,14 @@ def main():
                     result = target(Request(header, body)) if takes_request else target()
                 status, headers, payload = to_response(result)
                 out.finish(), err.finish()
-                write_frame(sock, {"op": "response", "id": header["id"], "status": status,
-                                   "headers": headers, "logs": logs}, payload)
+                write_frame(sock, {"op": "response", "id": call, "status": status,
+                                   "headers": headers}, payload)
             except BaseException as e:
-                out.finish(), err.finish()
-                logs.extend(["stderr", line] for line in traceback.format_exc().rstrip().split("\n"))
+                out.finish()
+                err.write(traceback.format_exc())
+                err.finish()
                 message = "".join(traceback.format_exception_only(type(e), e)).strip()
-                write_frame(sock, {"op": "error", "id": header.get("id"), "message": message, "logs": logs})
+                write_frame(sock, {"op": "error", "id": call, "message": message})
                 if isinstance(e, (SystemExit, KeyboardInterrupt)):
                     return
         elif op == "health":

@@ -5,9 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use flare_model::{Error, ErrorCode};
-use flare_runtime_process::ProcessError;
-use flare_runtime_wasm::{Call, InvokeError, ResponseBody, full_body};
+use flare_model::{Error, ErrorCode, Failure};
+use flare_runtime_wasm::{Call, ResponseBody, full_body};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, HeaderValue, Request, Response};
 
@@ -35,104 +34,6 @@ impl Invoked {
             result: Err(error),
         }
     }
-}
-
-/// The caller's error for a failed invocation: the code, a generic message
-/// and the invocation id. What the function itself said (an exception's
-/// text, a trap's backtrace) is the owner's: it goes in `detail`, which
-/// triggers record and HTTP callers never see, and in the function's log.
-fn failure(
-    code: ErrorCode,
-    what: &str,
-    detail: Option<String>,
-    function: &str,
-    invocation: &str,
-) -> Error {
-    let error = Error::new(
-        code,
-        format!(
-            "function \"{function}\" {what} (invocation {invocation}; see `flare fn logs --name {function} --invocation {invocation}`)"
-        ),
-    );
-    match detail {
-        Some(detail) => error.with_detail(detail),
-        None => error,
-    }
-}
-
-fn wasm_failure(error: InvokeError, function: &str, invocation: &str) -> Error {
-    let (code, what, detail) = match error {
-        InvokeError::Timeout(ref t) => (
-            ErrorCode::Timeout,
-            format!("did not finish within its timeout of {t}"),
-            None,
-        ),
-        InvokeError::Busy(_) => (
-            ErrorCode::Unavailable,
-            "found no free instance slot; retry later".to_string(),
-            Some(error.to_string()),
-        ),
-        InvokeError::Instantiate(_) => (
-            ErrorCode::Internal,
-            "could not be started".to_string(),
-            Some(error.to_string()),
-        ),
-        InvokeError::OutOfMemory(mb) => (
-            ErrorCode::FunctionFailed,
-            format!("exceeded its memory limit of {mb} MiB"),
-            None,
-        ),
-        InvokeError::Trap(_) => (
-            ErrorCode::FunctionFailed,
-            "trapped".to_string(),
-            Some(error.to_string()),
-        ),
-        InvokeError::NoResponse => (
-            ErrorCode::FunctionFailed,
-            "returned without sending a response".to_string(),
-            None,
-        ),
-        InvokeError::Guest(_) => (
-            ErrorCode::FunctionFailed,
-            "failed".to_string(),
-            Some(error.to_string()),
-        ),
-    };
-    failure(code, &what, detail, function, invocation)
-}
-
-fn process_failure(error: ProcessError, function: &str, invocation: &str) -> Error {
-    let (code, what, detail) = match error {
-        ProcessError::Timeout(ref t) => (
-            ErrorCode::Timeout,
-            format!("did not finish within its timeout of {t}"),
-            None,
-        ),
-        ProcessError::OutOfMemory(mb) => (
-            ErrorCode::FunctionFailed,
-            format!("exceeded its memory limit of {mb} MiB and was killed"),
-            None,
-        ),
-        ProcessError::Function(ref message) => (
-            ErrorCode::FunctionFailed,
-            "raised an error".to_string(),
-            Some(message.clone()),
-        ),
-        ProcessError::Crashed(ref why) => {
-            (ErrorCode::FunctionFailed, format!("crashed: {why}"), None)
-        }
-        ProcessError::Start(ref why) => (
-            ErrorCode::FunctionFailed,
-            "could not be started".to_string(),
-            Some(why.clone()),
-        ),
-        ProcessError::BadResponse(ref why) | ProcessError::Protocol(ref why) => (
-            ErrorCode::BadGateway,
-            format!("sent an invalid response: {why}"),
-            None,
-        ),
-    };
-    failure(code, &what, detail, function, invocation)
 }
 
 fn status_of(result: &Result<Response<ResponseBody>, Error>) -> u16 {
@@ -211,14 +112,9 @@ fn deliver(
     invocation: &str,
 ) -> Result<Response<ResponseBody>, Error> {
     checked(response, started, invocation).map_err(|why| {
-        executor.system_log(function, invocation, format!("invalid response: {why}"));
-        failure(
-            ErrorCode::BadGateway,
-            &format!("sent an invalid response: {why}"),
-            None,
-            function,
-            invocation,
-        )
+        let failure = Failure::BadResponse(why);
+        executor.system_log(function, invocation, failure.to_string());
+        failure.to_error(function, invocation)
     })
 }
 
@@ -369,7 +265,7 @@ impl Executor {
                     Ok(response) => {
                         deliver(self, response.map(full_body), started, name, &invocation)
                     }
-                    Err(e) => Err(process_failure(e, name, &invocation)),
+                    Err(e) => Err(e.to_error(name, &invocation)),
                 }
             }
             Backend::Wasm(prepared) => {
@@ -385,7 +281,7 @@ impl Executor {
                 };
                 match self.runtime.invoke(prepared, call).await {
                     Ok(response) => deliver(self, response, started, name, &invocation),
-                    Err(e) => Err(wasm_failure(e, name, &invocation)),
+                    Err(e) => Err(e.to_error(name, &invocation)),
                 }
             }
         };

@@ -16,6 +16,7 @@ mod cron;
 pub mod egress;
 mod environment;
 mod error;
+mod failure;
 mod function;
 mod logs;
 mod name;
@@ -27,6 +28,7 @@ pub use cron::{Cron, parse_timezone};
 pub use egress::EgressPolicy;
 pub use environment::{EnvironmentRuntime, EnvironmentSpec};
 pub use error::{Error, ErrorCode, Result};
+pub use failure::Failure;
 pub use function::{FunctionSpec, KeepAlive, Limits, PackageRef, RuntimeKind};
 pub use logs::{
     INVOCATION_LOG_BUDGET, LineSplitter, LogEntry, LogRecord, LogStream, MAX_LOG_LINE, now_us,

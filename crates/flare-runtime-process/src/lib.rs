@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flare_model::{
-    EnvironmentRuntime, EnvironmentSpec, Error, FunctionSpec, KeepAlive, Limits, Result,
+    EnvironmentRuntime, EnvironmentSpec, Error, Failure, FunctionSpec, KeepAlive, Limits, Result,
 };
 use flare_scaling::{AdaptiveKeepAlive, Autoscaler, AutoscalerConfig};
 use flare_store::logs::LogSender;
@@ -76,25 +76,9 @@ impl ProcessConfig {
     }
 }
 
-/// How a request to a process function failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProcessError {
-    #[error("function did not finish within its timeout of {0}")]
-    Timeout(String),
-    #[error("function exceeded its memory limit of {0} MiB and was killed")]
-    OutOfMemory(u32),
-    #[error("function raised an error: {0}")]
-    Function(String),
-    #[error("worker crashed: {0}")]
-    Crashed(String),
-    #[error("cannot start an instance: {0}")]
-    Start(String),
-    #[error("invalid response: {0}")]
-    BadResponse(String),
-    /// The worker broke the protocol (a frame past its limit); it is killed.
-    #[error("invalid response: {0}")]
-    Protocol(String),
-}
+/// How a request to a process function failed: the one vocabulary every
+/// runtime uses (see [`Failure`]).
+pub type ProcessError = Failure;
 
 struct Pool {
     name: String,
@@ -421,18 +405,16 @@ impl ProcessRuntime {
         invocation: Arc<str>,
         request: http::Request<Bytes>,
         guard: Box<dyn Send>,
-    ) -> std::result::Result<http::Response<Bytes>, ProcessError> {
+    ) -> std::result::Result<http::Response<Bytes>, Failure> {
         let (runtime, function) = (self.clone(), function.clone());
         let attempt = tokio::spawn(async move {
             let result = runtime.attempt(&function, &invocation, request).await;
             drop(guard);
             result
         });
-        attempt.await.unwrap_or_else(|e| {
-            Err(ProcessError::Crashed(format!(
-                "invocation task failed: {e}"
-            )))
-        })
+        attempt
+            .await
+            .unwrap_or_else(|e| Err(Failure::Crashed(format!("invocation task failed: {e}"))))
     }
 
     async fn attempt(
@@ -440,12 +422,11 @@ impl ProcessRuntime {
         function: &Arc<ProcessFunction>,
         invocation: &Arc<str>,
         request: http::Request<Bytes>,
-    ) -> std::result::Result<http::Response<Bytes>, ProcessError> {
+    ) -> std::result::Result<http::Response<Bytes>, Failure> {
         let limits = function.limits;
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let _active = Active::begin(function);
-        let timed_out =
-            || ProcessError::Timeout(humantime::format_duration(limits.timeout).to_string());
+        let timed_out = || Failure::Timeout(limits.timeout);
         let lease = match tokio::time::timeout_at(deadline, self.instance_for(function)).await {
             Ok(Ok(lease)) => lease,
             Ok(Err(e)) => {
@@ -467,31 +448,29 @@ impl ProcessRuntime {
             tokio::time::timeout_at(deadline, instance.worker.invoke(invocation, &request)).await;
         let outcome = match result {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(WorkerError::Function(message))) => Err(ProcessError::Function(message)),
-            Ok(Err(WorkerError::BadResponse(why))) => Err(ProcessError::BadResponse(why)),
-            Ok(Err(WorkerError::OutOfMemory)) => Err(ProcessError::OutOfMemory(limits.memory_mb)),
-            Ok(Err(WorkerError::Protocol(why))) => Err(ProcessError::Protocol(why)),
-            Ok(Err(e)) => Err(ProcessError::Crashed(e.to_string())),
+            Ok(Err(e)) => Err(match e {
+                WorkerError::Function(message) => Failure::Raised(message),
+                WorkerError::BadResponse(why) => Failure::BadResponse(why),
+                WorkerError::OutOfMemory => Failure::OutOfMemory(limits.memory_mb),
+                WorkerError::Protocol(why) => Failure::Protocol(why),
+                WorkerError::Signal(signal) => Failure::Signal(signal),
+                WorkerError::Status(code) => Failure::Exited(code),
+                WorkerError::Exited(why) => Failure::Crashed(why),
+                WorkerError::Start(why) => Failure::Start(why),
+            }),
             Err(_) => Err(timed_out()),
         };
         // One `system` line in the function's log says why, whatever the
         // caller was told.
         if let Err(e) = &outcome {
-            let line = match e {
-                ProcessError::Function(message) => format!("raised an error: {message}"),
-                ProcessError::Timeout(timeout) => {
-                    format!("timed out after {timeout}; worker killed")
-                }
-                ProcessError::Protocol(why) => format!("invalid response: {why}; worker killed"),
-                other => other.to_string(),
-            };
-            instance
-                .worker
-                .log_lines(invocation, vec![(flare_model::LogStream::System, line)]);
+            instance.worker.log_lines(
+                invocation,
+                vec![(flare_model::LogStream::System, e.to_string())],
+            );
         }
         if matches!(
             &outcome,
-            Err(e) if !matches!(e, ProcessError::Function(_) | ProcessError::BadResponse(_))
+            Err(e) if !matches!(e, Failure::Raised(_) | Failure::BadResponse(_))
         ) {
             // Dead or hung: never reuse it.
             instance.worker.kill().await;
@@ -505,13 +484,13 @@ impl ProcessRuntime {
     async fn instance_for(
         &self,
         function: &Arc<ProcessFunction>,
-    ) -> std::result::Result<Lease, ProcessError> {
+    ) -> std::result::Result<Lease, Failure> {
         let per_instance = function.limits.instance_concurrency;
         loop {
             let freed = function.freed.notified();
             let slot = {
                 let Ok(mut state) = function.instances.lock() else {
-                    return Err(ProcessError::Start("instance list poisoned".into()));
+                    return Err(Failure::Start("instance list poisoned".into()));
                 };
                 state.live.retain(|i| !i.worker.is_dead());
                 let best = state
@@ -537,9 +516,9 @@ impl ProcessRuntime {
                 // away, and the lease it comes with is dropped, unused.
                 let runtime = self.clone();
                 let start = tokio::spawn(async move { runtime.finish_start(slot).await });
-                return start.await.unwrap_or_else(|e| {
-                    Err(ProcessError::Start(format!("start task failed: {e}")))
-                });
+                return start
+                    .await
+                    .unwrap_or_else(|e| Err(Failure::Start(format!("start task failed: {e}"))));
             }
             freed.await;
         }
@@ -549,11 +528,11 @@ impl ProcessRuntime {
     /// function's live instances, leased to the caller in the same step (so
     /// no other request takes its room first). A start that fails or is
     /// dropped gives the slot back.
-    async fn finish_start(&self, slot: StartSlot) -> std::result::Result<Lease, ProcessError> {
+    async fn finish_start(&self, slot: StartSlot) -> std::result::Result<Lease, Failure> {
         let function = slot.function.clone();
         let started = self.specialize(&function).await;
         let Ok(mut state) = function.instances.lock() else {
-            return Err(ProcessError::Start("instance list poisoned".into()));
+            return Err(Failure::Start("instance list poisoned".into()));
         };
         slot.release(&mut state);
         let instance = Arc::new(Instance {
@@ -610,9 +589,9 @@ impl ProcessRuntime {
     async fn specialize(
         &self,
         function: &Arc<ProcessFunction>,
-    ) -> std::result::Result<Worker, ProcessError> {
+    ) -> std::result::Result<Worker, Failure> {
         let pool = self.inner.pool(&function.environment).ok_or_else(|| {
-            ProcessError::Start(format!(
+            Failure::Start(format!(
                 "environment \"{}\" does not exist",
                 function.environment
             ))
@@ -624,10 +603,9 @@ impl ProcessRuntime {
                 .inner
                 .start_worker(&pool, function.network)
                 .await
-                .map_err(|e| ProcessError::Start(e.to_string()))?,
+                .map_err(|e| Failure::Start(e.to_string()))?,
         };
-        link_tree(&function.code, &worker.code_dir())
-            .map_err(|e| ProcessError::Start(e.message))?;
+        link_tree(&function.code, &worker.code_dir()).map_err(|e| Failure::Start(e.message))?;
         let memory = u64::from(function.limits.memory_mb) << 20;
         match worker
             .specialize(
@@ -642,7 +620,7 @@ impl ProcessRuntime {
             Ok(()) => Ok(worker),
             Err(e) => {
                 worker.kill().await;
-                Err(ProcessError::Start(e.to_string()))
+                Err(Failure::Start(e.to_string()))
             }
         }
     }

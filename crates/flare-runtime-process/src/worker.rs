@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flare_model::{
-    INVOCATION_LOG_BUDGET, LineSplitter, LogRecord, LogStream, now_us, split_long_line,
-};
+use flare_model::{INVOCATION_LOG_BUDGET, LineSplitter, LogRecord, LogStream, now_us};
 use flare_store::logs::LogSender;
 use serde_json::{Value, json};
 use tokio::net::UnixListener;
@@ -35,8 +33,12 @@ pub enum WorkerError {
     Start(String),
     #[error("the function exceeded its memory limit and was killed")]
     OutOfMemory,
-    #[error("the worker exited ({0})")]
+    #[error("the worker stopped ({0})")]
     Exited(String),
+    #[error("the worker was killed by signal {0}")]
+    Signal(String),
+    #[error("the worker exited with status {0}")]
+    Status(i32),
     #[error("{0}")]
     Function(String),
     #[error("protocol error: {0}")]
@@ -329,8 +331,8 @@ impl Worker {
             },
             Err(e) => Err(e),
         };
+        // Its output was stored by the reader as it arrived.
         let answer = result?;
-        self.log_lines(invocation, answer_logs(&answer.header));
         match answer.op() {
             "response" => response_of(answer),
             _ => Err(WorkerError::Function(
@@ -384,7 +386,7 @@ impl Worker {
             return WorkerError::OutOfMemory;
         }
         match status {
-            Ok(Ok(status)) => WorkerError::Exited(status.to_string()),
+            Ok(Ok(status)) => exit_reason(status),
             _ => WorkerError::Exited("it stopped answering".into()),
         }
     }
@@ -401,6 +403,46 @@ impl Worker {
             cgroups.destroy_in_background();
         }
     }
+}
+
+/// Why the sandbox ended. bubblewrap exits with 128 + the signal when the
+/// worker inside was killed by one, as shells do.
+fn exit_reason(status: std::process::ExitStatus) -> WorkerError {
+    use std::os::unix::process::ExitStatusExt;
+    let signal = status.signal().or_else(|| {
+        status
+            .code()
+            .filter(|c| (129..=192).contains(c))
+            .map(|c| c - 128)
+    });
+    match (signal, status.code()) {
+        (Some(signal), _) => WorkerError::Signal(signal_name(signal)),
+        (None, Some(code)) => WorkerError::Status(code),
+        (None, None) => WorkerError::Exited(status.to_string()),
+    }
+}
+
+/// `9 (SIGKILL)`: the number and, for the signals a worker meets, its name.
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        31 => "SIGSYS",
+        _ => return signal.to_string(),
+    };
+    format!("{signal} ({name})")
 }
 
 /// An invocation waiting for its answer: registered for the reader task
@@ -505,33 +547,166 @@ impl Drop for Worker {
     }
 }
 
-/// The lines an answer reports, split at [`flare_model::MAX_LOG_LINE`] and kept within
-/// [`INVOCATION_LOG_BUDGET`], as for output on the worker's real pipes.
-fn answer_logs(header: &Value) -> Vec<(LogStream, String)> {
-    let mut budget = Budget::default();
-    let mut out = Vec::new();
-    let lines = header.get("logs").and_then(Value::as_array);
-    for pair in lines.into_iter().flatten() {
-        let (Some(stream), Some(line)) = (
-            pair.get(0).and_then(Value::as_str),
-            pair.get(1).and_then(Value::as_str),
-        ) else {
-            continue;
+/// A call's output as the worker reports it (`log` frames while it runs,
+/// or a `logs` list in its answer), stored as it arrives: split into lines
+/// of at most [`flare_model::MAX_LOG_LINE`], at most
+/// [`INVOCATION_LOG_BUDGET`] bytes a call, the rest counted and named in
+/// one line when the call ends.
+#[derive(Default)]
+struct CallLogs {
+    calls: HashMap<String, CallLog>,
+}
+
+#[derive(Default)]
+struct CallLog {
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    kept: usize,
+    dropped: u64,
+}
+
+/// Calls whose output is followed at once; past it, output for calls no
+/// longer waited for is given up.
+const MAX_CALLS: usize = 256;
+
+impl CallLogs {
+    fn function(shared: &Shared) -> Option<Arc<str>> {
+        shared
+            .attribution
+            .lock()
+            .ok()
+            .and_then(|a| a.function.clone())
+    }
+
+    fn store(shared: &Shared, id: &str, stream: LogStream, line: String) {
+        let Some(function) = Self::function(shared) else {
+            return;
         };
-        let stream = match stream {
-            "stderr" => LogStream::Stderr,
-            _ => LogStream::Stdout,
-        };
-        for part in split_long_line(line) {
-            if let Some(part) = budget.admit("", part.to_string()) {
-                out.push((stream, part));
+        shared.logs.send(LogRecord {
+            ts_us: now_us(),
+            function: function.to_string(),
+            invocation: id.to_string(),
+            stream,
+            line,
+        });
+    }
+
+    /// Output of call `id` on `stream`: whole lines are stored now.
+    fn write(&mut self, shared: &Shared, id: &str, stream: LogStream, bytes: &[u8], dropped: u64) {
+        if !self.calls.contains_key(id) {
+            let waited_for = shared
+                .pending
+                .lock()
+                .map(|p| p.contains_key(id))
+                .unwrap_or(false);
+            if !waited_for {
+                return;
+            }
+            if self.calls.len() >= MAX_CALLS {
+                let pending = shared
+                    .pending
+                    .lock()
+                    .map(|p| p.keys().cloned().collect::<Vec<_>>());
+                let pending = pending.unwrap_or_default();
+                self.calls.retain(|call, _| pending.contains(call));
             }
         }
+        let call = self.calls.entry(id.to_string()).or_default();
+        call.dropped = call.dropped.saturating_add(dropped);
+        let splitter = match stream {
+            LogStream::Stderr => &mut call.stderr,
+            _ => &mut call.stdout,
+        };
+        for line in splitter.push(bytes) {
+            Self::keep(
+                shared,
+                id,
+                call_budget(&mut call.kept, &mut call.dropped, &line),
+                stream,
+                line,
+            );
+        }
     }
-    out
+
+    /// The call has ended: its unfinished lines and the count of what was
+    /// dropped are stored.
+    fn end(&mut self, shared: &Shared, id: &str) {
+        let Some(mut call) = self.calls.remove(id) else {
+            return;
+        };
+        for (stream, rest) in [
+            (LogStream::Stdout, call.stdout.finish()),
+            (LogStream::Stderr, call.stderr.finish()),
+        ] {
+            if let Some(line) = rest {
+                let keep = call_budget(&mut call.kept, &mut call.dropped, &line);
+                Self::keep(shared, id, keep, stream, line);
+            }
+        }
+        if call.dropped > 0 {
+            Self::store(
+                shared,
+                id,
+                LogStream::System,
+                format!(
+                    "output over {INVOCATION_LOG_BUDGET} bytes in one invocation: {} more bytes dropped",
+                    call.dropped
+                ),
+            );
+        }
+    }
+
+    fn keep(shared: &Shared, id: &str, keep: bool, stream: LogStream, line: String) {
+        if keep {
+            Self::store(shared, id, stream, line);
+        }
+    }
+
+    /// The `logs` list of an answer: `[stream, line]` pairs.
+    fn answer(&mut self, shared: &Shared, id: &str, header: &Value) {
+        let lines = header.get("logs").and_then(Value::as_array);
+        for pair in lines.into_iter().flatten() {
+            let (Some(stream), Some(line)) = (
+                pair.get(0).and_then(Value::as_str),
+                pair.get(1).and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let mut text = line.as_bytes().to_vec();
+            text.push(b'\n');
+            self.write(shared, id, stream_of(stream), &text, 0);
+        }
+        self.end(shared, id);
+    }
+
+    fn end_all(&mut self, shared: &Shared) {
+        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        for id in ids {
+            self.end(shared, &id);
+        }
+    }
+}
+
+/// Whether `line` fits the call's budget (and counts it either way).
+fn call_budget(kept: &mut usize, dropped: &mut u64, line: &str) -> bool {
+    if kept.saturating_add(line.len()) <= INVOCATION_LOG_BUDGET {
+        *kept += line.len();
+        true
+    } else {
+        *dropped = dropped.saturating_add(line.len() as u64);
+        false
+    }
+}
+
+fn stream_of(name: &str) -> LogStream {
+    match name {
+        "stderr" => LogStream::Stderr,
+        _ => LogStream::Stdout,
+    }
 }
 
 async fn read_loop(mut reader: tokio::net::unix::OwnedReadHalf, shared: Arc<Shared>) {
+    let mut logs = CallLogs::default();
     loop {
         let frame = match protocol::read(&mut reader).await {
             Ok(frame) => frame,
@@ -545,6 +720,17 @@ async fn read_loop(mut reader: tokio::net::unix::OwnedReadHalf, shared: Arc<Shar
             }
         };
         let id = frame.str("id").map(str::to_string);
+        if frame.op() == "log" {
+            if let Some(id) = &id {
+                let stream = stream_of(frame.str("stream").unwrap_or("stdout"));
+                let dropped = frame.header.get("dropped").and_then(Value::as_u64);
+                logs.write(&shared, id, stream, &frame.body, dropped.unwrap_or(0));
+            }
+            continue;
+        }
+        if let Some(id) = &id {
+            logs.answer(&shared, id, &frame.header);
+        }
         let waiter = match id {
             Some(id) => shared.pending.lock().ok().and_then(|mut p| p.remove(&id)),
             None => shared.control.lock().ok().and_then(|mut c| c.take()),
@@ -556,7 +742,10 @@ async fn read_loop(mut reader: tokio::net::unix::OwnedReadHalf, shared: Arc<Shar
             None => tracing::debug!("worker {}: unexpected {} frame", shared.id, frame.op()),
         }
     }
-    // The worker is gone: wake everyone still waiting; they ask why.
+    // The worker is gone: what its calls wrote so far is kept (a kill
+    // loses at most an unfinished line, which is kept too); then everyone
+    // still waiting is woken, and asks why.
+    logs.end_all(&shared);
     shared.dead.store(true, Ordering::Release);
     if let Ok(mut pending) = shared.pending.lock() {
         pending.clear();

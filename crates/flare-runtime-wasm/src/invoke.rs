@@ -1,11 +1,12 @@
 //! One request in one fresh instance.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use flare_model::{Limits, LogStream};
+use flare_model::{Failure, Limits, LogStream};
 use flare_store::logs::LogSender;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
@@ -43,41 +44,25 @@ pub struct Call {
     pub guard: Option<Box<dyn Send>>,
 }
 
-/// How an invocation failed before it produced a response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvokeError {
-    #[error("function did not finish within its timeout of {0}")]
-    Timeout(String),
-    #[error("function exceeded its memory limit of {0} MiB")]
-    OutOfMemory(u32),
-    #[error("function trapped: {0}")]
-    Trap(String),
-    #[error("function returned without sending a response")]
-    NoResponse,
-    #[error("function failed: {0}")]
-    Guest(String),
-    #[error("cannot start the function: {0}")]
-    Instantiate(String),
-    /// The instance pool had no room for as long as the call could wait.
-    #[error("{0}")]
-    Busy(String),
-}
+/// How an invocation failed before it produced a response: the one
+/// vocabulary every runtime uses (see [`Failure`]).
+pub type InvokeError = Failure;
 
-fn classify(error: &wasmtime::Error, limits: &Limits) -> InvokeError {
+fn classify(error: &wasmtime::Error, limits: &Limits) -> Failure {
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-        return InvokeError::Timeout(humantime::format_duration(limits.timeout).to_string());
+        return Failure::Timeout(limits.timeout);
     }
     if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         // The slot permits count component instances; a component with
         // more core instances or memories than the pool's average can
         // still run out of those. Still a moment's wait, so 503.
-        return InvokeError::Busy(format!("the instance pool is full: {full}"));
+        return Failure::Busy(format!("the instance pool is full: {full}"));
     }
     let message = format!("{error:#}");
     if message.contains("forcing trap when growing memory") {
-        return InvokeError::OutOfMemory(limits.memory_mb);
+        return Failure::OutOfMemory(limits.memory_mb);
     }
-    InvokeError::Trap(message)
+    Failure::Trap(message)
 }
 
 impl WasmRuntime {
@@ -129,7 +114,7 @@ impl WasmRuntime {
     async fn slot(
         &self,
         limits: &Limits,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, InvokeError> {
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Failure> {
         let Some(slots) = &self.slots else {
             return Ok(None);
         };
@@ -138,7 +123,7 @@ impl WasmRuntime {
         }
         match tokio::time::timeout(limits.queue_timeout, slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
-            _ => Err(InvokeError::Busy(format!(
+            _ => Err(Failure::Busy(format!(
                 "no free instance slot within the queue timeout of {}",
                 humantime::format_duration(limits.queue_timeout)
             ))),
@@ -152,7 +137,7 @@ impl WasmRuntime {
         &self,
         prepared: &Prepared,
         call: Call,
-    ) -> Result<http::Response<ResponseBody>, InvokeError> {
+    ) -> Result<http::Response<ResponseBody>, Failure> {
         let started = Instant::now();
         let deadline = started + call.limits.timeout;
         let capture = Capture::new(
@@ -186,11 +171,18 @@ impl WasmRuntime {
             let out = http.new_response_outparam(sender)?;
             Ok((request, out))
         })();
-        let (request, out) =
-            resources.map_err(|e: wasmtime::Error| InvokeError::Instantiate(format!("{e:#}")))?;
+        let (request, out) = match resources {
+            Ok(resources) => resources,
+            Err(e) => {
+                let failure = Failure::Start(format!("{e:#}"));
+                capture.system(failure.to_string());
+                return Err(failure);
+            }
+        };
 
         let pre = prepared.pre.clone();
         let task_capture = capture.clone();
+        let (freed, on_freed) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -202,9 +194,7 @@ impl WasmRuntime {
             let result = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(classify(&e, &limits)),
-                Err(_) => Err(InvokeError::Timeout(
-                    humantime::format_duration(limits.timeout).to_string(),
-                )),
+                Err(_) => Err(Failure::Timeout(limits.timeout)),
             };
             task_capture.finish();
             if let Err(e) = &result {
@@ -215,23 +205,81 @@ impl WasmRuntime {
             drop(store);
             drop(slot);
             drop(guard);
+            drop(freed);
             result
         });
 
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err(InvokeError::Guest(describe(&code))),
+            Ok(Ok(response)) => Ok(response.map(|body| {
+                Freeing {
+                    body,
+                    freed: Some(on_freed),
+                }
+                .boxed_unsync()
+            })),
+            Ok(Err(code)) => {
+                let failure = Failure::Raised(describe(&code));
+                capture.system(failure.to_string());
+                Err(failure)
+            }
             // The guest dropped the response outparam: it trapped, timed out
             // or returned without answering. The task says which.
             Err(_) => match task.await {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(())) => {
-                    capture.system(InvokeError::NoResponse.to_string());
-                    Err(InvokeError::NoResponse)
+                    capture.system(Failure::NoResponse.to_string());
+                    Err(Failure::NoResponse)
                 }
-                Err(join) => Err(InvokeError::Trap(format!("invocation task failed: {join}"))),
+                Err(join) => {
+                    let failure = Failure::Trap(format!("invocation task failed: {join}"));
+                    capture.system(failure.to_string());
+                    Err(failure)
+                }
             },
         }
+    }
+}
+
+/// A response body that ends only once the instance behind it is gone and
+/// its pool slot and the caller's permit are given back: a caller that has
+/// the whole answer and sends its next request at once finds them free.
+struct Freeing {
+    body: ResponseBody,
+    /// Closed by the invocation task after it dropped the store.
+    freed: Option<oneshot::Receiver<()>>,
+}
+
+impl http_body::Body for Freeing {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(freed) = &mut this.freed {
+            match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(None) => {}
+                other => return other,
+            }
+            // The guest has finished the body; wait for its teardown (the
+            // task ends within the timeout however the guest behaves).
+            if std::pin::Pin::new(freed).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.freed = None;
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.freed.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -212,7 +212,7 @@ fn a_function_cannot_frame_or_break_the_response() {
         let response = server.get(&format!("/fn/py/headers?{query}"));
         assert_eq!(response.status(), 502, "{query}");
         let (_, message) = error_of(&response.text().unwrap());
-        assert!(message.contains("limit"), "{message}");
+        assert!(message.contains("invalid response"), "{message}");
     }
     let logs = eventually(Duration::from_secs(10), || {
         let out = server.ok(&[
@@ -226,12 +226,23 @@ fn a_function_cannot_frame_or_break_the_response() {
         (out.lines().count() >= 8).then_some(out)
     });
     assert!(logs.contains("system"), "{logs}");
+    assert!(logs.contains("is not an HTTP status"), "{logs}");
+    assert!(logs.contains("limit"), "the log says which limit: {logs}");
 
     // A body past the worker protocol's 64 MiB: said so, not "crashed".
     let response = server.get("/fn/py/big?mb=70");
     assert_eq!(response.status(), 502);
+    let id = response.headers()["x-flare-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let (_, message) = error_of(&response.text().unwrap());
-    assert!(message.contains("larger than the limit"), "{message}");
+    assert!(message.contains("invalid response"), "{message}");
+    let logs = eventually(Duration::from_secs(10), || {
+        let out = server.ok(&["fn", "logs", "--name", "py", "--invocation", &id]);
+        out.contains("larger than the limit").then_some(out)
+    });
+    assert!(logs.contains("broke the protocol"), "{logs}");
     assert_eq!(
         server.get("/fn/py/big?mb=1").bytes().unwrap().len(),
         1 << 20

@@ -506,10 +506,23 @@ fn crashes_hangs_and_memory_hogs_are_replaced() {
 
     let response = server.get("/fn/py/crash");
     assert_eq!(response.status(), 500);
+    let id = response.headers()["x-flare-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (_, message) = error_of(&response.text().unwrap());
     assert!(
-        error_of(&response.text().unwrap())
-            .1
-            .contains("crashed: the worker exited")
+        message.contains("crashed") && message.contains(&id),
+        "{message}"
+    );
+    // The caller is told it crashed; the log says how.
+    let logs = eventually(Duration::from_secs(10), || {
+        let out = server.ok(&["fn", "logs", "--name", "py", "--invocation", &id]);
+        out.contains("system").then_some(out)
+    });
+    assert!(
+        logs.contains("function exited with status") || logs.contains("killed by signal"),
+        "{logs}"
     );
     let after_crash = server.get("/fn/py/id").text().unwrap();
     assert_ne!(after_crash, before, "a new worker replaced the crashed one");
