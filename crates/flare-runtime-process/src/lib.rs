@@ -480,12 +480,15 @@ impl ProcessRuntime {
     }
 
     /// An instance with room for one more request: the least busy live
-    /// one, or a new one while below max scale; otherwise waits.
+    /// one, or a new one while below max scale; otherwise waits for room,
+    /// at most the function's queue timeout (then [`Failure::Busy`], a 503).
     async fn instance_for(
         &self,
         function: &Arc<ProcessFunction>,
     ) -> std::result::Result<Lease, Failure> {
         let per_instance = function.limits.instance_concurrency;
+        let queue_timeout = function.limits.queue_timeout;
+        let wait_until = tokio::time::Instant::now() + queue_timeout;
         loop {
             let freed = function.freed.notified();
             let slot = {
@@ -520,7 +523,12 @@ impl ProcessRuntime {
                     .await
                     .unwrap_or_else(|e| Err(Failure::Start(format!("start task failed: {e}"))));
             }
-            freed.await;
+            if tokio::time::timeout_at(wait_until, freed).await.is_err() {
+                return Err(Failure::Busy(format!(
+                    "every instance stayed busy for the queue timeout of {}",
+                    humantime::format_duration(queue_timeout)
+                )));
+            }
         }
     }
 
@@ -543,6 +551,11 @@ impl ProcessRuntime {
         let lease = Lease::new(&function, instance);
         function.scale_ups.fetch_add(1, Ordering::Relaxed);
         drop(state);
+        // With room for more than one request, the new instance can take
+        // some of those waiting too.
+        if function.limits.instance_concurrency > 1 {
+            function.freed.notify_waiters();
+        }
         Ok(lease)
     }
 
