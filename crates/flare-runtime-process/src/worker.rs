@@ -71,6 +71,31 @@ struct Shared {
     child: tokio::sync::Mutex<Child>,
 }
 
+impl Shared {
+    /// Stores `lines` for `invocation` of the function this worker was
+    /// specialized for (nothing before that).
+    fn log_lines(&self, invocation: &str, lines: Vec<(LogStream, String)>) {
+        if lines.is_empty() {
+            return;
+        }
+        let function = self
+            .attribution
+            .lock()
+            .ok()
+            .and_then(|a| a.function.clone());
+        let Some(function) = function else { return };
+        for (stream, line) in lines {
+            self.logs.send(LogRecord {
+                ts_us: now_us(),
+                function: function.to_string(),
+                invocation: invocation.to_string(),
+                stream,
+                line,
+            });
+        }
+    }
+}
+
 /// A running worker.
 pub struct Worker {
     shared: Arc<Shared>,
@@ -346,22 +371,7 @@ impl Worker {
 
     /// Stores lines a worker reported for an invocation.
     pub fn log_lines(&self, invocation: &str, lines: Vec<(LogStream, String)>) {
-        let function = self
-            .shared
-            .attribution
-            .lock()
-            .ok()
-            .and_then(|a| a.function.clone());
-        let Some(function) = function else { return };
-        for (stream, line) in lines {
-            self.shared.logs.send(LogRecord {
-                ts_us: now_us(),
-                function: function.to_string(),
-                invocation: invocation.to_string(),
-                stream,
-                line,
-            });
-        }
+        self.shared.log_lines(invocation, lines);
     }
 
     /// Why the worker stopped answering: waits for it to exit.
@@ -570,27 +580,6 @@ struct CallLog {
 const MAX_CALLS: usize = 256;
 
 impl CallLogs {
-    fn function(shared: &Shared) -> Option<Arc<str>> {
-        shared
-            .attribution
-            .lock()
-            .ok()
-            .and_then(|a| a.function.clone())
-    }
-
-    fn store(shared: &Shared, id: &str, stream: LogStream, line: String) {
-        let Some(function) = Self::function(shared) else {
-            return;
-        };
-        shared.logs.send(LogRecord {
-            ts_us: now_us(),
-            function: function.to_string(),
-            invocation: id.to_string(),
-            stream,
-            line,
-        });
-    }
-
     /// Output of call `id` on `stream`: whole lines are stored now.
     fn write(&mut self, shared: &Shared, id: &str, stream: LogStream, bytes: &[u8], dropped: u64) {
         if !self.calls.contains_key(id) {
@@ -617,15 +606,13 @@ impl CallLogs {
             LogStream::Stderr => &mut call.stderr,
             _ => &mut call.stdout,
         };
-        for line in splitter.push(bytes) {
-            Self::keep(
-                shared,
-                id,
-                call_budget(&mut call.kept, &mut call.dropped, &line),
-                stream,
-                line,
-            );
-        }
+        let kept = splitter
+            .push(bytes)
+            .into_iter()
+            .filter(|line| call_budget(&mut call.kept, &mut call.dropped, line))
+            .map(|line| (stream, line))
+            .collect();
+        shared.log_lines(id, kept);
     }
 
     /// The call has ended: its unfinished lines and the count of what was
@@ -634,32 +621,27 @@ impl CallLogs {
         let Some(mut call) = self.calls.remove(id) else {
             return;
         };
+        let mut lines = Vec::new();
         for (stream, rest) in [
             (LogStream::Stdout, call.stdout.finish()),
             (LogStream::Stderr, call.stderr.finish()),
         ] {
-            if let Some(line) = rest {
-                let keep = call_budget(&mut call.kept, &mut call.dropped, &line);
-                Self::keep(shared, id, keep, stream, line);
+            if let Some(line) = rest
+                && call_budget(&mut call.kept, &mut call.dropped, &line)
+            {
+                lines.push((stream, line));
             }
         }
         if call.dropped > 0 {
-            Self::store(
-                shared,
-                id,
+            lines.push((
                 LogStream::System,
                 format!(
                     "output over {INVOCATION_LOG_BUDGET} bytes in one invocation: {} more bytes dropped",
                     call.dropped
                 ),
-            );
+            ));
         }
-    }
-
-    fn keep(shared: &Shared, id: &str, keep: bool, stream: LogStream, line: String) {
-        if keep {
-            Self::store(shared, id, stream, line);
-        }
+        shared.log_lines(id, lines);
     }
 
     /// The `logs` list of an answer: `[stream, line]` pairs.

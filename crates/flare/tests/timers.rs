@@ -7,19 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Server, eventually};
 
-/// The lines echo wrote for timer events.
+/// How many timer events echo has logged.
 fn firings(server: &Server) -> usize {
-    server
-        .ok(&[
-            "fn",
-            "logs",
-            "--name",
-            "echo",
-            "--contains",
-            "event dev.flare.timer",
-        ])
-        .lines()
-        .count()
+    firing_times(server).len()
 }
 
 /// When each timer event reached echo, in seconds since the epoch.
