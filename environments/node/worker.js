@@ -101,6 +101,27 @@ function toResponse(result) {
   return { status, headers, body };
 }
 
+// The sandbox's only way out is Flare's egress proxy on a Unix socket:
+// forward a loopback port to it and point the usual proxy variables there
+// (Node's own fetch ignores them; a proxy agent or http.request to the
+// proxy uses them).
+function forwardEgress(socketPath, then) {
+  const server = net.createServer((client) => {
+    const upstream = net.createConnection(socketPath);
+    const end = () => { client.destroy(); upstream.destroy(); };
+    client.on('error', end);
+    upstream.on('error', end);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  server.listen(0, '127.0.0.1', () => {
+    const url = `http://127.0.0.1:${server.address().port}`;
+    for (const name of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) process.env[name] = url;
+    server.unref();
+    then();
+  });
+}
+
 function main() {
   const socket = net.createConnection(process.env.FLARE_SOCKET);
   let fn = null;
@@ -172,4 +193,5 @@ function main() {
   }
 }
 
-main();
+if (process.env.FLARE_EGRESS_SOCKET) forwardEgress(process.env.FLARE_EGRESS_SOCKET, main);
+else main();

@@ -161,7 +161,78 @@ def load(code, file, entrypoint):
     return target, takes_request
 
 
+def forward_egress(path):
+    """The sandbox's only way out is Flare's egress proxy on a Unix socket:
+    forward a loopback port to it and point the usual proxy variables there,
+    so urllib, requests and friends go through it."""
+    import selectors
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    peer, ended = {}, set()
+
+    def close(s):
+        for x in (s, peer.pop(s, None)):
+            if x is not None:
+                peer.pop(x, None)
+                ended.discard(x)
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(x)
+                x.close()
+
+    def loop():
+        # One thread for every connection: threads count toward the
+        # sandbox's process limit.
+        while True:
+            for key, _ in selector.select():
+                s = key.fileobj
+                if s is listener:
+                    client, _ = listener.accept()
+                    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    try:
+                        upstream.connect(path)
+                    except OSError:
+                        client.close()
+                        upstream.close()
+                        continue
+                    peer[client], peer[upstream] = upstream, client
+                    selector.register(client, selectors.EVENT_READ)
+                    selector.register(upstream, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    close(s)
+                    continue
+                other = peer.get(s)
+                if other is None:
+                    continue
+                if not data:
+                    # A half close passes through; both ended: done.
+                    ended.add(s)
+                    selector.unregister(s)
+                    with contextlib.suppress(OSError):
+                        other.shutdown(socket.SHUT_WR)
+                    if other in ended:
+                        close(s)
+                    continue
+                try:
+                    other.sendall(data)
+                except OSError:
+                    close(s)
+
+    threading.Thread(target=loop, name="flare-egress", daemon=True).start()
+    url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        os.environ[name] = url
+
+
 def main():
+    if os.environ.get("FLARE_EGRESS_SOCKET"):
+        forward_egress(os.environ["FLARE_EGRESS_SOCKET"])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(os.environ["FLARE_SOCKET"])
     write_frame(sock, {"op": "ready", "runtime": f"python {platform.python_version()}"})

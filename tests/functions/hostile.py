@@ -1,6 +1,7 @@
 """A Python function that attacks Flare from inside, chosen by path."""
 import ctypes
 import os
+import socket
 import sys
 import time
 
@@ -13,7 +14,7 @@ CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
 def syscall_result(rc):
     """'ok' when the call worked, else the errno's name."""
     if rc >= 0:
-        return str(os.getpid())
+        return "ok"
     return os.strerror(ctypes.get_errno())
 
 
@@ -110,6 +111,38 @@ def main(req):
             except OSError:
                 pass
         return "wrote %d MiB" % written
+    if path == "/fetch":
+        # Outbound HTTP the ordinary way: urllib honours HTTP_PROXY.
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(q["url"], timeout=10) as r:
+                return "%d %s" % (r.status, r.read().decode())
+        except urllib.error.HTTPError as e:
+            return "refused %d %s" % (e.code, e.read().decode().strip())
+        except Exception as e:
+            return "failed %s: %s" % (type(e).__name__, e)
+    if path == "/tunnel":
+        # A CONNECT tunnel through HTTPS_PROXY, as an HTTPS client makes.
+        import http.client
+        import urllib.parse
+        proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+        host, port = q["to"].rsplit(":", 1)
+        conn = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=10)
+        conn.set_tunnel(host, int(port))
+        try:
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            return "%d %s" % (r.status, r.read().decode())
+        except OSError as e:
+            return "failed %s: %s" % (type(e).__name__, e)
+    if path == "/connect":
+        # Straight to an address, past any proxy.
+        try:
+            socket.create_connection((q["host"], int(q["port"])), timeout=2).close()
+            return "connected"
+        except OSError as e:
+            return "failed %s" % type(e).__name__
     if path == "/forge":
         print("line one\r\x1b[2Kforged\ninvocation 0000 fake line")
         return "forged"

@@ -254,7 +254,9 @@ pub struct FunctionSpec {
     /// the environment's convention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
-    /// process: whether the sandbox has a network (the host's). Default: none.
+    /// process: whether the sandbox gets a way out: Flare's egress proxy,
+    /// reached from inside as `HTTP_PROXY`/`HTTPS_PROXY`, to the hosts in
+    /// `allowedHosts` only. Listing hosts implies it. Default: none.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub network: bool,
     pub package: PackageRef,
@@ -263,8 +265,10 @@ pub struct FunctionSpec {
     /// Environment variables the function sees (nothing from the host).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Hosts (`name` or `name:port`, or `*.domain`) the function may call over
-    /// outbound HTTP. Empty: no outbound HTTP at all.
+    /// Hosts (`name`, `name:port`, `*.domain`, or `*` for any) the function
+    /// may call over outbound HTTP(S). Empty: no outbound connection at
+    /// all. Every address is also checked against the server's egress
+    /// policy (no loopback, private or link-local address by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
 }
@@ -277,7 +281,9 @@ impl FunctionSpec {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(authority, |(host, _)| host);
         allowed.iter().any(|rule| {
-            if let Some(domain) = rule.strip_prefix("*.") {
+            if rule == "*" {
+                true
+            } else if let Some(domain) = rule.strip_prefix("*.") {
                 host.len() > domain.len() + 1
                     && host.ends_with(domain)
                     && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
@@ -344,13 +350,14 @@ impl Spec for FunctionSpec {
         }
         for host in &self.allowed_hosts {
             let bare = host.strip_prefix("*.").unwrap_or(host);
-            let valid = !bare.is_empty()
-                && bare
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+            let valid = host == "*"
+                || !bare.is_empty()
+                    && bare
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
             if !valid {
                 return Err(Error::invalid(format!(
-                    "invalid allowed host \"{host}\" (use a host name, host:port or *.domain)"
+                    "invalid allowed host \"{host}\" (use a host name, host:port, *.domain or * for any)"
                 )));
             }
         }
@@ -471,6 +478,7 @@ mod tests {
         assert!(!FunctionSpec::allows_host(&allowed, "svc.local"));
         assert!(!FunctionSpec::allows_host(&allowed, "evilsvc.local"));
         assert!(!FunctionSpec::allows_host(&allowed, "example.com"));
+        assert!(FunctionSpec::allows_host(&["*".into()], "any.example:8443"));
         assert!(!FunctionSpec::allows_host(&[], "api.example.com"));
     }
 }

@@ -13,7 +13,6 @@
 //! on create and update); inner layers trust what they read back.
 
 mod cron;
-pub mod egress;
 mod environment;
 mod error;
 mod failure;
@@ -25,7 +24,6 @@ mod resource;
 mod trigger;
 
 pub use cron::{Cron, parse_timezone};
-pub use egress::EgressPolicy;
 pub use environment::{EnvironmentRuntime, EnvironmentSpec};
 pub use error::{Error, ErrorCode, Result};
 pub use failure::Failure;

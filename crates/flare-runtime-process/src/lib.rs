@@ -63,6 +63,9 @@ pub struct ProcessConfig {
     /// Start workers even where cgroups cannot limit their memory and
     /// processes (`flare server --allow-unlimited-workers`).
     pub allow_unlimited: bool,
+    /// Where a function's outbound connections may go, beyond its own
+    /// `allowedHosts` list.
+    pub egress: Arc<flare_egress::EgressPolicy>,
 }
 
 impl ProcessConfig {
@@ -72,6 +75,7 @@ impl ProcessConfig {
             python: PathBuf::from("/usr/bin/python3"),
             node: PathBuf::from("/usr/bin/node"),
             allow_unlimited: false,
+            egress: Arc::default(),
         }
     }
 }
@@ -128,7 +132,8 @@ pub struct ProcessFunction {
     code: PathBuf,
     file: Option<String>,
     entrypoint: Option<String>,
-    network: bool,
+    /// The egress proxy's rules, for a function that may call out.
+    egress: Option<Arc<flare_egress::proxy::Rules>>,
     limits: Limits,
     instances: Mutex<Instances>,
     freed: Notify,
@@ -319,7 +324,12 @@ impl ProcessRuntime {
             code,
             file,
             entrypoint: spec.entrypoint.clone(),
-            network: spec.network,
+            egress: (spec.network || !spec.allowed_hosts.is_empty()).then(|| {
+                Arc::new(flare_egress::proxy::Rules {
+                    policy: self.inner.config.egress.clone(),
+                    allowed_hosts: spec.allowed_hosts.iter().cloned().collect(),
+                })
+            }),
             limits: spec.limits,
             instances: Mutex::default(),
             freed: Notify::new(),
@@ -609,12 +619,17 @@ impl ProcessRuntime {
                 function.environment
             ))
         })?;
-        let pooled = if function.network { None } else { pool.take() };
+        // Pooled workers have no way out; one that may call out starts
+        // with its proxy.
+        let pooled = match function.egress {
+            Some(_) => None,
+            None => pool.take(),
+        };
         let worker = match pooled {
             Some(worker) => worker,
             None => self
                 .inner
-                .start_worker(&pool, function.network)
+                .start_worker(&pool, function.egress.clone())
                 .await
                 .map_err(|e| Failure::Start(e.to_string()))?,
         };
@@ -730,7 +745,7 @@ impl Inner {
     async fn start_worker(
         &self,
         pool: &Pool,
-        network: bool,
+        egress: Option<Arc<flare_egress::proxy::Rules>>,
     ) -> std::result::Result<Worker, WorkerError> {
         // The pid keeps cgroup names apart between servers on one machine.
         let id = format!(
@@ -781,7 +796,7 @@ impl Inner {
             seccomp: [&self.seccomp[0], &self.seccomp[1]],
             ro_binds: binds,
             argv,
-            network,
+            egress,
             logs: self.logs.clone(),
             memory_bytes: GENERIC_MEMORY,
             pids: PIDS_PER_WORKER,
@@ -809,7 +824,7 @@ impl Inner {
                 let _ = tokio::time::timeout(Duration::from_secs(5), pool.wake.notified()).await;
                 continue;
             }
-            match self.start_worker(&pool, false).await {
+            match self.start_worker(&pool, None).await {
                 Ok(worker) => {
                     failures = 0;
                     if pool.closed.load(Ordering::Acquire) {

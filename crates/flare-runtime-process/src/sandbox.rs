@@ -490,7 +490,6 @@ pub struct SandboxCommand<'a> {
     pub ro_binds: &'a [PathBuf],
     /// Host directory shown read-only at `/env` (the worker program).
     pub env_dir: Option<&'a Path>,
-    pub network: bool,
     pub env: &'a [(&'a str, String)],
     pub argv: &'a [String],
 }
@@ -519,6 +518,9 @@ impl SandboxCommand<'_> {
             "--unshare-ipc".into(),
             "--unshare-uts".into(),
             "--unshare-cgroup-try".into(),
+            // Its own network namespace, holding only its loopback: the
+            // one way out is the egress proxy's socket, when it has one.
+            "--unshare-net".into(),
             "--die-with-parent".into(),
             "--new-session".into(),
             "--hostname".into(),
@@ -560,18 +562,6 @@ impl SandboxCommand<'_> {
             "--disable-userns".into(),
             "--clearenv".into(),
         ];
-        if self.network {
-            for file in [
-                "/etc/resolv.conf",
-                "/etc/hosts",
-                "/etc/ssl",
-                "/etc/nsswitch.conf",
-            ] {
-                args.extend(["--ro-bind-try".into(), file.into(), file.into()]);
-            }
-        } else {
-            args.push("--unshare-net".into());
-        }
         if let Some(env_dir) = self.env_dir {
             args.extend([
                 "--ro-bind".into(),
@@ -709,7 +699,6 @@ mod tests {
             run: Path::new("/w/run"),
             ro_binds: &[PathBuf::from("/opt/it's")],
             env_dir: None,
-            network: false,
             env: &[("FLARE_SOCKET", "/run/flare/worker.sock".into())],
             argv: &["/usr/bin/python3".into(), "-I".into()],
         };

@@ -102,6 +102,17 @@ pub struct Worker {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pub(crate) in_flight: AtomicU32,
     dir: PathBuf,
+    /// The egress proxy's task, ended with the worker.
+    _proxy: Option<AbortOnDrop>,
+}
+
+/// A task that ends when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What to start.
@@ -111,7 +122,9 @@ pub struct WorkerPlan<'a> {
     pub seccomp: [&'a Path; 2],
     pub ro_binds: Vec<PathBuf>,
     pub argv: Vec<String>,
-    pub network: bool,
+    /// The way out, for a function that may call out: its egress proxy
+    /// listens on a socket in the sandbox (`/run/flare/egress.sock`).
+    pub egress: Option<Arc<flare_egress::proxy::Rules>>,
     pub logs: LogSender,
     /// Memory (bytes), processes and CPUs for the generic worker; tightened
     /// when it is specialized.
@@ -150,6 +163,20 @@ impl Worker {
         std::os::unix::fs::chown(&socket, Some(uid), Some(uid)).map_err(io("chown socket"))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(io("chmod socket"))?;
+        let proxy = match plan.egress {
+            Some(rules) => {
+                let path = run.join("egress.sock");
+                let listener = UnixListener::bind(&path).map_err(io("bind egress socket"))?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+                    .map_err(io("chown egress socket"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io("chmod egress socket"))?;
+                Some(AbortOnDrop(tokio::spawn(flare_egress::proxy::serve(
+                    listener, rules,
+                ))))
+            }
+            None => None,
+        };
 
         let cgroups = Cgroups::create(&plan.id);
         if !cgroups.missing().is_empty() && !plan.allow_unlimited {
@@ -161,7 +188,7 @@ impl Worker {
         cgroups
             .limit(plan.memory_bytes, plan.pids, plan.cpus)
             .map_err(WorkerError::Start)?;
-        let env = [
+        let mut env = vec![
             ("FLARE_SOCKET", "/run/flare/worker.sock".to_string()),
             ("FLARE_WORKER_ID", plan.id.clone()),
             ("PATH", "/usr/bin:/bin".to_string()),
@@ -170,6 +197,9 @@ impl Worker {
             ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
             ("LANG", "C.UTF-8".to_string()),
         ];
+        if proxy.is_some() {
+            env.push(("FLARE_EGRESS_SOCKET", "/run/flare/egress.sock".to_string()));
+        }
         let script = SandboxCommand {
             cgroups: &cgroups,
             seccomp: plan.seccomp,
@@ -177,7 +207,6 @@ impl Worker {
             run: &run,
             ro_binds: &plan.ro_binds,
             env_dir: plan.env_dir.as_deref(),
-            network: plan.network,
             env: &env,
             argv: &plan.argv,
         }
@@ -253,6 +282,7 @@ impl Worker {
             writer: tokio::sync::Mutex::new(writer),
             in_flight: AtomicU32::new(0),
             dir: plan.dir,
+            _proxy: proxy,
         })
     }
 

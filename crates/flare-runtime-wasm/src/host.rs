@@ -42,7 +42,7 @@ impl WasiHttpView for Host {
 /// addresses the server's egress policy allows.
 pub(crate) struct OutboundPolicy {
     pub allowed_hosts: Arc<[String]>,
-    pub egress: Arc<flare_model::EgressPolicy>,
+    pub egress: Arc<flare_egress::EgressPolicy>,
 }
 
 type SendFuture = Box<
@@ -73,26 +73,49 @@ impl WasiHttpHooks for OutboundPolicy {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         let egress = self.egress.clone();
-        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-        let host = request.uri().host().unwrap_or_default().to_string();
-        let port = request
-            .uri()
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
+        let connect_timeout = options
+            .and_then(|o| o.connect_timeout)
+            .unwrap_or(CONNECT_TIMEOUT);
+        let first_byte_timeout = options
+            .and_then(|o| o.first_byte_timeout)
+            .unwrap_or(FIRST_BYTE_TIMEOUT);
         Box::new(async move {
             use http_body_util::BodyExt;
-            // Every address the name resolves to must be allowed. The
-            // connection resolves the name again: a name that changes its
-            // answer in between (DNS rebinding) is a gap this check leaves.
-            if let Err(why) = egress.resolve(&host, port).await {
-                tracing::debug!("outbound request to {host}:{port} refused: {why}");
-                return Err(HttpError::HttpRequestDenied);
-            }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // The name is resolved once and the connection goes to the
+            // addresses that were checked (no DNS-rebinding gap).
+            let (response, io) =
+                flare_egress::send(&egress, request, connect_timeout, first_byte_timeout)
+                    .await
+                    .map_err(outbound_error)?;
+            let io = async move { io.await.map_err(HttpError::from) };
             Ok((
-                response.map(BodyExt::boxed_unsync),
+                response.map(|body| body.map_err(HttpError::from).boxed_unsync()),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
             ))
         })
+    }
+}
+
+/// How long an outbound connection may take, when the guest sets no limit
+/// (the function's own timeout bounds the whole call anyway).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The `wasi:http` error a guest sees for an outbound request that failed.
+fn outbound_error(e: flare_egress::SendError) -> HttpError {
+    use flare_egress::SendError;
+    match e {
+        SendError::Denied(why) => {
+            tracing::debug!("outbound request refused: {why}");
+            HttpError::HttpRequestDenied
+        }
+        SendError::Unreachable(why) => {
+            tracing::debug!("outbound request failed: {why}");
+            HttpError::DestinationUnavailable
+        }
+        SendError::NoHost => HttpError::HttpRequestUriInvalid,
+        SendError::Tls { source, .. } => HttpError::Tls(source),
+        SendError::Timeout => HttpError::ConnectionTimeout,
+        SendError::Http(e) => HttpError::from(e),
     }
 }

@@ -50,7 +50,7 @@ pub struct RuntimeConfig {
     pub pooling: Option<bool>,
     /// Where functions' outbound HTTP may connect, beyond their own
     /// `allowHosts` list.
-    pub egress: std::sync::Arc<flare_model::EgressPolicy>,
+    pub egress: std::sync::Arc<flare_egress::EgressPolicy>,
 }
 
 impl RuntimeConfig {
@@ -73,7 +73,7 @@ pub struct WasmRuntime {
     pooling: bool,
     prepared: Mutex<std::collections::HashMap<String, Prepared>>,
     ticker: EpochTicker,
-    egress: std::sync::Arc<flare_model::EgressPolicy>,
+    egress: std::sync::Arc<flare_egress::EgressPolicy>,
     /// One permit per pool slot, taken before instantiation and given back
     /// when the instance's `Store` is dropped, so the pooling allocator is
     /// never asked for more instances than it has. `None` when instances

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flare_egress::EgressPolicy;
 use flare_executor::Executor;
-use flare_model::{EgressPolicy, ErrorCode};
+use flare_model::ErrorCode;
 use flare_store::invocations::{AsyncQueue, Attempt, Invocation, InvocationStatus};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
@@ -222,7 +223,11 @@ impl AsyncInvoker {
         let port = parsed
             .port_or_known_default()
             .ok_or("the URL has no port")?;
-        let addrs = self.egress.resolve(host, port).await?;
+        let addrs = self
+            .egress
+            .resolve(host, port)
+            .await
+            .map_err(|e| e.to_string())?;
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

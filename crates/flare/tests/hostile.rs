@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Server, error_of, eventually, guest, http};
+use common::{Server, error_of, eventually, guest, http, http_ok_server};
 
 fn hostile_function(server: &Server, name: &str, extra: &[&str]) {
     server.create_python(name, "hostile.py", extra);
@@ -611,4 +611,61 @@ fn global_flags_go_anywhere() {
             "{args:?}"
         );
     }
+}
+
+#[test]
+fn a_python_function_goes_out_only_through_the_egress_policy() {
+    // The operator allows private addresses, so the test's own server on
+    // loopback can stand in for an allowed host; Flare's own ports stay shut.
+    let server = Server::start_with(&["--egress-allow-private"]);
+    server.python_env("1");
+    let target = http_ok_server();
+    let api = server.api.trim_start_matches("http://").to_string();
+    let (api_host, api_port) = api.rsplit_once(':').unwrap();
+    hostile_function(
+        &server,
+        "out",
+        &["--allow-host", &target, "--allow-host", &api],
+    );
+    hostile_function(&server, "shut", &[]);
+
+    let fetch = |name: &str, url: &str| {
+        let response = server.get(&format!("/fn/{name}/fetch?url={url}"));
+        assert_eq!(response.status(), 200);
+        response.text().unwrap()
+    };
+    // A listed host on an allowed address: through the proxy, plain and
+    // tunnelled (CONNECT, as HTTPS clients do).
+    assert_eq!(fetch("out", &format!("http://{target}/")), "200 ok\n");
+    assert_eq!(
+        server
+            .get(&format!("/fn/out/tunnel?to={target}"))
+            .text()
+            .unwrap(),
+        "200 ok\n"
+    );
+    // Flare's own API, although listed: refused by the policy.
+    let own = fetch("out", &format!("http://{api}/v1/environments"));
+    assert!(own.starts_with("refused 403"), "{own}");
+    assert!(own.contains("own ports"), "{own}");
+    // A host the function does not list.
+    let target_port = target.rsplit_once(':').unwrap().1;
+    let unlisted = fetch("out", &format!("http://127.0.0.2:{target_port}/"));
+    assert!(unlisted.starts_with("refused 403"), "{unlisted}");
+    assert!(unlisted.contains("allowed hosts"), "{unlisted}");
+    // Past the proxy there is nothing: the sandbox's loopback is its own.
+    for name in ["out", "shut"] {
+        let direct = server
+            .get(&format!(
+                "/fn/{name}/connect?host={api_host}&port={api_port}"
+            ))
+            .text()
+            .unwrap();
+        assert!(direct.starts_with("failed"), "{name}: {direct}");
+    }
+    // A function that lists no host has no proxy at all.
+    let closed = fetch("shut", &format!("http://{target}/"));
+    assert!(closed.starts_with("failed"), "{closed}");
+
+    assert_eq!(server.get("/fn/out/").status(), 200, "still serving");
 }

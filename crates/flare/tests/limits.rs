@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, error_of, eventually, http};
+use common::{Server, error_of, eventually, http, http_ok_server};
 
 #[test]
 fn a_trap_is_a_500_with_the_invocation_id_and_a_log_line() {
@@ -194,25 +194,6 @@ fn a_full_instance_pool_is_a_wait_then_503_never_500() {
         assert!(message.contains("no free instance slot"), "{message}");
     }
     assert_eq!(server.get("/fn/slow/").status(), 200, "the slot came back");
-}
-
-/// A plain HTTP server of the test's own on loopback, answering "ok" to
-/// every request until the test ends.
-fn http_ok_server() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut buf = [0; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
-            );
-        }
-    });
-    addr
 }
 
 #[test]

@@ -63,7 +63,9 @@ struct SpecFlags {
     /// process: what to call: main (default) or module.function in an archive.
     #[arg(long)]
     entrypoint: Option<String>,
-    /// process: give the sandbox the host's network (default: none).
+    /// process: give the sandbox a way out, Flare's egress proxy (HTTP_PROXY
+    /// and HTTPS_PROXY inside), to the --allow-host hosts only; implied by
+    /// --allow-host. (default: no way out)
     #[arg(long)]
     network: bool,
     /// KEY=VALUE: an environment variable for the function (repeatable; on
@@ -72,8 +74,10 @@ struct SpecFlags {
     /// Fission: --env python.
     #[arg(long = "env", value_name = "KEY=VALUE|NAME")]
     env: Vec<String>,
-    /// A host the function may call over HTTP: name, name:port or *.domain
-    /// (repeatable). On update, the given set replaces the old one.
+    /// A host the function may call over HTTP(S): name, name:port, *.domain
+    /// or * for any (repeatable). Loopback, private and link-local addresses
+    /// stay refused unless the server runs with --egress-allow-private. On
+    /// update, the given set replaces the old one.
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_hosts: Vec<String>,
 }

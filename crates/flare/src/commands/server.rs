@@ -199,7 +199,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(settings.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} (API)", settings.api_addr))?;
-    let egress = Arc::new(flare_model::EgressPolicy {
+    let egress = Arc::new(flare_egress::EgressPolicy {
         allow_private: settings.egress_allow_private,
         own_ports: vec![
             router_listener.local_addr()?.port(),
@@ -219,6 +219,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut process_config = ProcessConfig::new(process_work_dir(data_dir)?);
     process_config.allow_unlimited = settings.allow_unlimited_workers;
+    process_config.egress = egress.clone();
     if !flare_runtime_process::sandbox::can_limit_workers() {
         if settings.allow_unlimited_workers {
             tracing::warn!(

@@ -231,3 +231,22 @@ pub fn function_file(name: &str) -> PathBuf {
         .join("../../tests/functions")
         .join(name)
 }
+
+/// A plain HTTP server of the test's own on loopback, answering "ok" to
+/// every request until the test ends.
+pub fn http_ok_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+            );
+        }
+    });
+    addr
+}

@@ -1,15 +1,28 @@
-//! Where outbound connections may go: one policy for every path a tenant
-//! can make Flare connect somewhere (a wasm function's outbound HTTP, an
-//! async invocation's callback).
+//! The egress policy: which addresses a tenant's connections may reach.
 //!
-//! The address checked is the one connected to, after DNS resolution:
-//! loopback, private, link-local (cloud metadata), CGNAT, multicast and
+//! Loopback, private, link-local (cloud metadata), CGNAT, multicast and
 //! unspecified addresses are refused unless the operator allows private
 //! addresses (`flare server --egress-allow-private`), and Flare's own ports
 //! on any such address are refused always, so a function cannot drive
 //! Flare's API from inside.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// Why an outbound connection was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    /// The policy refuses the target: a host the function does not list,
+    /// or an address it may not reach.
+    #[error("{0}")]
+    Denied(String),
+    /// The target was allowed but could not be reached (no such name,
+    /// refused, timed out).
+    #[error("{0}")]
+    Unreachable(String),
+}
 
 /// The egress policy of one server.
 #[derive(Debug, Clone, Default)]
@@ -64,41 +77,71 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 
 impl EgressPolicy {
     /// Whether a connection to `addr` is allowed; the reason when not.
-    pub fn check(&self, addr: SocketAddr) -> Result<(), String> {
+    pub fn check(&self, addr: SocketAddr) -> Result<(), EgressError> {
         if is_public(addr.ip()) {
             return Ok(());
         }
         if self.own_ports.contains(&addr.port()) {
-            return Err(format!("{addr} is one of Flare's own ports"));
+            return Err(EgressError::Denied(format!(
+                "{addr} is one of Flare's own ports"
+            )));
         }
         if !self.allow_private {
-            return Err(format!(
+            return Err(EgressError::Denied(format!(
                 "{addr} is a loopback, private or link-local address (the operator can allow them with --egress-allow-private)"
-            ));
+            )));
         }
         Ok(())
     }
 
-    /// Resolves `host:port` and checks every address; returns them all
-    /// when every one is allowed, so the caller connects only to checked
-    /// addresses.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    /// Resolves `host:port` once and checks every address; returns them
+    /// all when every one is allowed, so the caller connects only to
+    /// checked addresses.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, EgressError> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .map_err(|e| EgressError::Unreachable(format!("cannot resolve {host}: {e}")))?
                 .collect(),
         };
         if addrs.is_empty() {
-            return Err(format!("{host} has no address"));
+            return Err(EgressError::Unreachable(format!("{host} has no address")));
         }
         for addr in &addrs {
             self.check(*addr)?;
         }
         Ok(addrs)
     }
+
+    /// Connects to `host:port`: resolved once, every address checked, then
+    /// the first of those addresses that answers within `timeout`.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<TcpStream, EgressError> {
+        let addrs = self.resolve(host, port).await?;
+        connect_checked(&addrs, timeout).await
+    }
+}
+
+/// Connects to the first of `addrs` (already checked) that answers.
+async fn connect_checked(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, EgressError> {
+    let mut why = String::new();
+    for addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => why = format!("cannot connect to {addr}: {e}"),
+            Err(_) => why = format!("cannot connect to {addr}: timed out"),
+        }
+    }
+    Err(EgressError::Unreachable(why))
 }
 
 #[cfg(test)]
@@ -139,16 +182,23 @@ mod tests {
             own_ports: vec![8081],
         };
         assert!(policy.check(addr("127.0.0.1:9000")).is_ok());
-        let err = policy.check(addr("127.0.0.1:8081")).unwrap_err();
+        let err = policy
+            .check(addr("127.0.0.1:8081"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("own ports"), "{err}");
     }
 
     #[tokio::test]
     async fn names_are_checked_after_resolution() {
         let policy = EgressPolicy::default();
-        let err = policy.resolve("localhost", 80).await.unwrap_err();
+        let err = policy
+            .resolve("localhost", 80)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("loopback"), "{err}");
-        let err = policy.resolve("[::1]", 80).await.unwrap_err();
+        let err = policy.resolve("[::1]", 80).await.unwrap_err().to_string();
         assert!(err.contains("loopback"), "{err}");
     }
 }
