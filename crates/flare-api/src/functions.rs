@@ -9,8 +9,7 @@ use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use flare_executor::{DeploymentStatus, INVOCATION_HEADER};
 use flare_model::{
-    Document, Error, ErrorCode, FunctionSpec, Kind, PackageRef, Resource, Result, RuntimeKind,
-    validate_name,
+    Document, Error, ErrorCode, FunctionSpec, Kind, PackageRef, Resource, Result, validate_name,
 };
 use flare_store::Staged;
 use futures::TryStreamExt;
@@ -44,26 +43,7 @@ impl Api {
     /// unservable is stored: wasm is compiled, archives are unpacked under
     /// their limits. Cheap when the package was prepared before.
     async fn prepare(&self, spec: &FunctionSpec, source: std::path::PathBuf) -> Result<()> {
-        let package = spec.package.clone();
-        let task = match (spec.runtime, spec.environment.clone()) {
-            (RuntimeKind::Process, Some(environment)) => {
-                let process = self.process.clone();
-                tokio::task::spawn_blocking(move || {
-                    process.check_package(&environment, package.hex(), &source)
-                })
-            }
-            _ => {
-                let runtime = self.runtime.clone();
-                tokio::task::spawn_blocking(move || {
-                    runtime
-                        .prepare(&package, &source)
-                        .map(|_| ())
-                        .map_err(Error::from)
-                })
-            }
-        };
-        task.await
-            .map_err(|e| Error::internal(format!("prepare task failed: {e}")))?
+        self.executor.check(spec, &source).await
     }
 
     /// A process function's environment must exist.
@@ -411,13 +391,8 @@ pub(crate) async fn upload_package(
             return Err(e.into());
         }
     };
-    let package = staged.package().clone();
-    let runtime = api.runtime.clone();
-    let path = staged.path().to_path_buf();
-    tokio::task::spawn_blocking(move || runtime.prepare(&package, &path).map(|_| ()))
-        .await
-        .map_err(|e| Error::internal(format!("prepare task failed: {e}")))?
-        .map_err(Error::from)?;
+    let spec = FunctionSpec::wasm(staged.package().clone());
+    api.executor.check(&spec, staged.path()).await?;
     let package = staged.commit()?;
     Ok((StatusCode::CREATED, Json(package)))
 }

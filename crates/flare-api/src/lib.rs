@@ -28,7 +28,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
 use flare_executor::Executor;
-use flare_runtime_wasm::WasmRuntime;
 use flare_store::logs::Logs;
 use flare_store::{PackageStore, Revision, Store};
 use tokio::sync::{Mutex, watch};
@@ -49,8 +48,6 @@ pub const DEFAULT_MAX_PACKAGE_BYTES: u64 = 64 << 20;
 pub struct Api {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) packages: PackageStore,
-    pub(crate) runtime: Arc<WasmRuntime>,
-    pub(crate) process: flare_runtime_process::ProcessRuntime,
     pub(crate) executor: Arc<Executor>,
     pub(crate) logs: Arc<Logs>,
     pub(crate) queue: flare_store::invocations::AsyncQueue,
@@ -67,8 +64,6 @@ pub struct Api {
 pub struct ApiParts {
     pub store: Arc<dyn Store>,
     pub packages: PackageStore,
-    pub runtime: Arc<WasmRuntime>,
-    pub process: flare_runtime_process::ProcessRuntime,
     pub executor: Arc<Executor>,
     pub logs: Arc<Logs>,
     /// The queue of asynchronous invocations.
@@ -84,8 +79,6 @@ impl Api {
         Arc::new(Api {
             store: parts.store,
             packages: parts.packages,
-            runtime: parts.runtime,
-            process: parts.process,
             executor: parts.executor,
             logs: parts.logs,
             queue: parts.queue,

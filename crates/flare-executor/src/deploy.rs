@@ -9,12 +9,11 @@ use std::sync::{Arc, RwLock};
 use flare_model::{
     Document, EnvironmentSpec, Error, FunctionSpec, Kind, Resource, Result, RuntimeKind,
 };
-use flare_runtime_process::{ProcessFunction, ProcessRuntime};
-use flare_runtime_wasm::{Prepared, WasmRuntime};
+use flare_runtime::{Function, Runtime};
 use flare_store::logs::LogSender;
-use flare_store::{Change, PackageStore, Revision, Store};
+use flare_store::{Change, Follower, PackageStore, Revision, Store, Update, advance};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, watch};
 
 /// A function as the executor holds it.
 pub(crate) struct Deployment {
@@ -31,19 +30,12 @@ pub(crate) enum State {
     Failed(String),
 }
 
-/// The runtime that serves a deployment, with what it prepared. An enum
-/// rather than a trait object: the executor must know which one it holds to
-/// report its state, and there are two.
-pub(crate) enum Backend {
-    Wasm(Prepared),
-    Process(Arc<ProcessFunction>),
-}
-
 pub(crate) struct Ready {
-    pub backend: Backend,
+    /// What its runtime prepared.
+    pub function: Arc<dyn Function>,
+    /// One per request it may have in flight ([`Function::capacity`]).
     pub permits: Arc<Semaphore>,
-    pub env: Arc<[(String, String)]>,
-    pub allowed_hosts: Arc<[String]>,
+    pub capacity: usize,
 }
 
 /// What `flare fn get` shows about a deployment.
@@ -73,8 +65,8 @@ pub struct InstanceStatus {
 
 /// The executor. One per process.
 pub struct Executor {
-    pub(crate) runtime: Arc<WasmRuntime>,
-    pub(crate) process: ProcessRuntime,
+    /// One per [`RuntimeKind`]; a function goes to the one of its kind.
+    runtimes: Vec<Arc<dyn Runtime>>,
     packages: PackageStore,
     /// Generation of each environment whose pool is running.
     pub(crate) environments: RwLock<HashMap<String, u64>>,
@@ -88,14 +80,12 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(
-        runtime: Arc<WasmRuntime>,
-        process: ProcessRuntime,
+        runtimes: Vec<Arc<dyn Runtime>>,
         packages: PackageStore,
         logs: LogSender,
     ) -> Arc<Self> {
         Arc::new(Executor {
-            runtime,
-            process,
+            runtimes,
             packages,
             environments: RwLock::default(),
             metrics: RwLock::default(),
@@ -114,30 +104,24 @@ impl Executor {
 
     pub fn status(&self, name: &str) -> Option<DeploymentStatus> {
         let deployment = self.get(name)?;
-        let max = permits_for(&deployment.spec) as u32;
         Some(match &deployment.state {
             State::Ready(ready) => DeploymentStatus {
                 generation: deployment.generation,
                 ready: true,
                 error: None,
-                in_flight: permits_for(&deployment.spec)
+                in_flight: ready
+                    .capacity
                     .saturating_sub(ready.permits.available_permits()),
                 queued: self
                     .metrics_for(name)
                     .queued
                     .load(std::sync::atomic::Ordering::Acquire),
-                max_concurrency: max,
-                instances: match &ready.backend {
-                    Backend::Wasm(_) => None,
-                    Backend::Process(function) => {
-                        let counts = function.counts();
-                        Some(InstanceStatus {
-                            warm: counts.instances - counts.busy,
-                            busy: counts.busy,
-                            specializing: counts.starting,
-                        })
-                    }
-                },
+                max_concurrency: ready.capacity as u32,
+                instances: ready.function.instances().map(|i| InstanceStatus {
+                    warm: i.live - i.busy,
+                    busy: i.busy,
+                    specializing: i.starting,
+                }),
             },
             State::Failed(reason) => DeploymentStatus {
                 generation: deployment.generation,
@@ -145,7 +129,7 @@ impl Executor {
                 error: Some(reason.clone()),
                 in_flight: 0,
                 queued: 0,
-                max_concurrency: max,
+                max_concurrency: 0,
                 instances: None,
             },
         })
@@ -153,7 +137,26 @@ impl Executor {
 
     /// Generic workers waiting in an environment's pool.
     pub fn idle_workers(&self, environment: &str) -> Option<usize> {
-        self.process.idle_workers(environment)
+        self.runtimes
+            .iter()
+            .find_map(|r| r.idle_workers(environment))
+    }
+
+    /// The runtime that serves functions of `kind`.
+    fn runtime(&self, kind: RuntimeKind) -> Result<&Arc<dyn Runtime>> {
+        self.runtimes
+            .iter()
+            .find(|r| r.kind() == kind)
+            .ok_or_else(|| Error::invalid(format!("this server runs no {kind:?} functions")))
+    }
+
+    /// Checks that the package at `package` can serve `spec`, so that
+    /// nothing unservable is stored (the API calls this before storing).
+    pub async fn check(&self, spec: &FunctionSpec, package: &std::path::Path) -> Result<()> {
+        self.runtime(spec.runtime)?
+            .clone()
+            .check(spec, package)
+            .await
     }
 
     /// The request body limit of a deployed function.
@@ -171,36 +174,25 @@ impl Executor {
 
     /// Follows the store until it closes: the executor's control loop.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
-        let mut events = store.watch();
-        loop {
-            self.resync(&*store).await;
-            loop {
-                match events.recv().await {
-                    Ok(event) => {
-                        match (event.kind, event.change) {
-                            (Kind::Function, Change::Put(doc)) => self.apply(*doc).await,
-                            (Kind::Function, Change::Deleted) => self.remove(&event.name),
-                            (Kind::Environment, Change::Put(doc)) => self.apply_environment(*doc),
-                            (Kind::Environment, Change::Deleted) => {
-                                self.remove_environment(&event.name)
-                            }
-                            _ => {}
-                        }
-                        self.applied.send_replace(event.revision);
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!("executor missed {missed} store events; resyncing");
-                        break;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
+        let mut follower = Follower::new(&*store);
+        while let Some(update) = follower.next(&*store).await {
+            let revision = update.revision();
+            match update {
+                Update::Reload { .. } => self.resync(&*store).await,
+                Update::Change(event) => match (event.kind, event.change) {
+                    (Kind::Function, Change::Put(doc)) => self.apply(*doc).await,
+                    (Kind::Function, Change::Deleted) => self.remove(&event.name),
+                    (Kind::Environment, Change::Put(doc)) => self.apply_environment(*doc),
+                    (Kind::Environment, Change::Deleted) => self.remove_environment(&event.name),
+                    _ => {}
+                },
             }
+            advance(&self.applied, revision);
         }
     }
 
     /// Makes the deployments equal to the store's functions.
     async fn resync(&self, store: &dyn Store) {
-        let revision = store.revision();
         // Environments first: functions are prepared for their environment.
         match store.list(Kind::Environment) {
             Ok(envs) => {
@@ -226,13 +218,6 @@ impl Executor {
         for doc in docs {
             self.apply(doc).await;
         }
-        self.applied.send_if_modified(|applied| {
-            let newer = revision > *applied;
-            if newer {
-                *applied = revision;
-            }
-            newer
-        });
     }
 
     async fn apply(&self, doc: Document) {
@@ -249,17 +234,20 @@ impl Executor {
             }
         };
         let spec = function.spec;
-        let state = match self.prepare(&name, &spec).await {
-            Ok(backend) => State::Ready(Ready {
-                backend,
-                permits: Arc::new(Semaphore::new(permits_for(&spec))),
-                env: spec
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                allowed_hosts: spec.allowed_hosts.iter().cloned().collect(),
-            }),
+        let path: PathBuf = self.packages.path(&spec.package);
+        let prepared = match self.runtime(spec.runtime) {
+            Ok(runtime) => runtime.clone().prepare(&name, &spec, &path).await,
+            Err(e) => Err(e),
+        };
+        let state = match prepared {
+            Ok(function) => {
+                let capacity = function.capacity();
+                State::Ready(Ready {
+                    function,
+                    permits: Arc::new(Semaphore::new(capacity)),
+                    capacity,
+                })
+            }
             Err(e) => {
                 tracing::error!("function \"{name}\" cannot be deployed: {e}");
                 State::Failed(e.message)
@@ -271,47 +259,9 @@ impl Executor {
             spec,
             state,
         });
-        let previous = self
-            .deployments
-            .write()
-            .ok()
-            .and_then(|mut d| d.insert(name, deployment));
-        if let Some(previous) = previous {
-            self.forget_if_unused(&previous);
+        if let Ok(mut deployments) = self.deployments.write() {
+            deployments.insert(name, deployment);
         }
-    }
-
-    async fn prepare(&self, name: &str, spec: &FunctionSpec) -> Result<Backend> {
-        let path: PathBuf = self.packages.path(&spec.package);
-        // Compiling and unpacking are CPU and disk work that can take a
-        // while; keep them off the request threads.
-        let task = match spec.runtime {
-            RuntimeKind::Wasm => {
-                let runtime = self.runtime.clone();
-                let package = spec.package.clone();
-                tokio::task::spawn_blocking(move || {
-                    runtime
-                        .prepare(&package, &path)
-                        .map(Backend::Wasm)
-                        .map_err(Error::from)
-                })
-            }
-            RuntimeKind::Process => {
-                let process = self.process.clone();
-                let (name, spec) = (name.to_string(), spec.clone());
-                tokio::task::spawn_blocking(move || {
-                    process.prepare(&name, &spec, &path).map(Backend::Process)
-                })
-            }
-        };
-        let backend = task
-            .await
-            .map_err(|e| Error::internal(format!("prepare task failed: {e}")))??;
-        if let Backend::Process(function) = &backend {
-            // Reserved instances are warm before the function is served.
-            self.process.reserve(function).await;
-        }
-        Ok(backend)
     }
 
     fn apply_environment(&self, doc: Document) {
@@ -327,7 +277,9 @@ impl Executor {
         }
         match Resource::<EnvironmentSpec>::from_document(doc) {
             Ok(env) => {
-                self.process.set_environment(&name, env.spec);
+                for runtime in &self.runtimes {
+                    runtime.environment(&name, Some(&env.spec));
+                }
                 if let Ok(mut envs) = self.environments.write() {
                     envs.insert(name, generation);
                 }
@@ -337,33 +289,17 @@ impl Executor {
     }
 
     fn remove_environment(&self, name: &str) {
-        self.process.remove_environment(name);
+        for runtime in &self.runtimes {
+            runtime.environment(name, None);
+        }
         if let Ok(mut envs) = self.environments.write() {
             envs.remove(name);
         }
     }
 
     fn remove(&self, name: &str) {
-        let removed = self
-            .deployments
-            .write()
-            .ok()
-            .and_then(|mut d| d.remove(name));
-        if let Some(removed) = removed {
-            self.forget_if_unused(&removed);
-        }
-    }
-
-    /// Drops the wasm runtime's copy of a package when no deployment uses it.
-    fn forget_if_unused(&self, gone: &Deployment) {
-        let digest = &gone.spec.package.digest;
-        let used = self
-            .deployments
-            .read()
-            .map(|d| d.values().any(|d| d.spec.package.digest == *digest))
-            .unwrap_or(true);
-        if !used {
-            self.runtime.forget(digest);
+        if let Ok(mut deployments) = self.deployments.write() {
+            deployments.remove(name);
         }
     }
 }
@@ -380,14 +316,4 @@ fn stale<V>(held: &RwLock<HashMap<String, V>>, docs: &[Document]) -> Vec<String>
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Requests of a function allowed in flight at once.
-pub(crate) fn permits_for(spec: &FunctionSpec) -> usize {
-    match spec.runtime {
-        RuntimeKind::Wasm => spec.limits.max_concurrency as usize,
-        RuntimeKind::Process => {
-            spec.limits.instance_concurrency as usize * spec.limits.max_scale as usize
-        }
-    }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use flare_model::{Error, ErrorCode, Failure};
-use flare_runtime_wasm::{Call, ResponseBody, full_body};
+use flare_runtime::{Call, ResponseBody};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, HeaderValue, Request, Response};
 
@@ -14,7 +14,7 @@ const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 use http_body_util::{BodyExt, Limited};
 
 use crate::Executor;
-use crate::deploy::{Backend, State};
+use crate::deploy::State;
 
 /// The response header that carries the invocation id.
 pub const INVOCATION_HEADER: &str = "x-flare-invocation-id";
@@ -217,7 +217,7 @@ impl Executor {
                 if queue == 0 {
                     return refuse(format!(
                         "function \"{name}\" is at its concurrency limit of {}; retry later",
-                        crate::deploy::permits_for(&deployment.spec)
+                        ready.capacity
                     ));
                 }
                 let position = metrics.queued.fetch_add(1, Ordering::AcqRel);
@@ -255,35 +255,14 @@ impl Executor {
         let invocation = self.next_invocation_id();
         let request = Request::from_parts(parts, body);
         let started = Instant::now();
-        let result = match &ready.backend {
-            Backend::Process(function) => {
-                let result = self
-                    .process
-                    .invoke(function, invocation.clone(), request, Box::new(permit))
-                    .await;
-                match result {
-                    Ok(response) => {
-                        deliver(self, response.map(full_body), started, name, &invocation)
-                    }
-                    Err(e) => Err(e.to_error(name, &invocation)),
-                }
-            }
-            Backend::Wasm(prepared) => {
-                let call = Call {
-                    function: deployment.name.clone(),
-                    invocation: invocation.clone(),
-                    request,
-                    limits,
-                    env: ready.env.clone(),
-                    allowed_hosts: ready.allowed_hosts.clone(),
-                    logs: self.logs.clone(),
-                    guard: Some(Box::new(permit)),
-                };
-                match self.runtime.invoke(prepared, call).await {
-                    Ok(response) => deliver(self, response, started, name, &invocation),
-                    Err(e) => Err(e.to_error(name, &invocation)),
-                }
-            }
+        let call = Call {
+            invocation: invocation.clone(),
+            request,
+            guard: Box::new(permit),
+        };
+        let result = match ready.function.invoke(call).await {
+            Ok(response) => deliver(self, response, started, name, &invocation),
+            Err(e) => Err(e.to_error(name, &invocation)),
         };
         metrics.record(status_of(&result), started.elapsed());
         Invoked {

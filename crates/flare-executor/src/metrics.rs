@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::Executor;
-use crate::deploy::{Backend, State};
+use crate::deploy::State;
 
 /// Upper bounds of the duration histogram, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -156,13 +156,11 @@ impl Executor {
                 v
             })
             .unwrap_or_default();
+        // Functions whose runtime keeps instances (process functions).
         let process: Vec<_> = deployments
             .iter()
             .filter_map(|d| match &d.state {
-                State::Ready(ready) => match &ready.backend {
-                    Backend::Process(f) => Some((label(&d.name), f.clone())),
-                    Backend::Wasm(_) => None,
-                },
+                State::Ready(ready) => Some((label(&d.name), ready.function.instances()?)),
                 State::Failed(_) => None,
             })
             .collect();
@@ -175,7 +173,7 @@ impl Executor {
             let _ = writeln!(
                 out,
                 "flare_cold_starts_total{{function=\"{name}\"}} {}",
-                f.cold_starts.load(Ordering::Relaxed)
+                f.cold_starts
             );
         }
         let _ = writeln!(
@@ -183,12 +181,11 @@ impl Executor {
             "# HELP flare_instances Instances by state (process functions)."
         );
         let _ = writeln!(out, "# TYPE flare_instances gauge");
-        for (name, f) in &process {
-            let c = f.counts();
+        for (name, c) in &process {
             let _ = writeln!(
                 out,
                 "flare_instances{{function=\"{name}\",state=\"warm\"}} {}",
-                c.instances - c.busy
+                c.live - c.busy
             );
             let _ = writeln!(
                 out,
@@ -210,12 +207,12 @@ impl Executor {
             let _ = writeln!(
                 out,
                 "flare_scale_events_total{{function=\"{name}\",direction=\"up\"}} {}",
-                f.scale_ups.load(Ordering::Relaxed)
+                f.scale_ups
             );
             let _ = writeln!(
                 out,
                 "flare_scale_events_total{{function=\"{name}\",direction=\"down\"}} {}",
-                f.scale_downs.load(Ordering::Relaxed)
+                f.scale_downs
             );
         }
         let _ = writeln!(out, "# HELP flare_functions Functions deployed.");
@@ -238,7 +235,7 @@ impl Executor {
         );
         let _ = writeln!(out, "# TYPE flare_pool_idle_workers gauge");
         for env in envs {
-            let idle = self.process.idle_workers(&env).unwrap_or(0);
+            let idle = self.idle_workers(&env).unwrap_or(0);
             let _ = writeln!(
                 out,
                 "flare_pool_idle_workers{{environment=\"{}\"}} {idle}",

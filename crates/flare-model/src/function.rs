@@ -274,6 +274,20 @@ pub struct FunctionSpec {
 }
 
 impl FunctionSpec {
+    /// A wasm function of `package` with every default.
+    pub fn wasm(package: PackageRef) -> Self {
+        FunctionSpec {
+            runtime: RuntimeKind::Wasm,
+            environment: None,
+            entrypoint: None,
+            network: false,
+            package,
+            limits: Limits::default(),
+            env: BTreeMap::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+
     /// Whether outbound HTTP to `authority` (`host` or `host:port`) is allowed.
     pub fn allows_host(allowed: &[String], authority: &str) -> bool {
         let host = authority
@@ -371,19 +385,10 @@ mod tests {
     use crate::{ErrorCode, Resource};
 
     fn spec() -> FunctionSpec {
-        FunctionSpec {
-            runtime: RuntimeKind::Wasm,
-            environment: None,
-            entrypoint: None,
-            network: false,
-            package: PackageRef {
-                digest: format!("sha256:{}", "ab".repeat(32)),
-                size: 10,
-            },
-            limits: Limits::default(),
-            env: BTreeMap::new(),
-            allowed_hosts: Vec::new(),
-        }
+        FunctionSpec::wasm(PackageRef {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 10,
+        })
     }
 
     #[test]

@@ -9,16 +9,16 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use flare_executor::accepted;
 use flare_executor::{Executor, INVOCATION_HEADER};
+use flare_executor::{ResponseBody, full_body};
 use flare_model::{Error, ErrorCode, HttpTriggerSpec, Kind, Resource};
-use flare_runtime_wasm::{ResponseBody, full_body};
 use flare_store::invocations::AsyncQueue;
-use flare_store::{Revision, Store};
+use flare_store::{Follower, Revision, Store, Update, advance};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::RouteTable;
 
@@ -107,24 +107,18 @@ impl Router {
 
     /// Rebuilds the table whenever a trigger changes, until the store closes.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
-        let mut events = store.watch();
-        self.rebuild(&*store);
-        loop {
-            match events.recv().await {
-                Ok(event) => {
-                    if event.kind == Kind::HttpTrigger {
-                        self.rebuild(&*store);
-                    }
-                    self.applied.send_replace(event.revision);
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => self.rebuild(&*store),
-                Err(broadcast::error::RecvError::Closed) => return,
+        let mut follower = Follower::new(&*store);
+        while let Some(update) = follower.next(&*store).await {
+            let revision = update.revision();
+            match update {
+                Update::Change(event) if event.kind != Kind::HttpTrigger => {}
+                _ => self.rebuild(&*store),
             }
+            advance(&self.applied, revision);
         }
     }
 
     fn rebuild(&self, store: &dyn Store) {
-        let revision = store.revision();
         let triggers = match store.list(Kind::HttpTrigger) {
             Ok(docs) => docs
                 .into_iter()
@@ -135,13 +129,6 @@ impl Router {
             }
         };
         self.table.store(Arc::new(RouteTable::new(triggers)));
-        self.applied.send_if_modified(|applied| {
-            let newer = revision > *applied;
-            if newer {
-                *applied = revision;
-            }
-            newer
-        });
     }
 
     /// Serves HTTP/1.1 on `listener` until `shutdown` completes.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use flare_model::{Failure, Limits, LogStream};
-use flare_store::logs::LogSender;
+use flare_runtime::ResponseBody;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -19,15 +19,8 @@ use crate::capture::Capture;
 use crate::host::{Host, OutboundPolicy};
 use crate::{Prepared, WasmRuntime};
 
-/// The body of a function's response, streamed while the guest writes it.
-pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-
-/// A response body holding `bytes`, for answers Flare writes itself.
-pub fn full_body(bytes: Bytes) -> ResponseBody {
-    Full::new(bytes)
-        .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
-        .boxed_unsync()
-}
+/// The body the guest writes, as wasmtime-wasi-http hands it over.
+type GuestBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Everything one invocation needs.
 pub struct Call {
@@ -38,7 +31,6 @@ pub struct Call {
     pub limits: Limits,
     pub env: Arc<[(String, String)]>,
     pub allowed_hosts: Arc<[String]>,
-    pub logs: LogSender,
     /// Held until the guest has finished, response body included: the
     /// caller's concurrency permit.
     pub guard: Option<Box<dyn Send>>,
@@ -143,7 +135,7 @@ impl WasmRuntime {
         let capture = Capture::new(
             call.function.clone(),
             call.invocation.clone(),
-            call.logs.clone(),
+            self.logs.clone(),
         );
         let slot = match self.slot(&call.limits).await {
             Ok(slot) => slot,
@@ -244,14 +236,14 @@ impl WasmRuntime {
 /// its pool slot and the caller's permit are given back: a caller that has
 /// the whole answer and sends its next request at once finds them free.
 struct Freeing {
-    body: ResponseBody,
+    body: GuestBody,
     /// Closed by the invocation task after it dropped the store.
     freed: Option<oneshot::Receiver<()>>,
 }
 
 impl http_body::Body for Freeing {
     type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
+    type Error = flare_runtime::BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -262,7 +254,11 @@ impl http_body::Body for Freeing {
         if let Some(freed) = &mut this.freed {
             match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(None) => {}
-                other => return other,
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(flare_runtime::BodyError::new(e))));
+                }
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Pending => return Poll::Pending,
             }
             // The guest has finished the body; wait for its teardown (the
             // task ends within the timeout however the guest behaves).

@@ -7,20 +7,25 @@
 //! - [`WasmRuntime::prepare`] validates and compiles a package once, caches
 //!   the compiled artifact on disk by digest (a restart deserializes instead
 //!   of recompiling) and returns a [`Prepared`] function: an `InstancePre`
-//!   ready to instantiate.
+//!   ready to instantiate, kept in memory while a function holds it.
 //! - [`WasmRuntime::invoke`] runs one request in a fresh instance with the
 //!   function's limits (memory, timeout), environment and outbound-host
 //!   allow list, capturing stdout and stderr line by line into the log.
+//!
+//! [`WasmRuntime`] is a [`flare_runtime::Runtime`]; the executor sees it
+//! only through that trait.
 //!
 //! Deny by default: no preopened directories, no host environment, no
 //! sockets, outbound HTTP only to the hosts a function lists.
 
 mod capture;
+mod function;
 mod host;
 mod invoke;
 mod prepare;
 
-pub use invoke::{Call, InvokeError, ResponseBody, full_body};
+pub use flare_runtime::{ResponseBody, full_body};
+pub use invoke::{Call, InvokeError};
 pub use prepare::{PrepareError, Prepared};
 
 use std::path::PathBuf;
@@ -28,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flare_store::logs::LogSender;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -71,8 +77,10 @@ pub struct WasmRuntime {
     linker: Linker<Host>,
     cache_dir: PathBuf,
     pooling: bool,
-    prepared: Mutex<std::collections::HashMap<String, Prepared>>,
+    /// What was prepared, by digest, while any function still holds it.
+    prepared: Mutex<std::collections::HashMap<String, std::sync::Weak<Prepared>>>,
     ticker: EpochTicker,
+    logs: LogSender,
     egress: std::sync::Arc<flare_egress::EgressPolicy>,
     /// One permit per pool slot, taken before instantiation and given back
     /// when the instance's `Store` is dropped, so the pooling allocator is
@@ -119,7 +127,8 @@ fn pooling_config(settings: &RuntimeConfig) -> PoolingAllocationConfig {
 }
 
 impl WasmRuntime {
-    pub fn new(settings: RuntimeConfig) -> Result<Self, StartError> {
+    /// Starts the runtime; functions' output goes to `logs`.
+    pub fn new(settings: RuntimeConfig, logs: LogSender) -> Result<Self, StartError> {
         std::fs::create_dir_all(&settings.cache_dir).map_err(|e| {
             StartError(format!(
                 "cannot create {}: {e}",
@@ -160,6 +169,7 @@ impl WasmRuntime {
             pooling,
             prepared: Mutex::default(),
             ticker,
+            logs,
             egress: settings.egress,
             slots: pooling.then(|| {
                 Arc::new(tokio::sync::Semaphore::new(

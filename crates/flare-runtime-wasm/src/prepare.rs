@@ -13,8 +13,6 @@ use crate::WasmRuntime;
 use crate::host::Host;
 
 /// A validated, compiled, linked function: instantiate it per request.
-/// Cheap to clone.
-#[derive(Clone)]
 pub struct Prepared {
     pub(crate) pre: ProxyPre<Host>,
     digest: Arc<str>,
@@ -67,8 +65,13 @@ fn check_header(bytes: &[u8]) -> Result<(), PrepareError> {
 
 impl WasmRuntime {
     /// Prepares the package whose bytes are at `source`, reusing what was
-    /// prepared or compiled before for the same digest.
-    pub fn prepare(&self, package: &PackageRef, source: &Path) -> Result<Prepared, PrepareError> {
+    /// prepared (and is still held) or compiled (and cached on disk) before
+    /// for the same digest. Blocking: compiling takes a while.
+    pub fn prepare(
+        &self,
+        package: &PackageRef,
+        source: &Path,
+    ) -> Result<Arc<Prepared>, PrepareError> {
         if let Some(prepared) = self.cached(&package.digest) {
             return Ok(prepared);
         }
@@ -87,25 +90,19 @@ impl WasmRuntime {
                 "component does not export wasi:http/incoming-handler@0.2: {e:#}"
             ))
         })?;
-        let prepared = Prepared {
+        let prepared = Arc::new(Prepared {
             pre,
             digest: package.digest.as_str().into(),
-        };
+        });
         if let Ok(mut map) = self.prepared.lock() {
-            map.insert(package.digest.clone(), prepared.clone());
+            map.retain(|_, held| held.strong_count() > 0);
+            map.insert(package.digest.clone(), Arc::downgrade(&prepared));
         }
         Ok(prepared)
     }
 
-    /// Drops the in-memory copy of a package no function uses any more.
-    pub fn forget(&self, digest: &str) {
-        if let Ok(mut map) = self.prepared.lock() {
-            map.remove(digest);
-        }
-    }
-
-    fn cached(&self, digest: &str) -> Option<Prepared> {
-        self.prepared.lock().ok()?.get(digest).cloned()
+    fn cached(&self, digest: &str) -> Option<Arc<Prepared>> {
+        self.prepared.lock().ok()?.get(digest)?.upgrade()
     }
 
     fn artifact_path(&self, package: &PackageRef) -> PathBuf {
@@ -137,7 +134,9 @@ impl WasmRuntime {
 
     fn compile(&self, source: &Path, artifact: &Path) -> Result<Component, PrepareError> {
         let bytes = std::fs::read(source).map_err(|e| {
-            PrepareError::Internal(format!("cannot read package {}: {e}", source.display()))
+            // The path is the server's business, not the caller's.
+            tracing::error!("cannot read package {}: {e}", source.display());
+            PrepareError::Internal(format!("cannot read the package: {e}"))
         })?;
         check_header(&bytes)?;
         let component = Component::new(&self.engine, &bytes).map_err(|e| {

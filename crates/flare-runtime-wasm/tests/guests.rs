@@ -56,9 +56,9 @@ fn fixture_with(configure: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut config = RuntimeConfig::new(dir.path().join("cache"));
     configure(&mut config);
-    let runtime = WasmRuntime::new(config).unwrap();
     let store = flare_store::SqliteStore::open(dir.path()).unwrap();
     let (logs, log_reader) = flare_store::logs::start(store.path()).unwrap();
+    let runtime = WasmRuntime::new(config, logs.clone()).unwrap();
     Fixture {
         runtime,
         logs,
@@ -68,7 +68,7 @@ fn fixture_with(configure: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
 }
 
 impl Fixture {
-    fn prepare(&self, name: &str) -> Prepared {
+    fn prepare(&self, name: &str) -> Arc<Prepared> {
         self.runtime.prepare(&package(name), &guest(name)).unwrap()
     }
 
@@ -90,7 +90,6 @@ impl Fixture {
             limits,
             env: Arc::from(vec![("GREETING".to_string(), "hi".to_string())]),
             allowed_hosts: Arc::from(Vec::<String>::new()),
-            logs: self.logs.clone(),
             guard: None,
         };
         let response = self.runtime.invoke(prepared, call).await?;
@@ -157,7 +156,9 @@ async fn a_pool_that_cannot_be_reserved_falls_back_to_on_demand() {
     let mut config = RuntimeConfig::new(dir.path().join("cache"));
     config.pool_instances = 50_000_000;
     config.pooling = Some(true);
-    let error = WasmRuntime::new(config).err().expect("refused");
+    let error = WasmRuntime::new(config, f.logs.clone())
+        .err()
+        .expect("refused");
     assert!(error.to_string().contains("pooling allocator"), "{error}");
 }
 
@@ -249,7 +250,7 @@ async fn serves_hello_and_caches_the_compiled_artifact() {
     // compiling: the source is not read at all.
     let cache = f._dir.path().join("cache");
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
-    let again = WasmRuntime::new(RuntimeConfig::new(cache)).unwrap();
+    let again = WasmRuntime::new(RuntimeConfig::new(cache), f.logs.clone()).unwrap();
     let prepared = again
         .prepare(&package("hello_rust"), std::path::Path::new("/nonexistent"))
         .unwrap();

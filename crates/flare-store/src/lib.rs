@@ -11,9 +11,10 @@
 //!   request path, and answers queries and follows.
 //!
 //! Every successful write bumps a store-wide [`Revision`] and is broadcast to
-//! watchers as an [`Event`]; components keep their state from the events and
-//! never poll.
+//! watchers as an [`Event`]; components keep their state from the events
+//! (through a [`Follower`]) and never poll.
 
+mod follow;
 pub mod invocations;
 pub mod logs;
 mod packages;
@@ -22,6 +23,7 @@ mod sqlite;
 use flare_model::{Document, Kind, Result};
 use tokio::sync::broadcast;
 
+pub use follow::{Follower, Update, advance};
 pub use packages::{PackageStore, Staged};
 pub use sqlite::SqliteStore;
 

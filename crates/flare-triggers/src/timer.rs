@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use flare_executor::Executor;
 use flare_model::{Cron, Document, Kind, Resource, TimerTriggerSpec};
-use flare_store::{Change, Revision, Store};
-use tokio::sync::{broadcast, watch};
+use flare_store::{Change, Follower, Revision, Store, Update, advance};
+use tokio::sync::watch;
 
 struct Timer {
     function: String,
@@ -121,14 +121,8 @@ impl Timers {
 
     /// Fires schedules until the store closes.
     pub async fn run(self: Arc<Self>) {
-        let mut events = self.store.watch();
-        let revision = self.store.revision();
-        // Fire nothing before the functions are deployed: a run missed
-        // while the server was down would otherwise find no function.
-        let mut deployed = self.executor.applied();
-        let _ = deployed.wait_for(|r| *r >= revision).await;
-        let mut timers = self.load(Utc::now());
-        self.applied.send_replace(revision);
+        let mut follower = Follower::new(&*self.store);
+        let mut timers: HashMap<String, Timer> = HashMap::new();
         loop {
             let now = Utc::now();
             let due = timers.values().filter_map(|t| t.next).min();
@@ -146,9 +140,19 @@ impl Timers {
                         }
                     }
                 }
-                event = events.recv() => match event {
-                    Ok(event) => {
-                        if event.kind == Kind::TimerTrigger {
+                update = follower.next(&*self.store) => {
+                    let Some(update) = update else { return };
+                    let revision = update.revision();
+                    match update {
+                        Update::Reload { revision } => {
+                            // Fire nothing before the functions are deployed:
+                            // a run missed while the server was down would
+                            // otherwise find no function.
+                            let mut deployed = self.executor.applied();
+                            let _ = deployed.wait_for(|r| *r >= revision).await;
+                            timers = self.load(Utc::now());
+                        }
+                        Update::Change(event) if event.kind == Kind::TimerTrigger => {
                             match event.change {
                                 Change::Put(doc) => {
                                     let unchanged = timers
@@ -165,14 +169,9 @@ impl Timers {
                                 }
                             }
                         }
-                        self.applied.send_replace(event.revision);
+                        Update::Change(_) => {}
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let revision = self.store.revision();
-                        timers = self.load(Utc::now());
-                        self.applied.send_replace(revision);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    advance(&self.applied, revision);
                 }
             }
         }

@@ -22,7 +22,7 @@ mod mqtt;
 mod nats;
 mod redis;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,12 +30,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use flare_executor::Executor;
-use flare_model::{ErrorCode, Kind, MessageQueueTriggerSpec, MqKind, Resource};
-use flare_store::{Change, Revision, Store};
+use flare_model::{Document, ErrorCode, Kind, MessageQueueTriggerSpec, MqKind, Resource};
+use flare_store::{Change, Follower, Revision, Store, Update, advance};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// One message as a connector hands it over.
@@ -359,53 +359,71 @@ impl MqTriggers {
 
     /// Keeps one connector per trigger until the store closes.
     pub async fn run(self: Arc<Self>) {
-        let mut events = self.store.watch();
-        let revision = self.store.revision();
-        let mut deployed = self.executor.applied();
-        let _ = deployed.wait_for(|r| *r >= revision).await;
+        let mut follower = Follower::new(&*self.store);
         let mut tasks: HashMap<String, (u64, JoinHandle<()>)> = HashMap::new();
-        if let Ok(docs) = self.store.list(Kind::MessageQueueTrigger) {
-            for doc in docs {
-                let name = doc.metadata.name.clone();
-                if let Some(task) = self.start(doc) {
-                    tasks.insert(name, task);
-                }
-            }
-        }
-        self.applied.send_replace(revision);
-        loop {
-            match events.recv().await {
-                Ok(event) => {
-                    if event.kind == Kind::MessageQueueTrigger {
-                        match event.change {
-                            Change::Put(doc) => {
-                                if tasks
-                                    .get(&event.name)
-                                    .is_none_or(|(g, _)| *g != doc.metadata.generation)
-                                {
-                                    if let Some((_, old)) = tasks.remove(&event.name) {
-                                        old.abort();
-                                    }
-                                    if let Some(task) = self.start(*doc) {
-                                        tasks.insert(event.name.clone(), task);
-                                    }
-                                }
+        while let Some(update) = follower.next(&*self.store).await {
+            let revision = update.revision();
+            match update {
+                Update::Reload { revision } => {
+                    // Consume nothing before the functions are deployed.
+                    let mut deployed = self.executor.applied();
+                    let _ = deployed.wait_for(|r| *r >= revision).await;
+                    match self.store.list(Kind::MessageQueueTrigger) {
+                        Ok(docs) => {
+                            let names: HashSet<String> =
+                                docs.iter().map(|d| d.metadata.name.clone()).collect();
+                            let gone: Vec<String> = tasks
+                                .keys()
+                                .filter(|name| !names.contains(*name))
+                                .cloned()
+                                .collect();
+                            for name in gone {
+                                self.stop(&mut tasks, &name);
                             }
-                            Change::Deleted => {
-                                if let Some((_, old)) = tasks.remove(&event.name) {
-                                    old.abort();
-                                }
-                                if let Ok(mut status) = self.status.lock() {
-                                    status.remove(&event.name);
-                                }
+                            for doc in docs {
+                                self.put(&mut tasks, doc);
                             }
                         }
+                        Err(e) => tracing::error!("cannot list message queue triggers: {e}"),
                     }
-                    self.applied.send_replace(event.revision);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
+                Update::Change(event) if event.kind == Kind::MessageQueueTrigger => {
+                    match event.change {
+                        Change::Put(doc) => self.put(&mut tasks, *doc),
+                        Change::Deleted => self.stop(&mut tasks, &event.name),
+                    }
+                }
+                Update::Change(_) => {}
             }
+            advance(&self.applied, revision);
+        }
+    }
+
+    /// Starts the connector of a new or changed trigger (replacing the old
+    /// one); an unchanged trigger keeps its connector.
+    fn put(&self, tasks: &mut HashMap<String, (u64, JoinHandle<()>)>, doc: Document) {
+        let name = doc.metadata.name.clone();
+        if tasks
+            .get(&name)
+            .is_some_and(|(g, _)| *g == doc.metadata.generation)
+        {
+            return;
+        }
+        if let Some((_, old)) = tasks.remove(&name) {
+            old.abort();
+        }
+        if let Some(task) = self.start(doc) {
+            tasks.insert(name, task);
+        }
+    }
+
+    /// Stops a deleted trigger's connector and forgets its status.
+    fn stop(&self, tasks: &mut HashMap<String, (u64, JoinHandle<()>)>, name: &str) {
+        if let Some((_, old)) = tasks.remove(name) {
+            old.abort();
+        }
+        if let Ok(mut status) = self.status.lock() {
+            status.remove(name);
         }
     }
 }

@@ -214,7 +214,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut runtime_config = RuntimeConfig::new(data_dir.join("cache"));
     runtime_config.pool_instances = settings.max_instances;
     runtime_config.egress = egress.clone();
-    let runtime = Arc::new(WasmRuntime::new(runtime_config)?);
+    let runtime = Arc::new(WasmRuntime::new(runtime_config, log_sender.clone())?);
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut process_config = ProcessConfig::new(process_work_dir(data_dir)?);
@@ -236,8 +236,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = store;
 
     let executor = Executor::new(
-        runtime.clone(),
-        process.clone(),
+        vec![runtime.clone(), Arc::new(process)],
         packages.clone(),
         log_sender,
     );
@@ -269,8 +268,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api = Api::new(ApiParts {
         store: store.clone(),
         packages,
-        runtime: runtime.clone(),
-        process,
         executor: executor.clone(),
         logs,
         queue: queue.clone(),

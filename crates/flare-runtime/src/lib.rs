@@ -1,0 +1,131 @@
+//! The boundary between the executor and the ways it runs functions.
+//!
+//! A [`Runtime`] turns a stored function into a [`Function`] it can serve
+//! (compile, unpack, start reserved instances) and checks packages before
+//! they are stored; a [`Function`] runs one [`Call`] at a time per
+//! request and reports its instances. The wasm and process crates each
+//! implement both; the executor holds them as trait objects and never asks
+//! which one it has, so a further runtime (a microVM, say) is one crate and
+//! one line in the binary.
+//!
+//! Every way a call can fail is a [`Failure`]; the executor maps it to the
+//! caller's error in one place.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flare_model::{EnvironmentSpec, Failure, FunctionSpec, Result, RuntimeKind};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// An error inside a response body (the function failed mid-stream).
+/// A named type rather than a bare `Box<dyn Error>`: futures that hold a
+/// body across an await then stay `Send` for every lifetime.
+#[derive(Debug)]
+pub struct BodyError(Box<dyn std::error::Error + Send + Sync>);
+
+impl BodyError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        BodyError(error.into())
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// The body of a function's response, streamed while the function writes
+/// it. Every runtime answers with it; the router sends it as is.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// A response body holding `bytes`, for answers written whole.
+pub fn full_body(bytes: Bytes) -> ResponseBody {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// One request to one function.
+pub struct Call {
+    pub invocation: Arc<str>,
+    /// The request, its body already read within the function's limit.
+    pub request: http::Request<Bytes>,
+    /// Held until the function has finished, response body included, or
+    /// is stopped: the caller's concurrency permit. A runtime drops it
+    /// however the call ends, a caller that went away included.
+    pub guard: Box<dyn Send>,
+}
+
+/// A way of running functions.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The functions this runtime serves.
+    fn kind(&self) -> RuntimeKind;
+
+    /// Checks that `package` can serve `spec` (it compiles, it unpacks
+    /// within the limits), so that nothing unservable is stored. What it
+    /// learns may be kept for [`Runtime::prepare`].
+    async fn check(self: Arc<Self>, spec: &FunctionSpec, package: &Path) -> Result<()>;
+
+    /// Makes the function `name` servable from `package`; a function with
+    /// reserved instances has them warm when this returns.
+    async fn prepare(
+        self: Arc<Self>,
+        name: &str,
+        spec: &FunctionSpec,
+        package: &Path,
+    ) -> Result<Arc<dyn Function>>;
+
+    /// An environment was created or changed (`Some`) or removed (`None`).
+    fn environment(&self, _name: &str, _spec: Option<&EnvironmentSpec>) {}
+
+    /// Generic workers ready in an environment's pool, for runtimes that
+    /// keep one.
+    fn idle_workers(&self, _environment: &str) -> Option<usize> {
+        None
+    }
+}
+
+/// A function a [`Runtime`] prepared: what the executor invokes.
+#[async_trait::async_trait]
+pub trait Function: Send + Sync + 'static {
+    /// Runs `call`; returns once the function has sent its response head.
+    /// The call's guard is held until the function is done with it.
+    async fn invoke(
+        &self,
+        call: Call,
+    ) -> std::result::Result<http::Response<ResponseBody>, Failure>;
+
+    /// Requests the function may have in flight at once.
+    fn capacity(&self) -> usize;
+
+    /// Its instances right now, for runtimes that keep them.
+    fn instances(&self) -> Option<Instances> {
+        None
+    }
+}
+
+/// A function's instances, for `flare fn get` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Instances {
+    /// Started and specialized, busy or not.
+    pub live: usize,
+    /// Live ones with a request in flight.
+    pub busy: usize,
+    /// Being started.
+    pub starting: u32,
+    /// Requests that had to start a new instance.
+    pub cold_starts: u64,
+    /// Instances started (on demand, reserved, pre-warmed) and removed.
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+}
