@@ -106,12 +106,49 @@ impl WasmRuntime {
     }
 
     fn artifact_path(&self, package: &PackageRef) -> PathBuf {
+        self.cache_dir
+            .join(format!("{}-{}.cwasm", package.hex(), self.engine_tag()))
+    }
+
+    /// Names this engine's artifacts apart from those of other versions or
+    /// settings, which it cannot load.
+    fn engine_tag(&self) -> String {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        self.cache_dir
-            .join(format!("{}-{:016x}.cwasm", package.hex(), hasher.finish()))
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Removes compiled artifacts of packages not in `keep` (hex digests)
+    /// and artifacts this engine cannot load, once older than `grace`.
+    /// Returns how many went. Blocking.
+    pub fn prune_cache(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
+            return 0;
+        };
+        let ours = format!("-{}.cwasm", self.engine_tag());
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let wanted = name
+                .strip_suffix(&ours)
+                .is_some_and(|hex| keep.contains(hex));
+            let old = entry.metadata().is_ok_and(|meta| {
+                meta.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > grace)
+            });
+            if !wanted && old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     #[allow(unsafe_code)]

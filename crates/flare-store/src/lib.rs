@@ -18,6 +18,7 @@ mod follow;
 pub mod invocations;
 pub mod logs;
 mod packages;
+pub mod retention;
 mod sqlite;
 
 use flare_model::{Document, Kind, Result};

@@ -46,6 +46,38 @@ impl PackageStore {
         self.path(package).is_file()
     }
 
+    /// Removes blobs whose digest (hex) is not in `keep` and that were not
+    /// uploaded within `grace`, and uploads a crash left half-written.
+    /// Returns how many files and bytes went.
+    pub fn prune(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> Result<(u64, u64)> {
+        let mut removed = (0, 0);
+        let blobs = std::fs::read_dir(&self.dir).map_err(|e| io_err("cannot list packages", e))?;
+        let staged = std::fs::read_dir(self.dir.join("tmp"))
+            .map_err(|e| io_err("cannot list uploads", e))?;
+        for entry in blobs.chain(staged).flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let in_use = name
+                .strip_prefix("sha256-")
+                .is_some_and(|hex| keep.contains(hex));
+            let Ok(meta) = entry.metadata() else { continue };
+            if in_use || !meta.is_file() || !crate::retention::older_than(&meta, grace) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    removed.0 += 1;
+                    removed.1 += meta.len();
+                }
+                Err(e) => tracing::warn!("cannot remove package {name}: {e}"),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Streams an upload to a temporary file, hashing as it goes. Stops
     /// reading as soon as `limit` bytes are exceeded (413) and refuses an
     /// empty upload (400); either way nothing is kept.
@@ -124,6 +156,10 @@ impl Staged {
     pub fn commit(self) -> Result<PackageRef> {
         let target = self.store.path(&self.package);
         if target.is_file() {
+            // Fresh again: retention measures from the last upload.
+            if let Ok(file) = std::fs::File::options().append(true).open(&target) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
             return Ok(self.package);
         }
         self.file

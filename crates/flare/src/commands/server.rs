@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -12,6 +13,7 @@ use flare_router::Router;
 use flare_runtime_process::{ProcessConfig, ProcessRuntime};
 use flare_runtime_wasm::{RuntimeConfig, WasmRuntime};
 use flare_store::invocations::AsyncQueue;
+use flare_store::retention::Retention;
 use flare_store::{PackageStore, SqliteStore, Store};
 use flare_triggers::asynchronous::AsyncInvoker;
 use flare_triggers::mq::MqTriggers;
@@ -49,8 +51,24 @@ pub struct ServerArgs {
     /// not start.
     #[arg(long, env = "FLARE_ALLOW_UNLIMITED_WORKERS")]
     allow_unlimited_workers: bool,
+    /// How long function log lines are kept. [default: 7d]
+    #[arg(long, env = "FLARE_LOG_RETENTION", value_parser = parse_age)]
+    log_retention: Option<Duration>,
+    /// How long finished asynchronous invocations (status and result) are
+    /// kept; queued and running ones are never removed. [default: 7d]
+    #[arg(long, env = "FLARE_INVOCATION_RETENTION", value_parser = parse_age)]
+    invocation_retention: Option<Duration>,
+    /// How long a package no function uses, and its compiled code, is kept
+    /// after its last upload. [default: 1h]
+    #[arg(long, env = "FLARE_PACKAGE_RETENTION", value_parser = parse_age)]
+    package_retention: Option<Duration>,
+    /// How often the retention pass removes what is past its retention.
+    /// [default: 10m]
+    #[arg(long, env = "FLARE_GC_INTERVAL", value_parser = parse_interval)]
+    gc_interval: Option<Duration>,
     /// A TOML file with any of the settings above (addr, api_addr, data_dir,
-    /// max_package_bytes, max_instances); flags and FLARE_* variables win.
+    /// max_package_bytes, max_instances, log_retention, invocation_retention,
+    /// package_retention, gc_interval); flags and FLARE_* variables win.
     #[arg(long, env = "FLARE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -64,6 +82,38 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     max_package_bytes: Option<u64>,
     max_instances: Option<u32>,
+    log_retention: Option<String>,
+    invocation_retention: Option<String>,
+    package_retention: Option<String>,
+    gc_interval: Option<String>,
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try 12h, 7d or 30m)"))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_age(s)? {
+        d if d.is_zero() => Err("the interval must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
+/// A duration from the flag, else the config file, else `default`.
+fn age_setting(
+    flag: Option<Duration>,
+    file: Option<&str>,
+    name: &str,
+    default: Duration,
+    parse: fn(&str) -> Result<Duration, String>,
+) -> anyhow::Result<Duration> {
+    match (flag, file) {
+        (Some(d), _) => Ok(d),
+        (None, Some(text)) => {
+            parse(text).map_err(|e| anyhow::anyhow!("invalid {name} in the config file: {e}"))
+        }
+        (None, None) => Ok(default),
+    }
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -75,6 +125,8 @@ struct Settings {
     max_instances: u32,
     allow_unlimited_workers: bool,
     egress_allow_private: bool,
+    retention: Retention,
+    gc_interval: Duration,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -102,6 +154,37 @@ impl ServerArgs {
         if max_instances == 0 {
             bail!("max instances must be at least 1");
         }
+        let defaults = Retention::default();
+        let retention = Retention {
+            logs: age_setting(
+                self.log_retention,
+                file.log_retention.as_deref(),
+                "log_retention",
+                defaults.logs,
+                parse_age,
+            )?,
+            invocations: age_setting(
+                self.invocation_retention,
+                file.invocation_retention.as_deref(),
+                "invocation_retention",
+                defaults.invocations,
+                parse_age,
+            )?,
+            packages: age_setting(
+                self.package_retention,
+                file.package_retention.as_deref(),
+                "package_retention",
+                defaults.packages,
+                parse_age,
+            )?,
+        };
+        let gc_interval = age_setting(
+            self.gc_interval,
+            file.gc_interval.as_deref(),
+            "gc_interval",
+            Duration::from_secs(600),
+            parse_interval,
+        )?;
         Ok(Settings {
             addr: self
                 .addr
@@ -122,6 +205,8 @@ impl ServerArgs {
             max_instances,
             allow_unlimited_workers: self.allow_unlimited_workers,
             egress_allow_private: self.egress_allow_private,
+            retention,
+            gc_interval,
         })
     }
 }
@@ -255,6 +340,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(timers.run());
     tokio::spawn(mq.clone().run());
     tokio::spawn(AsyncInvoker::new(queue.clone(), executor.clone(), egress).run());
+    tokio::spawn(collect_garbage(
+        sqlite.clone(),
+        packages.clone(),
+        runtime.clone(),
+        settings.retention,
+        settings.gc_interval,
+    ));
 
     // Serve only once everything stored before the start is deployed.
     let revision = store.revision();
@@ -297,4 +389,41 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// The retention pass, every `interval` from the start: log lines and
+/// finished invocations past their retention, packages and compiled code
+/// no function has used for the package retention.
+async fn collect_garbage(
+    store: Arc<SqliteStore>,
+    packages: PackageStore,
+    runtime: Arc<WasmRuntime>,
+    retention: Retention,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (store, packages, runtime) = (store.clone(), packages.clone(), runtime.clone());
+        let pass = tokio::task::spawn_blocking(move || {
+            let collected = flare_store::retention::collect(&store, &packages, &retention)?;
+            let keep = flare_store::retention::packages_in_use(&*store)?;
+            let artifacts = runtime.prune_cache(&keep, retention.packages);
+            anyhow::Ok((collected, artifacts))
+        })
+        .await;
+        match pass {
+            Ok(Ok((c, artifacts))) => tracing::info!(
+                log_lines = c.log_lines,
+                invocations = c.invocations,
+                packages = c.packages,
+                package_bytes = c.package_bytes,
+                compiled = artifacts,
+                "retention pass"
+            ),
+            Ok(Err(e)) => tracing::error!("retention pass failed: {e:#}"),
+            Err(e) => tracing::error!("retention pass failed: {e}"),
+        }
+    }
 }
