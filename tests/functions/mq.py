@@ -1,7 +1,8 @@
 """A Python function for the message-queue tests: processes a message
 unless it says fail; slow-* messages take 50 ms; timed-* messages take
 50 ms and answer with when they started and ended (CLOCK_MONOTONIC, the
-same in every sandbox), so a test can see which ran side by side."""
+same in every sandbox), so a test can see which ran side by side; big-N
+answers N bytes."""
 import time
 
 
@@ -13,6 +14,8 @@ def main(req):
         started = time.monotonic_ns()
         time.sleep(0.05)
         return "processed:%s:%d:%d" % (text, started, time.monotonic_ns())
+    if text.startswith("big-"):
+        return "y" * int(text[4:])
     if text.startswith("slow"):
         time.sleep(0.05)
     print("got", text, req.headers.get("ce-type"), req.headers.get("ce-subject"))

@@ -1110,3 +1110,241 @@ fn redis_order_holds_with_concurrent_producers_and_a_broker_outage_is_survived()
     broker.kill().unwrap();
     let _ = broker.wait();
 }
+
+#[test]
+fn nats_a_trapping_wasm_function_fails_to_the_error_topic_and_the_trigger_lives_on() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let server = Server::start();
+    server.create("trapper", "misbehave", &[]);
+    let subject = unique("flare.trap").replace('-', "_");
+    let (output, errors) = (format!("{subject}.out"), format!("{subject}.err"));
+    let trigger = unique("nt");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &trigger,
+        "--function",
+        "trapper",
+        "--mqtype",
+        "nats",
+        "--topic",
+        &format!("{subject}.in.>"),
+        "--resptopic",
+        &output,
+        "--errortopic",
+        &errors,
+        "--maxretries",
+        "0",
+    ]);
+    wait_connected(&server, &trigger);
+    let client = runtime
+        .block_on(async_nats::connect("nats://127.0.0.1:4222"))
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut answers = runtime.block_on(client.subscribe(output.clone())).unwrap();
+    let mut dead = runtime.block_on(client.subscribe(errors.clone())).unwrap();
+    runtime.block_on(client.flush()).unwrap();
+    let publish = |key: &str| {
+        runtime.block_on(async {
+            js.publish(format!("{subject}.in.{key}"), "payload".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        })
+    };
+    use futures::StreamExt;
+    let next = |sub: &mut async_nats::Subscriber| {
+        runtime
+            .block_on(tokio::time::timeout(Duration::from_secs(20), sub.next()))
+            .expect("a message arrives")
+            .unwrap()
+    };
+    // The trap's message carries a multi-line backtrace: it reaches the
+    // error topic as one bounded header line.
+    publish("trap");
+    let failure = next(&mut dead);
+    let reason = failure
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("x-flare-error"))
+        .map(|v| v.to_string())
+        .unwrap();
+    assert!(reason.contains("trapped"), "{reason}");
+    assert!(!reason.contains(['\n', '\r']), "{reason:?}");
+    assert!(reason.len() <= 1024, "{}", reason.len());
+    // Later messages are still consumed.
+    publish("after");
+    assert_eq!(&next(&mut answers).payload[..], b"ok");
+    let view: serde_json::Value =
+        serde_json::from_str(&server.ok(&["mqt", "get", "--name", &trigger, "-o", "json"]))
+            .unwrap();
+    assert_eq!(view["status"]["connected"], true, "{view}");
+    assert_eq!(view["status"]["processed"], 1, "{view}");
+    assert_eq!(view["status"]["failed"], 1, "{view}");
+
+    // A session that ends (its consumer deleted under it) is restarted by
+    // the supervisor; the status keeps why, and messages flow again.
+    let stream = format!("FLARE_{}", trigger.to_uppercase().replace('-', "_"));
+    runtime
+        .block_on(async {
+            js.get_stream(&stream)
+                .await
+                .unwrap()
+                .delete_consumer(&format!("flare-{trigger}"))
+                .await
+        })
+        .unwrap();
+    let view = eventually(Duration::from_secs(30), || {
+        let view: serde_json::Value =
+            serde_json::from_str(&server.ok(&["mqt", "get", "--name", &trigger, "-o", "json"]))
+                .unwrap();
+        (view["status"]["restarts"].as_u64() >= Some(1) && view["status"]["connected"] == true)
+            .then_some(view)
+    });
+    assert!(view["status"]["last_error"].as_str().is_some(), "{view}");
+    publish("again");
+    assert_eq!(&next(&mut answers).payload[..], b"ok");
+    drop(server);
+    let _ = runtime.block_on(js.delete_stream(&stream));
+}
+
+#[test]
+fn mqtt_messages_and_answers_past_ten_kib_flow() {
+    let server = Server::start();
+    python_function(&server, "worker");
+    let base = unique("flare/big").replace('-', "_");
+    let (input, output) = (format!("{base}/in"), format!("{base}/out"));
+    let trigger = unique("mb");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &trigger,
+        "--function",
+        "worker",
+        "--mqtype",
+        "mqtt",
+        "--topic",
+        &input,
+        "--resptopic",
+        &output,
+        "--ordered",
+    ]);
+    wait_connected(&server, &trigger);
+    let listener = mqtt_listen(&output, 2);
+    // 100 KiB in (its answer as long), then a small message whose 200 KiB
+    // answer must go out: rumqttc's default packet limit of 10 KiB used to
+    // drop the session on both, and the broker redelivered for ever.
+    let big = format!("pad-{}", "p".repeat(100 << 10));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &big).unwrap();
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-t", &input, "-q", "1", "-f"])
+        .arg(file.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    mqtt_publish(&input, &format!("big-{}", 200 << 10));
+    let lines = lines_of(listener);
+    assert_eq!(lines.len(), 2, "two answers");
+    assert_eq!(lines[0], format!("processed:{big}"));
+    assert_eq!(lines[1], "y".repeat(200 << 10));
+    let view: serde_json::Value =
+        serde_json::from_str(&server.ok(&["mqt", "get", "--name", &trigger, "-o", "json"]))
+            .unwrap();
+    assert_eq!(view["status"]["processed"], 2, "{view}");
+    assert_eq!(view["status"]["restarts"], 0, "no session was lost: {view}");
+}
+
+#[test]
+fn kafka_an_answer_over_the_broker_limit_goes_to_the_error_topic_once() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message as _;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    for topic in ["in", "out", "err"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let server = Server::start();
+    python_function(&server, "worker");
+    server.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "kbig",
+        "--function",
+        "worker",
+        "--mqtype",
+        "kafka",
+        "--topic",
+        "in",
+        "--resptopic",
+        "out",
+        "--errortopic",
+        "err",
+        "--broker",
+        &format!("kafka://{brokers}"),
+    ]);
+    wait_connected(&server, "kbig");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for text in [format!("big-{}", 2 << 20), "small".to_string()] {
+        runtime.block_on(async {
+            producer
+                .send(
+                    FutureRecord::to("in").key("k").payload(&text),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        });
+    }
+    let reader = |topic: &str| -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("reader-{topic}"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        consumer
+    };
+    let first = |consumer: &StreamConsumer| -> Vec<u8> {
+        runtime.block_on(async {
+            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                .await
+                .expect("a message arrives")
+                .unwrap();
+            m.payload().unwrap_or_default().to_vec()
+        })
+    };
+    // The 2 MiB answer is over the producer's 1 MB limit: the error topic
+    // says so, and the next message is answered (no redelivery loop).
+    let failure: serde_json::Value = serde_json::from_slice(&first(&reader("err"))).unwrap();
+    assert_eq!(failure["payload"], format!("big-{}", 2 << 20));
+    assert!(
+        failure["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the broker's message size limit"),
+        "{failure}"
+    );
+    assert_eq!(first(&reader("out")), b"processed:small");
+    let view: serde_json::Value =
+        serde_json::from_str(&server.ok(&["mqt", "get", "--name", "kbig", "-o", "json"])).unwrap();
+    assert_eq!(view["status"]["processed"], 1, "{view}");
+    assert_eq!(view["status"]["failed"], 1, "{view}");
+    assert_eq!(view["status"]["restarts"], 0, "{view}");
+}

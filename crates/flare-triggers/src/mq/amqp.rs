@@ -15,7 +15,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-use super::{Context, Message, Outcome, dispatch};
+use super::{Context, Message, Outcome, dispatch, failure_document};
 
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let context: &Context = &context;
@@ -88,22 +88,27 @@ async fn handle(
     delivery: lapin::message::Delivery,
 ) -> Result<(), String> {
     let spec = &context.spec;
+    let key = delivery.routing_key.to_string();
     let message = Message {
-        key: delivery.routing_key.to_string(),
+        identity: delivery.properties.message_id().as_ref().map_or_else(
+            || Message::digest(&key, &delivery.data),
+            |id| id.to_string(),
+        ),
+        key,
         payload: delivery.data.clone().into(),
+        // AMQP says only whether it was delivered before, not how often.
+        delivered: None,
     };
-    let (queue, body) = match context.handle(&message).await {
+    let outcome = context.handle(&message).await;
+    let (queue, body) = match &outcome {
         Outcome::Answered(body) => (spec.resptopic.as_ref(), body.to_vec()),
         Outcome::Failed(error) => (
             spec.errortopic.as_ref(),
-            serde_json::json!({
-                "queue": spec.topic,
-                "routing_key": message.key,
-                "payload": String::from_utf8_lossy(&delivery.data),
-                "error": error,
-            })
-            .to_string()
-            .into_bytes(),
+            failure_document(
+                &[("queue", &spec.topic), ("routing_key", &message.key)],
+                &delivery.data,
+                error,
+            ),
         ),
     };
     if let Some(queue) = queue {
@@ -124,6 +129,7 @@ async fn handle(
     delivery
         .ack(BasicAckOptions::default())
         .await
-        .map(|_acked| ())
-        .map_err(|e| format!("acknowledging: {e}"))
+        .map_err(|e| format!("acknowledging: {e}"))?;
+    context.settle(&message, &outcome);
+    Ok(())
 }

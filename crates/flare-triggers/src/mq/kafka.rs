@@ -12,10 +12,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{Context, Message, Outcome, dispatch};
+use super::{Context, Message, Outcome, dispatch, failure_document};
 
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let context: &Context = &context;
@@ -84,25 +85,40 @@ async fn handle(
     let message = Message {
         key: key.clone(),
         payload: payload.clone().into(),
+        identity: format!("{}:{}", record.partition(), record.offset()),
+        delivered: None,
     };
-    let (topic, body) = match context.handle(&message).await {
-        Outcome::Answered(body) => (spec.resptopic.as_ref(), body.to_vec()),
-        Outcome::Failed(error) => (
-            spec.errortopic.as_ref(),
-            serde_json::json!({
-                "topic": spec.topic,
-                "key": key,
-                "payload": String::from_utf8_lossy(&payload),
-                "error": error,
-            })
-            .to_string()
-            .into_bytes(),
-        ),
-    };
-    if let Some(topic) = topic {
+    let failure =
+        |error: &str| failure_document(&[("topic", &spec.topic), ("key", &key)], &payload, error);
+    let mut outcome = context.handle(&message).await;
+    if let Outcome::Answered(body) = &outcome
+        && let Some(topic) = &spec.resptopic
+    {
+        let sent = producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(body.as_ref()),
+                Duration::from_secs(10),
+            )
+            .await;
+        match sent {
+            Ok(_) => {}
+            // An answer the broker cannot carry fails this message; it
+            // would fail the same way on every redelivery.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                outcome = Outcome::Failed(format!(
+                    "the answer of {} bytes is over the broker's message size limit",
+                    body.len()
+                ));
+            }
+            Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
+        }
+    }
+    if let Outcome::Failed(error) = &outcome
+        && let Some(topic) = &spec.errortopic
+    {
         producer
             .send(
-                FutureRecord::to(topic).key(&key).payload(&body),
+                FutureRecord::to(topic).key(&key).payload(&failure(error)),
                 Duration::from_secs(10),
             )
             .await
@@ -114,5 +130,7 @@ async fn handle(
     // message runs again (at least once), never that it is lost.
     consumer
         .commit_message(&record, CommitMode::Async)
-        .map_err(|e| format!("committing: {e}"))
+        .map_err(|e| format!("committing: {e}"))?;
+    context.settle(&message, &outcome);
+    Ok(())
 }

@@ -13,6 +13,13 @@
 //!   Kafka partition, Redis stream) are handled one at a time in arrival
 //!   order while different keys go side by side ([`dispatch`]).
 //!
+//! - redelivery is bounded: a message delivered more than `maxretries` + 5
+//!   times (its handling or its outcome keeps failing, or it keeps taking
+//!   the connection down) goes to the error topic with the reason and is
+//!   acknowledged, instead of looping for ever;
+//! - what goes to an error topic is bounded (the input's first 64 KiB, the
+//!   reason's first 16 KiB), so it always fits the broker.
+//!
 //! A broker that is down or goes away is reported in the trigger's status
 //! and retried with backoff; the rest of the server is unaffected.
 
@@ -44,6 +51,61 @@ pub(crate) struct Message {
     /// partition key, Redis stream.
     pub key: String,
     pub payload: Bytes,
+    /// What names this message across redeliveries: a stream sequence, an
+    /// offset, an entry id; where the broker gives none, a digest of key
+    /// and payload ([`Message::digest`]).
+    pub identity: String,
+    /// How many times the broker says it has delivered it, when it says.
+    pub delivered: Option<u64>,
+}
+
+impl Message {
+    /// An identity for brokers that give messages none of their own.
+    pub fn digest(key: &str, payload: &[u8]) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        payload.hash(&mut hasher);
+        format!("{key}#{:016x}", hasher.finish())
+    }
+}
+
+/// Deliveries a message gets beyond its trigger's retries (which run inside
+/// one delivery) before it is given up: room for a few reconnections.
+pub(crate) const MAX_EXTRA_DELIVERIES: u64 = 5;
+/// Messages whose deliveries are counted at once; beyond, counting starts
+/// over (a bound on memory, not on correctness).
+const MAX_COUNTED: usize = 100_000;
+/// Bytes of the input an error-topic document carries.
+const MAX_ERROR_PAYLOAD: usize = 64 << 10;
+/// Bytes of the reason an error-topic document carries.
+pub(crate) const MAX_ERROR_TEXT: usize = 16 << 10;
+
+/// The document a failed message becomes on an error topic: where it came
+/// from (`source`), its payload (as text; the first [`MAX_ERROR_PAYLOAD`]
+/// bytes, with its full size) and why it failed. Bounded whatever came in.
+pub(crate) fn failure_document(source: &[(&str, &str)], payload: &[u8], error: &str) -> Vec<u8> {
+    let mut doc = serde_json::Map::new();
+    for (k, v) in source {
+        doc.insert((*k).into(), (*v).into());
+    }
+    let kept = &payload[..payload.len().min(MAX_ERROR_PAYLOAD)];
+    doc.insert("payload".into(), String::from_utf8_lossy(kept).into());
+    if kept.len() < payload.len() {
+        doc.insert("payload_bytes".into(), payload.len().into());
+        doc.insert("payload_truncated".into(), true.into());
+    }
+    doc.insert("error".into(), truncated(error, MAX_ERROR_TEXT).into());
+    serde_json::Value::Object(doc).to_string().into_bytes()
+}
+
+/// The first `max` bytes of `text` at most, cut at a character boundary.
+pub(crate) fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// What became of a message.
@@ -56,8 +118,16 @@ pub(crate) enum Outcome {
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct MqStatus {
     pub connected: bool,
+    /// Why it is not connected now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why its last session ended, kept after it reconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Sessions restarted after one ended (a broker outage, a dropped
+    /// connection, a failure inside the connector).
+    #[serde(default)]
+    pub restarts: u64,
     pub processed: u64,
     pub failed: u64,
 }
@@ -68,9 +138,11 @@ pub(crate) struct Context {
     pub spec: MessageQueueTriggerSpec,
     executor: Arc<Executor>,
     status: Arc<Mutex<HashMap<String, MqStatus>>>,
+    /// Deliveries seen per message identity, until it is settled.
+    deliveries: Mutex<HashMap<String, u64>>,
 }
 
-const MAX_RESPONSE: usize = 16 << 20;
+pub(crate) const MAX_RESPONSE: usize = 16 << 20;
 /// Longest text put in a message header (an error, a subject).
 pub(crate) const MAX_HEADER_TEXT: usize = 1024;
 
@@ -107,12 +179,47 @@ impl Context {
         tracing::warn!("mq trigger {}: {error}; retrying", self.name);
         self.report(|s| {
             s.connected = false;
+            s.last_error = Some(error.clone());
             s.error = Some(error);
+            s.restarts += 1;
         });
     }
 
-    /// Runs the function for one message, with retries.
+    /// Counts one delivery of `message`; how many it has had.
+    fn delivery(&self, message: &Message) -> u64 {
+        let Ok(mut seen) = self.deliveries.lock() else {
+            return 1;
+        };
+        if seen.len() >= MAX_COUNTED && !seen.contains_key(&message.identity) {
+            seen.clear();
+        }
+        let count = seen.entry(message.identity.clone()).or_default();
+        *count += 1;
+        (*count).max(message.delivered.unwrap_or(0))
+    }
+
+    /// `message` is done with: its outcome is with the broker and it is
+    /// acknowledged. Counts it, once, as processed or failed.
+    pub fn settle(&self, message: &Message, outcome: &Outcome) {
+        if let Ok(mut seen) = self.deliveries.lock() {
+            seen.remove(&message.identity);
+        }
+        match outcome {
+            Outcome::Answered(_) => self.report(|s| s.processed += 1),
+            Outcome::Failed(_) => self.report(|s| s.failed += 1),
+        }
+    }
+
+    /// Runs the function for one message, with retries; a message that has
+    /// been delivered too often is given up without running.
     pub async fn handle(&self, message: &Message) -> Outcome {
+        let deliveries = self.delivery(message);
+        let most = u64::from(self.spec.maxretries) + MAX_EXTRA_DELIVERIES;
+        if deliveries > most {
+            return Outcome::Failed(format!(
+                "given up after {deliveries} deliveries: its handling or its outcome kept failing"
+            ));
+        }
         let mut attempt = 0u32;
         loop {
             let request = crate::cloud_event(
@@ -135,7 +242,6 @@ impl Context {
                         .await;
                     match body {
                         Ok(body) if status < 400 => {
-                            self.report(|s| s.processed += 1);
                             return Outcome::Answered(body.to_bytes());
                         }
                         Ok(body) => (
@@ -151,7 +257,6 @@ impl Context {
                 Err(e) => (e.code != ErrorCode::InvalidArgument, e.owner_message()),
             };
             if !retry || attempt >= self.spec.maxretries {
-                self.report(|s| s.failed += 1);
                 return Outcome::Failed(error);
             }
             attempt += 1;
@@ -345,6 +450,7 @@ impl MqTriggers {
             spec: trigger.spec,
             executor: self.executor.clone(),
             status: self.status.clone(),
+            deliveries: Mutex::default(),
         });
         context.report(|s| *s = MqStatus::default());
         let task = match context.spec.mqtype {
@@ -430,7 +536,68 @@ impl MqTriggers {
 
 #[cfg(test)]
 mod tests {
-    use super::{Lanes, one_line};
+    use super::{Lanes, MAX_ERROR_PAYLOAD, MAX_ERROR_TEXT, failure_document, one_line};
+
+    #[tokio::test]
+    async fn a_message_delivered_too_often_is_given_up_without_running() {
+        use super::{Context, Message, Outcome};
+        let dir = tempfile::tempdir().unwrap();
+        let store = flare_store::SqliteStore::open(dir.path()).unwrap();
+        let (logs, _reader) = flare_store::logs::start(store.path()).unwrap();
+        let packages = flare_store::PackageStore::open(&dir.path().join("p")).unwrap();
+        let spec: flare_model::MessageQueueTriggerSpec = serde_json::from_value(
+            serde_json::json!({"mqtype": "nats", "topic": "t", "function": "f", "maxretries": 0}),
+        )
+        .unwrap();
+        let context = Context {
+            name: "t".into(),
+            spec,
+            executor: flare_executor::Executor::new(Vec::new(), packages, logs),
+            status: Default::default(),
+            deliveries: Default::default(),
+        };
+        let message = |delivered| Message {
+            key: "k".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            identity: "s:1".into(),
+            delivered,
+        };
+        let given_up = |outcome: &Outcome| matches!(outcome, Outcome::Failed(why) if why.starts_with("given up after"));
+        // maxretries 0: five deliveries run (here: "no such function"),
+        // the sixth is given up.
+        for _ in 0..5 {
+            assert!(!given_up(&context.handle(&message(None)).await));
+        }
+        let sixth = context.handle(&message(None)).await;
+        assert!(given_up(&sixth));
+        // Settled, it counts from the start again.
+        context.settle(&message(None), &sixth);
+        assert!(!given_up(&context.handle(&message(None)).await));
+        // The broker's own count is believed.
+        assert!(given_up(&context.handle(&message(Some(9))).await));
+        let status = context.status.lock().unwrap().get("t").cloned().unwrap();
+        assert_eq!((status.processed, status.failed), (0, 1));
+    }
+
+    #[test]
+    fn failure_documents_are_bounded_whatever_came_in() {
+        let payload = vec![0xffu8; 1 << 20];
+        let error = "é".repeat(MAX_ERROR_TEXT);
+        let doc = failure_document(&[("topic", "in")], &payload, &error);
+        assert!(
+            doc.len() < 4 * MAX_ERROR_PAYLOAD + 2 * MAX_ERROR_TEXT,
+            "{}",
+            doc.len()
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+        assert_eq!(doc["topic"], "in");
+        assert_eq!(doc["payload_bytes"], 1 << 20);
+        assert_eq!(doc["payload_truncated"], true);
+        assert!(doc["error"].as_str().unwrap().len() <= MAX_ERROR_TEXT);
+        let small = failure_document(&[], b"hi", "why");
+        let small: serde_json::Value = serde_json::from_slice(&small).unwrap();
+        assert_eq!(small, serde_json::json!({"payload": "hi", "error": "why"}));
+    }
 
     #[test]
     fn header_text_is_one_bounded_line() {

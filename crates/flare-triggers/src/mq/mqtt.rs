@@ -12,7 +12,7 @@ use futures::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::Mutex;
 
-use super::{Context, Message, Outcome, dispatch};
+use super::{Context, Message, Outcome, dispatch, failure_document};
 
 fn endpoint(url: &str) -> Result<(String, u16), String> {
     let rest = url
@@ -63,37 +63,46 @@ impl AcksInOrder {
     }
 }
 
-/// Runs one message, publishes its outcome; the caller acknowledges.
-async fn handle(context: &Context, client: &AsyncClient, publish: &Publish) -> Result<(), String> {
+/// Runs one message, publishes its outcome; the caller acknowledges and
+/// settles it.
+async fn handle(
+    context: &Context,
+    client: &AsyncClient,
+    publish: &Publish,
+) -> Result<(Message, Outcome), String> {
     let spec = &context.spec;
     let message = Message {
         key: publish.topic.clone(),
         payload: publish.payload.clone(),
+        identity: Message::digest(&publish.topic, &publish.payload),
+        // MQTT says only whether it was delivered before (DUP).
+        delivered: None,
     };
-    match (
-        context.handle(&message).await,
-        &spec.resptopic,
-        &spec.errortopic,
-    ) {
+    let outcome = context.handle(&message).await;
+    match (&outcome, &spec.resptopic, &spec.errortopic) {
         (Outcome::Answered(body), Some(topic), _) => client
             .publish(topic.clone(), QoS::AtLeastOnce, false, body.to_vec())
             .await
             .map_err(|e| e.to_string())?,
         (Outcome::Failed(error), _, Some(topic)) => {
-            let payload = serde_json::json!({
-                "topic": publish.topic,
-                "payload": String::from_utf8_lossy(&publish.payload),
-                "error": error,
-            });
+            let document = failure_document(&[("topic", &publish.topic)], &publish.payload, error);
             client
-                .publish(topic.clone(), QoS::AtLeastOnce, false, payload.to_string())
+                .publish(topic.clone(), QoS::AtLeastOnce, false, document)
                 .await
                 .map_err(|e| e.to_string())?
         }
         _ => {}
     }
-    Ok(())
+    Ok((message, outcome))
 }
+
+/// The largest packet a session takes in: the protocol's own limit, so no
+/// message the broker accepted can take the session down (rumqttc's default
+/// of 10 KiB did, and the broker then redelivered it for ever).
+const MAX_INCOMING_PACKET: usize = 268_435_455;
+/// The largest packet a session sends: the largest answer Flare publishes
+/// (failure documents are far smaller), plus room for the topic.
+const MAX_OUTGOING_PACKET: usize = super::MAX_RESPONSE + (64 << 10);
 
 /// Messages a session may hold unacknowledged.
 const MAX_UNACKED: usize = 1024;
@@ -105,6 +114,7 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     options.set_clean_session(false);
     options.set_manual_acks(true);
     options.set_keep_alive(Duration::from_secs(15));
+    options.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
     let (client, mut events) = AsyncClient::new(options, 64);
     client
         .subscribe(spec.topic.clone(), QoS::AtLeastOnce)
@@ -127,11 +137,14 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 messages.map(Ok),
                 |publish| publish.topic.clone(),
                 move |publish| async move {
-                    if let Err(e) = handle(context, client, &publish).await {
-                        // The session is going away; the broker redelivers.
-                        tracing::warn!("mq trigger {}: {e}", context.name);
-                        return Ok(());
-                    }
+                    let (message, outcome) = match handle(context, client, &publish).await {
+                        Ok(handled) => handled,
+                        Err(e) => {
+                            // The session is going away; the broker redelivers.
+                            tracing::warn!("mq trigger {}: {e}", context.name);
+                            return Ok(());
+                        }
+                    };
                     // The lock is held while acking, so acks leave in order.
                     let mut acks = acks.lock().await;
                     for publish in acks.finished(publish) {
@@ -139,6 +152,7 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                             tracing::warn!("mq trigger {}: acknowledging: {e}", context.name);
                         }
                     }
+                    context.settle(&message, &outcome);
                     Ok(())
                 },
             )

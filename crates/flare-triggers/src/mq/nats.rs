@@ -12,11 +12,7 @@ use async_nats::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 
-use super::{Context, MAX_HEADER_TEXT, Message, Outcome, dispatch, one_line};
-
-/// Deliveries a message gets beyond its trigger's retries (which run inside
-/// one delivery) before JetStream gives it up: room for a few reconnections.
-const MAX_EXTRA_DELIVERIES: i64 = 5;
+use super::{Context, MAX_EXTRA_DELIVERIES, MAX_HEADER_TEXT, Message, Outcome, dispatch, one_line};
 
 /// How long JetStream waits for an ack before redelivering; a message being
 /// worked on is kept alive with progress acks (see [`handle`]).
@@ -53,10 +49,12 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 filter_subject: spec.topic.clone(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
-                // Bounded redelivery: a message that keeps killing its
-                // connection (or the server) is given up after this many
-                // tries instead of looping for ever.
-                max_deliver: i64::from(spec.maxretries) + MAX_EXTRA_DELIVERIES,
+                // Bounded redelivery: Flare gives a message up (to the error
+                // topic) after maxretries + MAX_EXTRA_DELIVERIES deliveries;
+                // JetStream's own bound, a little above, is the backstop.
+                max_deliver: i64::from(spec.maxretries)
+                    + i64::try_from(MAX_EXTRA_DELIVERIES).unwrap_or(5)
+                    + 2,
                 max_ack_pending: i64::from(spec.concurrency),
                 ..Default::default()
             },
@@ -89,9 +87,15 @@ async fn handle(
     message: jetstream::Message,
 ) -> Result<(), String> {
     let spec = &context.spec;
+    let info = message.info().ok();
     let input = Message {
         key: message.subject.to_string(),
         payload: message.payload.clone(),
+        identity: info.as_ref().map_or_else(
+            || Message::digest(&message.subject, &message.payload),
+            |info| format!("{}:{}", info.stream, info.stream_sequence),
+        ),
+        delivered: info.map(|info| u64::try_from(info.delivered).unwrap_or(0)),
     };
     let handled = context.handle(&input);
     tokio::pin!(handled);
@@ -116,7 +120,6 @@ async fn handle(
                 // message, not of the connection: redelivering it would
                 // fail the same way for ever.
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    context.report(|s| s.failed += 1);
                     Outcome::Failed(format!(
                         "the answer of {} bytes is over the broker's message size limit",
                         body.len()
@@ -136,15 +139,32 @@ async fn handle(
             "x-flare-source-subject",
             one_line(&message.subject, MAX_HEADER_TEXT).as_str(),
         );
-        client
-            .publish_with_headers(topic.clone(), headers, message.payload.clone())
-            .await
-            .map_err(|e| format!("publishing the failure: {e}"))?;
+        let published = client
+            .publish_with_headers(topic.clone(), headers.clone(), message.payload.clone())
+            .await;
+        match published {
+            Ok(()) => {}
+            // The input with the error headers is over the limit: the
+            // headers alone still say what failed.
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                headers.insert(
+                    "x-flare-payload-dropped",
+                    message.payload.len().to_string().as_str(),
+                );
+                client
+                    .publish_with_headers(topic.clone(), headers, bytes::Bytes::new())
+                    .await
+                    .map_err(|e| format!("publishing the failure: {e}"))?;
+            }
+            Err(e) => return Err(format!("publishing the failure: {e}")),
+        }
     }
     // The ack travels on the same connection after the publish: if the
     // server has the ack, it has the answer.
     message
         .ack()
         .await
-        .map_err(|e| format!("acknowledging: {e}"))
+        .map_err(|e| format!("acknowledging: {e}"))?;
+    context.settle(&input, &outcome);
+    Ok(())
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 
-use super::{Context, Message, Outcome};
+use super::{Context, MAX_ERROR_TEXT, Message, Outcome, truncated};
 
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let context: &Context = &context;
@@ -61,11 +61,15 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
             let message = Message {
                 key: spec.topic.clone(),
                 payload: Bytes::from(payload),
+                identity: entry.id.clone(),
+                delivered: None,
             };
-            (entry.id.clone(), context.handle(&message).await)
+            let outcome = context.handle(&message).await;
+            (message, outcome)
         }))
         .await;
-        for (id, outcome) in handled {
+        for (message, outcome) in handled {
+            let id = &message.identity;
             let published: redis::RedisResult<()> =
                 match (&outcome, &spec.resptopic, &spec.errortopic) {
                     (Outcome::Answered(body), Some(topic), _) => {
@@ -77,18 +81,12 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                         .await
                     }
                     (Outcome::Failed(error), _, Some(topic)) => {
-                        let payload = entries
-                            .iter()
-                            .find(|e| e.id == id)
-                            .and_then(|e| e.map.get("payload").or_else(|| e.map.values().next()))
-                            .and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok())
-                            .unwrap_or_default();
                         conn.xadd(
                             topic,
                             "*",
                             &[
-                                ("payload", payload.as_slice()),
-                                ("error", error.as_bytes()),
+                                ("payload", message.payload.as_ref()),
+                                ("error", truncated(error, MAX_ERROR_TEXT).as_bytes()),
                                 ("source-id", id.as_bytes()),
                             ],
                         )
@@ -98,9 +96,10 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 };
             published.map_err(|e| format!("publishing the outcome of {id}: {e}"))?;
             let _: i64 = conn
-                .xack(&spec.topic, &group, &[&id])
+                .xack(&spec.topic, &group, &[id])
                 .await
                 .map_err(|e| format!("acknowledging {id}: {e}"))?;
+            context.settle(&message, &outcome);
         }
     }
 }

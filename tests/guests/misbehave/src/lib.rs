@@ -11,7 +11,8 @@
 //! - `/state`: counts its calls in a global and marks an 8 MiB global
 //!   array; a fresh instance answers "calls=1 dirty=0" (nothing left over
 //!   from an earlier request in the same pool slot)
-//! - anything else: "ok"
+//! - anything else: "ok", or a trap when the request's `ce-subject` (a
+//!   message's subject, from a message-queue trigger) ends in `.trap`
 
 use std::io::{Read as _, Write as _};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -144,7 +145,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                     Err(e) => respond(out, 502, &format!("fetch failed: {e}")),
                 }
             }
-            _ => respond(out, 200, "ok"),
+            _ => {
+                let subject = request.headers().get("ce-subject");
+                if subject.iter().any(|s| s.ends_with(b".trap")) {
+                    panic!("misbehave: deliberate panic on a message");
+                }
+                respond(out, 200, "ok")
+            }
         }
     }
 }
