@@ -44,11 +44,17 @@ function emit(logs, stream, text) {
   if (kept.length) sendFrame({ op: 'log', id: logs.id, stream }, kept);
 }
 
+// Output written outside any call in flight (module code, a timer that
+// outlives its call) is the worker's own: sent with no id, so it is never
+// filed under another invocation. Its budget starts over with each call.
+const stray = { id: null, sent: 0, dropped: 0, partial: { stdout: '', stderr: '' } };
+
 for (const stream of ['stdout', 'stderr']) {
   const original = process[stream].write.bind(process[stream]);
   process[stream].write = (chunk, encoding, callback) => {
-    const logs = current.getStore();
-    if (!logs || !sendFrame) return original(chunk, encoding, callback);
+    if (!sendFrame) return original(chunk, encoding, callback);
+    const call = current.getStore();
+    const logs = call && !call.done ? call : stray;
     const text = logs.partial[stream] + chunk.toString();
     const end = text.lastIndexOf('\n') + 1 || (text.length >= LOG_CHUNK ? text.length : 0);
     if (end) emit(logs, stream, text.slice(0, end));
@@ -60,6 +66,7 @@ for (const stream of ['stdout', 'stderr']) {
 }
 
 function finish(logs) {
+  logs.done = true;
   for (const stream of ['stdout', 'stderr']) {
     if (logs.partial[stream]) emit(logs, stream, logs.partial[stream] + '\n');
     logs.partial[stream] = '';
@@ -160,6 +167,7 @@ function main() {
         return;
       case 'invoke': {
         const logs = { id: header.id, sent: 0, dropped: 0, partial: { stdout: '', stderr: '' } };
+        stray.sent = 0;
         current.run(logs, async () => {
           try {
             if (!fn) throw new Error('worker is not specialized');

@@ -142,6 +142,49 @@ class Lines(io.TextIOBase):
             self.budget["dropped"] = 0
 
 
+# Whose output a thread writes: the call it runs, or for a thread a function
+# started, the call that started it. Output of a call no longer in flight,
+# or of none (a thread left running after its call), is the worker's own:
+# sent with no id, so it is never filed under another invocation.
+CALL = threading.local()
+LIVE = {}  # call id -> {"stdout": Lines, "stderr": Lines}
+
+_thread_start = threading.Thread.start
+_thread_bootstrap = threading.Thread._bootstrap_inner
+
+
+def _start(self):
+    self._flare_call = getattr(CALL, "id", None)
+    _thread_start(self)
+
+
+def _bootstrap(self):
+    CALL.id = getattr(self, "_flare_call", None)
+    _thread_bootstrap(self)
+
+
+threading.Thread.start = _start
+threading.Thread._bootstrap_inner = _bootstrap
+
+
+class Output(io.TextIOBase):
+    """sys.stdout / sys.stderr: each write goes to the call of the thread
+    that writes, or to the worker's own stream."""
+
+    def __init__(self, stream, stray):
+        self.stream, self.stray = stream, stray
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        lines = LIVE.get(getattr(CALL, "id", None))
+        return (lines[self.stream] if lines else self.stray).write(text)
+
+    def flush(self):
+        pass
+
+
 def load(code, file, entrypoint):
     sys.path.insert(0, code)
     if file:
@@ -236,6 +279,9 @@ def main():
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(os.environ["FLARE_SOCKET"])
     write_frame(sock, {"op": "ready", "runtime": f"python {platform.python_version()}"})
+    stray = {"sent": 0, "dropped": 0}
+    sys.stdout = Output("stdout", Lines(sock, None, "stdout", stray))
+    sys.stderr = Output("stderr", Lines(sock, None, "stderr", stray))
     function = None
     while True:
         try:
@@ -257,12 +303,17 @@ def main():
             call = header.get("id")
             budget = {"sent": 0, "dropped": 0}
             out, err = Lines(sock, call, "stdout", budget), Lines(sock, call, "stderr", budget)
+            stray.update(sent=0, dropped=0)
+            LIVE[call], CALL.id = {"stdout": out, "stderr": err}, call
             try:
                 if function is None:
                     raise RuntimeError("worker is not specialized")
                 target, takes_request = function
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
                     result = target(Request(header, body)) if takes_request else target()
+                finally:
+                    LIVE.pop(call, None)
+                    CALL.id = None
                 status, headers, payload = to_response(result)
                 out.finish(), err.finish()
                 write_frame(sock, {"op": "response", "id": call, "status": status,

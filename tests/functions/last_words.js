@@ -13,5 +13,19 @@ module.exports = async ({ request }) => {
     for (let i = 0; i < 42 * 1000; i++) console.log(line);
     return { body: 'logged' };
   }
+  if (request.path === '/leftover') {
+    // A timer that outlives its call and prints while another runs.
+    setTimeout(() => console.log('leftover line'), 300);
+    return { body: 'started' };
+  }
+  if (request.path === '/thread') {
+    // A timer the call waits for: the call's own output.
+    await new Promise((resolve) => setTimeout(() => { console.log('from a thread'); resolve(); }, 10));
+    return { body: 'joined' };
+  }
+  if (request.path === '/slow') {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    return { body: 'slow' };
+  }
   return { body: 'fine' };
 };

@@ -2,6 +2,7 @@
 last words outlive it)."""
 import os
 import signal
+import threading
 import time
 
 
@@ -24,4 +25,20 @@ def main(req):
         for _ in range(42 * 1000):
             print(line)
         return "logged"
+    if path == "/leftover":
+        # A thread that outlives its call and prints while another runs.
+        def later():
+            time.sleep(0.3)
+            print("leftover line")
+        threading.Thread(target=later).start()
+        return "started"
+    if path == "/thread":
+        # A thread that prints and is waited for: the call's own output.
+        t = threading.Thread(target=lambda: print("from a thread"))
+        t.start()
+        t.join()
+        return "joined"
+    if path == "/slow":
+        time.sleep(1)
+        return "slow"
     return "fine"

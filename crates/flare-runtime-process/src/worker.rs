@@ -610,8 +610,28 @@ struct CallLog {
 const MAX_CALLS: usize = 256;
 
 impl CallLogs {
-    /// Output of call `id` on `stream`: whole lines are stored now.
-    fn write(&mut self, shared: &Shared, id: &str, stream: LogStream, bytes: &[u8], dropped: u64) {
+    /// Output of call `id` on `stream`: whole lines are stored now. `None`
+    /// is output the worker wrote outside any call in flight (a thread left
+    /// running after its call): stored as the worker's own, under
+    /// `worker-<id>`, never under another invocation; 1 MiB of it over the
+    /// worker's life.
+    fn write(
+        &mut self,
+        shared: &Shared,
+        id: Option<&str>,
+        stream: LogStream,
+        bytes: &[u8],
+        dropped: u64,
+    ) {
+        let own;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                own = format!("worker-{}", shared.id);
+                self.calls.entry(own.clone()).or_default();
+                &own
+            }
+        };
         if !self.calls.contains_key(id) {
             let waited_for = shared
                 .pending
@@ -686,7 +706,7 @@ impl CallLogs {
             };
             let mut text = line.as_bytes().to_vec();
             text.push(b'\n');
-            self.write(shared, id, stream_of(stream), &text, 0);
+            self.write(shared, Some(id), stream_of(stream), &text, 0);
         }
         self.end(shared, id);
     }
@@ -733,11 +753,15 @@ async fn read_loop(mut reader: tokio::net::unix::OwnedReadHalf, shared: Arc<Shar
         };
         let id = frame.str("id").map(str::to_string);
         if frame.op() == "log" {
-            if let Some(id) = &id {
-                let stream = stream_of(frame.str("stream").unwrap_or("stdout"));
-                let dropped = frame.header.get("dropped").and_then(Value::as_u64);
-                logs.write(&shared, id, stream, &frame.body, dropped.unwrap_or(0));
-            }
+            let stream = stream_of(frame.str("stream").unwrap_or("stdout"));
+            let dropped = frame.header.get("dropped").and_then(Value::as_u64);
+            logs.write(
+                &shared,
+                id.as_deref(),
+                stream,
+                &frame.body,
+                dropped.unwrap_or(0),
+            );
             continue;
         }
         if let Some(id) = &id {

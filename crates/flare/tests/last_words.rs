@@ -125,3 +125,55 @@ fn python_last_words_survive_oom_kill_and_timeout() {
 fn node_last_words_survive_oom_kill_and_timeout() {
     dies_and_is_heard("node");
 }
+
+fn invocation_of(response: &reqwest::blocking::Response) -> String {
+    response.headers()["x-flare-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A thread (Python) or timer (Node) that outlives its call and prints
+/// while another call runs on the same worker: its line is the worker's
+/// own, never filed under the call in flight; a thread the call waits for
+/// is the call's.
+fn leftover_output_is_the_workers_own(runtime: &str) {
+    let server = server_with(runtime);
+    let started = server.get("/fn/lw/leftover");
+    assert_eq!(started.text().unwrap(), "started", "{runtime}");
+    // In flight on the same (only idle) worker while the leftover prints.
+    let slow = server.get("/fn/lw/slow");
+    assert_eq!(slow.status(), 200, "{runtime}");
+    let slow_id = invocation_of(&slow);
+    let line = eventually(Duration::from_secs(20), || {
+        server
+            .ok(&["fn", "logs", "--name", "lw", "--contains", "leftover line"])
+            .lines()
+            .last()
+            .map(str::to_string)
+    });
+    assert!(line.contains("[worker-"), "{runtime}: {line}");
+    assert!(!line.contains(&slow_id), "{runtime}: {line}");
+    let slow_lines = server.ok(&["fn", "logs", "--name", "lw", "--invocation", &slow_id]);
+    assert!(!slow_lines.contains("leftover"), "{runtime}: {slow_lines}");
+
+    let joined = server.get("/fn/lw/thread");
+    let id = invocation_of(&joined);
+    assert_eq!(joined.text().unwrap(), "joined", "{runtime}");
+    eventually(Duration::from_secs(20), || {
+        server
+            .ok(&["fn", "logs", "--name", "lw", "--invocation", &id])
+            .contains("from a thread")
+            .then_some(())
+    });
+}
+
+#[test]
+fn python_leftover_output_is_the_workers_own() {
+    leftover_output_is_the_workers_own("python");
+}
+
+#[test]
+fn node_leftover_output_is_the_workers_own() {
+    leftover_output_is_the_workers_own("node");
+}
