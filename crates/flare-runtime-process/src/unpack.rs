@@ -36,6 +36,20 @@ pub enum Unpacked {
     Archive,
 }
 
+/// An entry's name as an error message shows it: at most 200 characters
+/// (a name can be 64 KiB long), control characters escaped.
+fn shown(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(200)
+        .flat_map(char::escape_default)
+        .collect();
+    if name.chars().nth(200).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// Where entry `name` goes under `root`; `None` for the root itself (the
 /// `./` entry of `tar czf app.tar.gz -C dir .`).
 fn entry_path(root: &Path, name: &str) -> Result<Option<PathBuf>> {
@@ -47,7 +61,8 @@ fn entry_path(root: &Path, name: &str) -> Result<Option<PathBuf>> {
             Component::CurDir => {}
             _ => {
                 return Err(Error::invalid(format!(
-                    "archive entry \"{name}\" points outside the package"
+                    "archive entry \"{}\" points outside the package",
+                    shown(name)
                 )));
             }
         }
@@ -58,7 +73,7 @@ fn entry_path(root: &Path, name: &str) -> Result<Option<PathBuf>> {
 /// Where file entry `name` goes: a file needs a name.
 fn file_path(root: &Path, name: &str) -> Result<PathBuf> {
     entry_path(root, name)?
-        .ok_or_else(|| Error::invalid(format!("archive entry \"{name}\" has no name")))
+        .ok_or_else(|| Error::invalid(format!("archive entry \"{}\" has no name", shown(name))))
 }
 
 struct Budget {
@@ -109,7 +124,7 @@ fn conflict(name: &str, e: &std::io::Error) -> Error {
         }
         kind => format!("cannot be unpacked ({kind})"),
     };
-    Error::invalid(format!("archive entry \"{name}\" {why}"))
+    Error::invalid(format!("archive entry \"{}\" {why}", shown(name)))
 }
 
 fn mkdirs(path: &Path, name: &str) -> Result<()> {
@@ -157,7 +172,8 @@ fn unzip(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
             .to_string();
         if entry.is_symlink() {
             return Err(Error::invalid(format!(
-                "archive entry \"{name}\" is a link; links are not allowed"
+                "archive entry \"{}\" is a link; links are not allowed",
+                shown(&name)
             )));
         }
         budget.entry()?;
@@ -176,9 +192,43 @@ fn unzip(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
     Ok(())
 }
 
+/// The largest GNU long name or PAX record an archive may carry. tar reads
+/// such an entry whole into memory, so without this bound a small archive
+/// of one huge "name" could take hundreds of MiB of the server's memory.
+const MAX_METADATA_ENTRY: u64 = 64 << 10;
+
+/// A pass over the archive's headers (tar's raw mode: long names and PAX
+/// records are not read, only skipped) that refuses metadata entries past
+/// [`MAX_METADATA_ENTRY`] before the real pass would hold one in memory.
+fn check_metadata(bytes: &[u8], cap: u64) -> Result<()> {
+    let invalid = |e: std::io::Error| Error::invalid(format!("invalid tar.gz archive: {e}"));
+    let mut archive = tar::Archive::new(Capped {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: cap,
+        cap,
+    });
+    let entries = archive.entries().map_err(invalid)?.raw(true);
+    for entry in entries {
+        let entry = entry.map_err(invalid)?;
+        let kind = entry.header().entry_type();
+        let metadata = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        let size = entry.header().entry_size().map_err(invalid)?;
+        if metadata && size > MAX_METADATA_ENTRY {
+            return Err(Error::invalid(format!(
+                "archive has a long name or PAX record of {size} bytes, over the limit of {MAX_METADATA_ENTRY}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn untar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
     let cap = budget.limits.max_bytes
         + HEADER_ROOM_PER_ENTRY * u64::try_from(budget.limits.max_files).unwrap_or(u64::MAX);
+    check_metadata(bytes, cap)?;
     let mut archive = tar::Archive::new(Capped {
         inner: flate2::read::GzDecoder::new(bytes),
         left: cap,
@@ -205,7 +255,8 @@ fn untar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
         }
         if !kind.is_file() {
             return Err(Error::invalid(format!(
-                "archive entry \"{name}\" is not a regular file or directory (links are not allowed)"
+                "archive entry \"{}\" is not a regular file or directory (links are not allowed)",
+                shown(&name)
             )));
         }
         let path = file_path(dest, &name)?;
@@ -221,7 +272,7 @@ fn untar_gz(bytes: &[u8], dest: &Path, budget: &mut Budget) -> Result<()> {
 fn open_up(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let entries = std::fs::read_dir(dir)
-        .map_err(|e| Error::internal(format!("cannot read {}: {e}", dir.display())))?;
+        .map_err(|e| Error::internal(format!("cannot read an unpacked directory: {e}")))?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
     for entry in entries.flatten() {
         let path = entry.path();
@@ -367,6 +418,47 @@ mod tests {
     }
 
     #[test]
+    fn long_names_and_pax_records_are_bounded_and_names_in_errors_short() {
+        for kind in [tar::EntryType::GNULongName, tar::EntryType::XHeader] {
+            let bytes = tar_gz(|b| {
+                let size = MAX_METADATA_ENTRY + 512;
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(kind);
+                header.set_size(size);
+                header.set_cksum();
+                let data = vec![b'a'; usize::try_from(size).unwrap()];
+                b.append(&header, &data[..]).unwrap();
+            });
+            let dir = tempfile::tempdir().unwrap();
+            let err =
+                unpack(&bytes, &dir.path().join("a"), "m", UnpackLimits::default()).unwrap_err();
+            assert!(
+                err.message.contains("long name or PAX record"),
+                "{}",
+                err.message
+            );
+            assert!(!dir.path().join("a").exists());
+        }
+        // A long name within the bound on an entry that is refused: the
+        // message shows a short, escaped piece of it.
+        let name = format!("{}\x1b", "x".repeat(10_000));
+        let bytes = tar_gz(|b| {
+            let mut link = tar::Header::new_gnu();
+            link.set_entry_type(tar::EntryType::Symlink);
+            link.set_size(0);
+            b.append_link(&mut link, &name, "target").unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(&bytes, &dir.path().join("a"), "m", UnpackLimits::default()).unwrap_err();
+        assert!(
+            err.message.contains("not a regular file"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.len() < 400, "{}", err.message.len());
+    }
+
+    #[test]
     fn a_standard_tarball_with_a_dot_entry_unpacks() {
         // What `tar czf app.tar.gz -C dir .` writes: "./" first.
         let bytes = tar_gz(|b| {
@@ -426,9 +518,9 @@ mod tests {
     }
 
     #[test]
-    fn tar_headers_cannot_expand_past_the_decoder_cap() {
-        // A GNU long name far past the budget: refused by the decoder cap
-        // before the tar reader can hold it.
+    fn tar_long_names_far_past_the_budget_are_refused() {
+        // A GNU long name far past the budget: refused at its header,
+        // before the tar reader holds it.
         let long = "a/".repeat(1 << 20);
         let bytes = tar_gz(|b| {
             let mut file = tar::Header::new_gnu();
@@ -444,7 +536,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = unpack(&bytes, &dir.path().join("a"), "m", limits).unwrap_err();
         assert!(
-            err.message.contains("decompresses to more than"),
+            err.message.contains("long name or PAX record"),
             "{}",
             err.message
         );

@@ -465,10 +465,58 @@ fn archives_standard_clashing_and_bombs() {
     assert!(err.contains("more than"), "{err}");
     let grown = server.rss_kib().saturating_sub(before);
     assert!(grown < 100 << 10, "the server grew by {grown} KiB");
+
+    // A "name" of 256 MiB (a GNU long-name entry, which tar reads whole
+    // into memory) in a small archive: refused at its header.
+    let names = dir.path().join("names.tar.gz");
+    {
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&names).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let size: u64 = 256 << 20;
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::GNULongName);
+        header.set_size(size);
+        header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        header.set_cksum();
+        gz.write_all(header.as_bytes()).unwrap();
+        std::io::copy(&mut std::io::repeat(b'a').take(size), &mut gz).unwrap();
+        // The file the long name is for, then the end of the archive.
+        let mut file = tar::Header::new_gnu();
+        file.set_path("short").unwrap();
+        file.set_size(0);
+        file.set_mode(0o644);
+        file.set_cksum();
+        gz.write_all(file.as_bytes()).unwrap();
+        gz.write_all(&[0; 1024]).unwrap();
+        gz.finish().unwrap();
+    }
+    assert!(std::fs::metadata(&names).unwrap().len() < 8 << 20);
+    let before = server.rss_kib();
+    let out = run(args("names", &names));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("long name or PAX record"), "{err}");
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < 100 << 10, "the server grew by {grown} KiB");
+
     let list = server.ok(&["fn", "list"]);
-    for refused in ["clash", "dirs", "bomb"] {
+    for refused in ["clash", "dirs", "bomb", "names"] {
         assert!(!list.contains(refused), "{list}");
     }
+    // Nothing of the refused packages is stored: only the tarball's blob.
+    let blobs = std::fs::read_dir(server.data_dir.join("packages"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("sha256-")
+        })
+        .count();
+    assert_eq!(blobs, 1);
     assert_eq!(server.get("/fn/tarball").status(), 200);
 }
 
