@@ -41,6 +41,16 @@ def syscalls():
     out["clone3_namespaces"] = syscall_result(rc)
     # An x32 syscall number: unshare | __X32_SYSCALL_BIT.
     out["x32_unshare"] = syscall_result(LIBC.syscall(272 | 0x40000000, CLONE_NEWUSER))
+    # Off the allow list: ptrace, bpf, the kernel's crypto sockets, packets.
+    out["ptrace"] = syscall_result(LIBC.syscall(101, 0, 0, 0, 0))  # PTRACE_TRACEME
+    out["bpf"] = syscall_result(LIBC.syscall(321, 0, 0, 0))
+    out["socket_alg"] = syscall_result(LIBC.socket(38, socket.SOCK_SEQPACKET, 0))  # AF_ALG
+    out["socket_packet"] = syscall_result(LIBC.socket(17, socket.SOCK_RAW, 0))  # AF_PACKET
+    # Ordinary work: a Unix socket pair, randomness.
+    a, b = socket.socketpair()
+    a.sendall(b"x")
+    out["socketpair"] = "ok" if b.recv(1) == b"x" else "broken"
+    out["urandom"] = "ok" if len(os.urandom(16)) == 16 else "broken"
     # Ordinary work still works: a thread and a child process.
     import threading
     t = threading.Thread(target=lambda: None)

@@ -24,6 +24,7 @@ mod packages;
 mod pool;
 mod protocol;
 pub mod sandbox;
+mod seccomp;
 pub mod unpack;
 mod worker;
 
@@ -151,9 +152,9 @@ impl ProcessRuntime {
         }
         sandbox::remove_stale_cgroups();
         let seccomp = [dir.join("seccomp.bpf"), dir.join("seccomp-abi.bpf")];
-        std::fs::write(&seccomp[0], sandbox::seccomp_program()?)
+        std::fs::write(&seccomp[0], seccomp::seccomp_program()?)
             .map_err(internal("write seccomp filter"))?;
-        std::fs::write(&seccomp[1], sandbox::abi_program())
+        std::fs::write(&seccomp[1], seccomp::abi_program())
             .map_err(internal("write seccomp filter"))?;
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {

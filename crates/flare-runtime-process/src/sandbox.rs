@@ -2,16 +2,15 @@
 //! than hand-written syscalls: bubblewrap for the namespaces, the read-only
 //! root and the capability drop; setpriv for the unprivileged uid; cgroup
 //! (v1 controllers, as this machine has them) for memory, CPU and process
-//! limits; a seccomp filter compiled by `seccompiler`, which bubblewrap
+//! limits; the seccomp filters of [`crate::seccomp`], which bubblewrap
 //! installs just before it executes the worker.
 //!
 //! A worker is started as `sh -c '<join cgroups>; exec setpriv ... bwrap ...'`
 //! so that it is inside its cgroups before it runs any code of its own.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use flare_model::{Error, Result};
+use flare_model::Result;
 
 /// Size of a worker's private /tmp.
 pub const TMP_BYTES: u64 = 64 << 20;
@@ -310,176 +309,11 @@ pub fn remove_stale_cgroups() {
     }
 }
 
-/// The syscalls no function needs and a sandbox escape would: they fail
-/// with EPERM. Everything else is allowed (a deny list, as the runtimes'
-/// needs vary: Python and Node use hundreds of syscalls), except what
-/// [`clone_rules`] and [`abi_program`] add.
-fn denied_syscalls() -> Vec<i64> {
-    vec![
-        libc::SYS_mount,
-        libc::SYS_umount2,
-        libc::SYS_pivot_root,
-        libc::SYS_chroot,
-        libc::SYS_ptrace,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_kexec_load,
-        libc::SYS_kexec_file_load,
-        libc::SYS_reboot,
-        libc::SYS_swapon,
-        libc::SYS_swapoff,
-        libc::SYS_init_module,
-        libc::SYS_finit_module,
-        libc::SYS_delete_module,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
-        libc::SYS_keyctl,
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_unshare,
-        libc::SYS_setns,
-        libc::SYS_acct,
-        libc::SYS_settimeofday,
-        libc::SYS_clock_settime,
-        libc::SYS_adjtimex,
-        libc::SYS_syslog,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_name_to_handle_at,
-        libc::SYS_userfaultfd,
-        libc::SYS_quotactl,
-        libc::SYS_lookup_dcookie,
-        libc::SYS_fanotify_init,
-        // io_uring: a second syscall interface seccomp cannot see into,
-        // and a long record of kernel escapes.
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-        // The new mount API: mounts without mount(2).
-        libc::SYS_fsopen,
-        libc::SYS_fsconfig,
-        libc::SYS_fsmount,
-        libc::SYS_fspick,
-        libc::SYS_open_tree,
-        libc::SYS_move_mount,
-        libc::SYS_mount_setattr,
-    ]
-}
-
-/// Namespace flags a worker may not pass to clone(2): a nested user
-/// namespace has every capability inside it (nf_tables, mounts).
-const NAMESPACE_FLAGS: [libc::c_int; 7] = [
-    libc::CLONE_NEWNS,
-    libc::CLONE_NEWUTS,
-    libc::CLONE_NEWIPC,
-    libc::CLONE_NEWUSER,
-    libc::CLONE_NEWPID,
-    libc::CLONE_NEWNET,
-    libc::CLONE_NEWCGROUP,
-];
-
-/// clone(2) is refused when its flags hold any namespace flag.
-fn clone_rules() -> Result<Vec<seccompiler::SeccompRule>> {
-    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
-    let bad = |e: seccompiler::BackendError| Error::internal(format!("seccomp filter: {e}"));
-    NAMESPACE_FLAGS
-        .iter()
-        .map(|flag| {
-            let flag = *flag as u64;
-            let condition = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag),
-                flag,
-            )
-            .map_err(bad)?;
-            SeccompRule::new(vec![condition]).map_err(bad)
-        })
-        .collect()
-}
-
-/// Compiles the seccomp filter to the raw BPF bubblewrap reads.
-pub fn seccomp_program() -> Result<Vec<u8>> {
-    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => TargetArch::x86_64,
-        "aarch64" => TargetArch::aarch64,
-        other => return Err(Error::internal(format!("no seccomp filter for {other}"))),
-    };
-    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = denied_syscalls()
-        .into_iter()
-        .map(|nr| (nr, Vec::new()))
-        .collect();
-    rules.insert(libc::SYS_clone, clone_rules()?);
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(|e| Error::internal(format!("seccomp filter: {e}")))?;
-    let program: BpfProgram = BpfProgram::try_from(filter)
-        .map_err(|e| Error::internal(format!("seccomp filter: {e}")))?;
-    Ok(program
-        .iter()
-        .flat_map(|insn| encode(insn.code, insn.jt, insn.jf, insn.k))
-        .collect())
-}
-
-fn encode(code: u16, jt: u8, jf: u8, k: u32) -> [u8; 8] {
-    let mut out = [0; 8];
-    out[..2].copy_from_slice(&code.to_ne_bytes());
-    out[2] = jt;
-    out[3] = jf;
-    out[4..].copy_from_slice(&k.to_ne_bytes());
-    out
-}
-
-/// A second filter, for what `seccompiler` cannot say: on x86_64 every
-/// x32 syscall number (bit 30 set) is refused, since the first filter
-/// matches 64-bit numbers only and would let an x32 `unshare` through;
-/// and clone3(2), whose flags live in memory seccomp cannot read, fails
-/// with ENOSYS, so the C library falls back to clone(2), which the first
-/// filter checks.
-pub fn abi_program() -> Vec<u8> {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    const ALLOW: u32 = 0x7fff_0000;
-    const ERRNO: u32 = 0x0005_0000;
-    const X32_BIT: u32 = 0x4000_0000;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
-    let native = if cfg!(target_arch = "aarch64") {
-        AUDIT_ARCH_AARCH64
-    } else {
-        AUDIT_ARCH_X86_64
-    };
-    let clone3 = libc::SYS_clone3 as u32;
-    let program = [
-        // seccomp_data: nr at offset 0, arch at 4. Other arches are the
-        // first filter's to kill.
-        (LD_W_ABS, 0, 0, 4),
-        (JEQ_K, 0, 4, native),
-        (LD_W_ABS, 0, 0, 0),
-        (JGE_K, 3, 0, X32_BIT),
-        (JEQ_K, 3, 0, clone3),
-        (RET_K, 0, 0, ALLOW),
-        (RET_K, 0, 0, ALLOW),
-        (RET_K, 0, 0, ERRNO | libc::EPERM as u32),
-        (RET_K, 0, 0, ERRNO | libc::ENOSYS as u32),
-    ];
-    program
-        .iter()
-        .flat_map(|&(code, jt, jf, k)| encode(code, jt, jf, k))
-        .collect()
-}
-
 /// Everything needed to start one sandboxed worker.
 pub struct SandboxCommand<'a> {
     pub cgroups: &'a Cgroups,
-    /// The filters bubblewrap installs: [`seccomp_program`], then
-    /// [`abi_program`].
+    /// The filters bubblewrap installs: [`crate::seccomp::seccomp_program`],
+    /// then [`crate::seccomp::abi_program`].
     pub seccomp: [&'a Path; 2],
     /// Host directory shown read-only at `/code`.
     pub code: &'a Path,
@@ -601,14 +435,6 @@ impl SandboxCommand<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seccomp_programs_compile() {
-        let bytes = seccomp_program().unwrap();
-        assert!(!bytes.is_empty());
-        assert_eq!(bytes.len() % 8, 0);
-        assert_eq!(abi_program().len(), 9 * 8);
-    }
 
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap()
