@@ -76,13 +76,22 @@ pub struct Executor {
     applied: watch::Sender<Revision>,
     pub(crate) invocation_prefix: u32,
     pub(crate) invocation_counter: AtomicU64,
+    /// How long a client may take to send a request body.
+    pub(crate) body_timeout: std::time::Duration,
 }
 
+/// How long a client may take to send a request body, unless the server
+/// says otherwise.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Executor {
+    /// An executor running functions on `runtimes`; a client gets
+    /// `body_timeout` to send a request body.
     pub fn new(
         runtimes: Vec<Arc<dyn Runtime>>,
         packages: PackageStore,
         logs: LogSender,
+        body_timeout: std::time::Duration,
     ) -> Arc<Self> {
         Arc::new(Executor {
             runtimes,
@@ -94,6 +103,7 @@ impl Executor {
             applied: watch::Sender::new(0),
             invocation_prefix: rand::random(),
             invocation_counter: AtomicU64::new(0),
+            body_timeout,
         })
     }
 

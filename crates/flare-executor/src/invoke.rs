@@ -128,7 +128,39 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// Why a request body was not read.
+pub(crate) enum BodyRefused {
+    TooLarge,
+    Other(Error),
+}
+
 impl Executor {
+    /// Reads a request body: at most `limit` bytes, within the body
+    /// timeout, so a client that sends slowly (or stops) holds a
+    /// connection for a bounded time and never a function's capacity.
+    pub(crate) async fn read_body<B>(&self, body: B, limit: u64) -> Result<Bytes, BodyRefused>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let read = tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect());
+        match read.await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
+            Ok(Err(e)) => Err(BodyRefused::Other(Error::invalid(format!(
+                "cannot read request body: {e}"
+            )))),
+            Err(_) => Err(BodyRefused::Other(Error::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(self.body_timeout)
+                ),
+            ))),
+        }
+    }
+
     /// A new invocation id: time-ordered, unique across restarts.
     pub fn next_invocation_id(&self) -> Arc<str> {
         let millis = std::time::SystemTime::now()
@@ -194,15 +226,10 @@ impl Executor {
             return Invoked::refused(too_large());
         }
         let (mut parts, body) = request.into_parts();
-        let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Invoked::refused(too_large());
-            }
-            Err(e) => {
-                return Invoked::refused(Error::invalid(format!("cannot read request body: {e}")));
-            }
+        let body = match self.read_body(body, limits.max_body_bytes).await {
+            Ok(body) => body,
+            Err(BodyRefused::TooLarge) => return Invoked::refused(too_large()),
+            Err(BodyRefused::Other(e)) => return Invoked::refused(e),
         };
 
         let permit = match ready.permits.clone().try_acquire_owned() {

@@ -15,7 +15,7 @@ mod invoke;
 mod metrics;
 mod submit;
 
-pub use deploy::{DeploymentStatus, Executor, InstanceStatus};
+pub use deploy::{DEFAULT_BODY_TIMEOUT, DeploymentStatus, Executor, InstanceStatus};
 pub use flare_runtime::{ResponseBody, Runtime, full_body};
 pub use invoke::{INVOCATION_HEADER, Invoked};
 pub use submit::{ASYNC_HEADER, CALLBACK_HEADER, RETRIES_HEADER, accepted};

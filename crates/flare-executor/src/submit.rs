@@ -9,8 +9,8 @@ use flare_model::{Error, ErrorCode};
 use flare_store::invocations::{AsyncQueue, NewInvocation};
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
+use crate::invoke::BodyRefused;
 use crate::{Executor, INVOCATION_HEADER};
 
 /// A request header asking for asynchronous invocation.
@@ -75,20 +75,18 @@ impl Executor {
                     Error::invalid(format!("{RETRIES_HEADER} must be 0..={MAX_RETRIES}"))
                 })?,
         };
-        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
+        let body = self
+            .read_body(body, limit)
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    Error::new(
-                        ErrorCode::PayloadTooLarge,
-                        format!("request body is larger than the limit of {limit} bytes for function \"{function}\""),
-                    )
-                } else {
-                    Error::invalid(format!("cannot read request body: {e}"))
-                }
-            })?
-            .to_bytes();
+            .map_err(|refused| match refused {
+                BodyRefused::TooLarge => Error::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "request body is larger than the limit of {limit} bytes for function \"{function}\""
+                    ),
+                ),
+                BodyRefused::Other(e) => e,
+            })?;
         let id = self.next_invocation_id();
         let headers = parts
             .headers

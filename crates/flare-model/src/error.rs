@@ -21,6 +21,8 @@ pub enum ErrorCode {
     Conflict,
     /// A body or package is larger than its limit (413).
     PayloadTooLarge,
+    /// The client did not send its request body in the time allowed (408).
+    RequestTimeout,
     /// Temporarily unable to serve: saturated or not ready; retry later (503).
     Unavailable,
     /// The function did not finish within its timeout (504).
@@ -43,6 +45,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::BadGateway => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
@@ -58,6 +61,7 @@ impl ErrorCode {
             405 => ErrorCode::MethodNotAllowed,
             409 => ErrorCode::Conflict,
             413 => ErrorCode::PayloadTooLarge,
+            408 => ErrorCode::RequestTimeout,
             502 => ErrorCode::BadGateway,
             429 | 503 => ErrorCode::Unavailable,
             504 => ErrorCode::Timeout,

@@ -729,3 +729,30 @@ fn a_python_function_goes_out_only_through_the_egress_policy() {
 
     assert_eq!(server.get("/fn/out/").status(), 200, "still serving");
 }
+
+#[test]
+fn a_slow_upload_holds_no_capacity_and_is_cut_off() {
+    let server = Server::start_with(&["--body-timeout", "2s"]);
+    server.create("one", "misbehave", &["--concurrency", "1"]);
+    // A client that promises 1000 bytes, sends 10, then stalls.
+    let mut slow = TcpStream::connect(router_addr(&server)).unwrap();
+    write!(
+        slow,
+        "POST /fn/one/ HTTP/1.1\r\nHost: flare\r\nContent-Length: 1000\r\n\r\n0123456789"
+    )
+    .unwrap();
+    // The function's one slot stays free for everyone else meanwhile.
+    for _ in 0..5 {
+        assert_eq!(server.get("/fn/one/").status(), 200);
+    }
+    assert_eq!(held(&status(&server, "one")), 0);
+    // Past the body timeout the slow client gets 408 and its connection
+    // is closed.
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert_eq!(server.get("/fn/one/").status(), 200);
+}

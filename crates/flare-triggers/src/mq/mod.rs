@@ -552,7 +552,12 @@ mod tests {
         let context = Context {
             name: "t".into(),
             spec,
-            executor: flare_executor::Executor::new(Vec::new(), packages, logs),
+            executor: flare_executor::Executor::new(
+                Vec::new(),
+                packages,
+                logs,
+                flare_executor::DEFAULT_BODY_TIMEOUT,
+            ),
             status: Default::default(),
             deliveries: Default::default(),
         };

@@ -51,6 +51,11 @@ pub struct ServerArgs {
     /// not start.
     #[arg(long, env = "FLARE_ALLOW_UNLIMITED_WORKERS")]
     allow_unlimited_workers: bool,
+    /// How long a client may take to send a request body; past it, 408 and
+    /// the connection is closed. The body is read before a function's
+    /// capacity is taken, so a slow client never holds that. [default: 30s]
+    #[arg(long, env = "FLARE_BODY_TIMEOUT", value_parser = parse_interval)]
+    body_timeout: Option<Duration>,
     /// How long function log lines are kept. [default: 7d]
     #[arg(long, env = "FLARE_LOG_RETENTION", value_parser = parse_age)]
     log_retention: Option<Duration>,
@@ -127,6 +132,7 @@ struct Settings {
     egress_allow_private: bool,
     retention: Retention,
     gc_interval: Duration,
+    body_timeout: Duration,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -207,6 +213,9 @@ impl ServerArgs {
             egress_allow_private: self.egress_allow_private,
             retention,
             gc_interval,
+            body_timeout: self
+                .body_timeout
+                .unwrap_or(flare_executor::DEFAULT_BODY_TIMEOUT),
         })
     }
 }
@@ -324,6 +333,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         vec![runtime.clone(), Arc::new(process)],
         packages.clone(),
         log_sender,
+        settings.body_timeout,
     );
     let queue = AsyncQueue::new(sqlite.clone());
     let router = Router::new(executor.clone(), Some(queue.clone()));
