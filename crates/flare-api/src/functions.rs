@@ -405,7 +405,10 @@ pub(crate) async fn invoke(
     request: Request,
 ) -> Response {
     let name = params.get("name").cloned().unwrap_or_default();
-    let rest = params.get("rest").map_or("", String::as_str);
+    // What follows `/v1/functions/{name}/invoke`, as sent: still
+    // percent-encoded, so any path a function can be called with (a space,
+    // `%2F`) reaches it unchanged.
+    let rest = request.uri().path().splitn(6, '/').nth(5).unwrap_or("");
     let target = match request.uri().query() {
         Some(query) => format!("/{rest}?{query}"),
         None => format!("/{rest}"),

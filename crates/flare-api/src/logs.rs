@@ -38,9 +38,14 @@ pub(crate) struct LogParams {
 fn parse_time(what: &str, value: &str) -> Result<i64> {
     let now = OffsetDateTime::now_utc();
     let at = if let Ok(ago) = humantime::parse_duration(value) {
-        let ago = time::Duration::try_from(ago)
-            .map_err(|_| Error::invalid(format!("{what}: {value} is too long ago")))?;
-        now - ago
+        // Further back than a date can go: before every line there is.
+        match time::Duration::try_from(ago)
+            .ok()
+            .and_then(|ago| now.checked_sub(ago))
+        {
+            Some(at) => at,
+            None => return Ok(i64::MIN),
+        }
     } else {
         OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
             Error::invalid(format!(
@@ -48,7 +53,7 @@ fn parse_time(what: &str, value: &str) -> Result<i64> {
             ))
         })?
     };
-    Ok((at.unix_timestamp_nanos() / 1000) as i64)
+    Ok(i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX))
 }
 
 impl LogParams {

@@ -193,6 +193,22 @@ impl Executor {
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        self.invoke_as(name, request, None).await
+    }
+
+    /// [`Executor::invoke`] under an invocation id given in advance (an
+    /// asynchronous invocation's, so its logs are found by the id its
+    /// caller was given); `None`: a new one.
+    pub async fn invoke_as<B>(
+        &self,
+        name: &str,
+        request: Request<B>,
+        invocation: Option<Arc<str>>,
+    ) -> Invoked
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let Some(deployment) = self.get(name) else {
             return Invoked::refused(Error::not_found("function", name));
         };
@@ -279,7 +295,7 @@ impl Executor {
                 .insert(HOST, HeaderValue::from_static("localhost"));
         }
 
-        let invocation = self.next_invocation_id();
+        let invocation = invocation.unwrap_or_else(|| self.next_invocation_id());
         let request = Request::from_parts(parts, body);
         let started = Instant::now();
         let call = Call {

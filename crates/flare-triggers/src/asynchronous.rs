@@ -118,7 +118,12 @@ impl AsyncInvoker {
         if let Ok(value) = http::HeaderValue::from_str(&r.id) {
             request.headers_mut().insert("x-flare-async-id", value);
         }
-        let invoked = self.executor.invoke(&r.function, request).await;
+        // The run carries the id its caller was given, so its logs are
+        // found by it (every attempt's under the one id).
+        let invoked = self
+            .executor
+            .invoke_as(&r.function, request, Some(r.id.as_str().into()))
+            .await;
         if let Err(e) = &invoked.result
             && e.code == ErrorCode::Unavailable
         {

@@ -239,3 +239,16 @@ fn accepted_invocations_survive_kill_9() {
     let all: Vec<serde_json::Value> = serde_json::from_str(&all).unwrap();
     assert_eq!(all.len(), 5, "none lost, none duplicated");
 }
+
+#[test]
+fn an_async_invocations_logs_are_found_by_the_id_its_caller_got() {
+    let server = Server::start();
+    server.create("chatty", "misbehave", &[]);
+    let id = submit(&server, "/async/fn/chatty/log?n=1", &[], "");
+    outcome(&server, &id, "succeeded");
+    let lines = eventually(Duration::from_secs(10), || {
+        let out = server.ok(&["fn", "logs", "--name", "chatty", "--invocation", &id]);
+        out.contains("line 0").then_some(out)
+    });
+    assert!(lines.contains(&format!("[{id}]")), "{lines}");
+}

@@ -353,3 +353,31 @@ fn extractor_rejections_are_json_errors_too() {
         assert!(!code.is_empty() && !message.is_empty(), "{method} {path}");
     }
 }
+
+/// What schemathesis found past the contract: a log window further back
+/// than a date can go used to panic the handler (an empty reply), and a
+/// percent-encoded path could not be invoked through the API.
+#[test]
+fn far_back_windows_and_encoded_invoke_paths() {
+    let server = Server::start();
+    server.create("echo", "echo", &[]);
+    let api = &server.api;
+    for query in ["since=20000years", "until=1000000weeks", "since=0s"] {
+        let response = http()
+            .get(format!("{api}/v1/functions/echo/logs?{query}"))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{query}");
+        let lines: serde_json::Value = response.json().unwrap();
+        assert!(lines.is_array(), "{query}: {lines}");
+    }
+    let response = http()
+        .post(format!("{api}/v1/functions/echo/invoke/a%20b/c%2Fd?x=%20"))
+        .body("hi")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: serde_json::Value = response.json().unwrap();
+    assert_eq!(echoed["path"], "/a%20b/c%2Fd?x=%20", "{echoed}");
+    assert_eq!(server.get("/fn/echo/").status(), 200);
+}
