@@ -199,7 +199,7 @@ impl AsyncInvoker {
         attempt: &Attempt,
     ) {
         let id = &invocation.request.id;
-        let client = match self.callback_client(url).await {
+        let client = match callback_client(&self.egress, url).await {
             Ok(client) => client,
             Err(why) => {
                 tracing::warn!("invocation {id}: callback to {url} refused: {why}");
@@ -221,24 +221,75 @@ impl AsyncInvoker {
             tracing::warn!("invocation {id}: callback to {url} failed: {e}");
         }
     }
+}
 
-    async fn callback_client(&self, url: &str) -> Result<reqwest::Client, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-        let host = parsed.host_str().ok_or("the URL has no host")?;
-        let port = parsed
-            .port_or_known_default()
-            .ok_or("the URL has no port")?;
-        let addrs = self
-            .egress
-            .resolve(host, port)
+/// A client for one callback: it connects only to the addresses of the
+/// URL's host that `egress` allows (resolved once, here) and follows no
+/// redirect.
+async fn callback_client(egress: &EgressPolicy, url: &str) -> Result<reqwest::Client, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    let host = parsed.host_str().ok_or("the URL has no host")?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or("the URL has no port")?;
+    let addrs = egress
+        .resolve(host, port)
+        .await
+        .map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .resolve_to_addrs(host, &addrs)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with `answer`, and counts them.
+    async fn serve(answer: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        (addr, hits)
+    }
+
+    #[tokio::test]
+    async fn a_callback_follows_no_redirect() {
+        let (elsewhere, hits) = serve("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        let redirect: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://{elsewhere}/stolen\r\ncontent-length: 0\r\n\r\n"
+            )
+            .into_boxed_str(),
+        );
+        let (first, _) = serve(redirect).await;
+        let egress = EgressPolicy {
+            allow_private: true,
+            own_ports: vec![],
+        };
+        let url = format!("http://{first}/done");
+        let client = callback_client(&egress, &url).await.unwrap();
+        let answer = client.post(&url).body("x").send().await.unwrap();
+        assert_eq!(answer.status(), 302, "the redirect is the answer");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // And without the operator's leave, loopback is refused outright.
+        let err = callback_client(&EgressPolicy::default(), &url)
             .await
-            .map_err(|e| e.to_string())?;
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .resolve_to_addrs(host, &addrs)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())
+            .unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
     }
 }

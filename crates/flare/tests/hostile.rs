@@ -756,3 +756,93 @@ fn a_slow_upload_holds_no_capacity_and_is_cut_off() {
     assert!(answer.contains("\"request_timeout\""), "{answer}");
     assert_eq!(server.get("/fn/one/").status(), 200);
 }
+
+#[test]
+fn without_cgroup_limits_workers_start_only_when_the_operator_says_so() {
+    // An empty directory for a cgroup mount: no memory or pids controller.
+    let empty = tempfile::tempdir().unwrap();
+    let root = [("FLARE_CGROUP_ROOT", empty.path().to_str().unwrap())];
+
+    // The server says so when it starts.
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .args([
+            "server",
+            "--addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .envs(root)
+        .env("FLARE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "the server ended without a warning");
+        if line.contains("cgroups cannot limit workers") {
+            break;
+        }
+    }
+    assert!(line.contains("--allow-unlimited-workers"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Workers do not start: the call fails and the log says why.
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_in_env(data.path(), &[], &root);
+    server.python_env("0");
+    hostile_function(&server, "py", &[]);
+    let refused = server.get("/fn/py/");
+    assert_eq!(refused.status(), 500);
+    let logs = eventually(Duration::from_secs(10), || {
+        let out = server.ok(&["fn", "logs", "--name", "py"]);
+        out.contains("cannot limit workers").then_some(out)
+    });
+    assert!(logs.contains("--allow-unlimited-workers"), "{logs}");
+    drop(server);
+
+    // With the operator's flag they do.
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_in_env(data.path(), &["--allow-unlimited-workers"], &root);
+    server.python_env("0");
+    hostile_function(&server, "py", &[]);
+    assert_eq!(server.get("/fn/py/").status(), 200);
+}
+
+#[test]
+fn the_work_dir_and_sockets_are_private() {
+    let server = Server::start_with(&["--egress-allow-private"]);
+    server.python_env("1");
+    // A function that may call out: its worker has an egress socket.
+    hostile_function(&server, "out", &["--allow-host", "127.0.0.1:1"]);
+    assert_eq!(server.get("/fn/out/sleep?s=0").status(), 200);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let record = std::fs::read_to_string(server.data_dir.join("process-work-dir")).unwrap();
+    let work = std::path::PathBuf::from(record.trim());
+    // Created fresh under a random name, searchable but not listable by
+    // others (the sandbox's user must reach what it is shown).
+    let name = work.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.len() >= 16, "{name}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&work), 0o711);
+    assert_eq!(std::fs::metadata(&work).unwrap().uid(), 0);
+    let sockets: Vec<_> = std::fs::read_dir(work.join("workers"))
+        .unwrap()
+        .filter_map(|w| {
+            let socket = w.unwrap().path().join("run/egress.sock");
+            socket.exists().then_some(socket)
+        })
+        .collect();
+    assert_eq!(sockets.len(), 1, "one worker may call out");
+    let socket = std::fs::metadata(&sockets[0]).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
+    assert_eq!(socket.uid(), 65534, "owned by the sandbox's user");
+}

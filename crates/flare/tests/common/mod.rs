@@ -44,6 +44,11 @@ impl Server {
 
     /// A server on `data_dir`, which outlives it.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_in_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start_in`] with these environment variables set.
+    pub fn start_in_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flare"))
             .args([
                 "server",
@@ -55,6 +60,7 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("FLARE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
