@@ -124,6 +124,8 @@ function forwardEgress(socketPath, then) {
   server.listen(0, '127.0.0.1', () => {
     const url = `http://127.0.0.1:${server.address().port}`;
     for (const name of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) process.env[name] = url;
+    // The sandbox's own loopback is reached directly.
+    process.env.NO_PROXY = process.env.no_proxy = 'localhost,127.0.0.1,::1';
     server.unref();
     then();
   });

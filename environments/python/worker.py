@@ -9,7 +9,6 @@ req has .method, .path, .query (dict of first values), .headers (dict,
 lower-case names), .body (bytes) and .json().
 Standard library only.
 """
-import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -207,70 +206,47 @@ def load(code, file, entrypoint):
 def forward_egress(path):
     """The sandbox's only way out is Flare's egress proxy on a Unix socket:
     forward a loopback port to it and point the usual proxy variables there,
-    so urllib, requests and friends go through it."""
-    import selectors
+    so urllib, requests and friends go through it. One thread (threads
+    count toward the sandbox's process limit) runs every connection, each
+    direction with its own flow control, so a stalled one holds up no other."""
+    import asyncio
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ)
-    peer, ended = {}, set()
+    async def pump(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:
+            pass
 
-    def close(s):
-        for x in (s, peer.pop(s, None)):
-            if x is not None:
-                peer.pop(x, None)
-                ended.discard(x)
-                with contextlib.suppress(KeyError, ValueError):
-                    selector.unregister(x)
-                x.close()
+    async def connection(reader, writer):
+        try:
+            upstream_reader, upstream = await asyncio.open_unix_connection(path)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pump(reader, upstream), pump(upstream_reader, writer))
+        writer.close()
+        upstream.close()
 
-    def loop():
-        # One thread for every connection: threads count toward the
-        # sandbox's process limit.
-        while True:
-            for key, _ in selector.select():
-                s = key.fileobj
-                if s is listener:
-                    client, _ = listener.accept()
-                    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    try:
-                        upstream.connect(path)
-                    except OSError:
-                        client.close()
-                        upstream.close()
-                        continue
-                    peer[client], peer[upstream] = upstream, client
-                    selector.register(client, selectors.EVENT_READ)
-                    selector.register(upstream, selectors.EVENT_READ)
-                    continue
-                try:
-                    data = s.recv(65536)
-                except OSError:
-                    close(s)
-                    continue
-                other = peer.get(s)
-                if other is None:
-                    continue
-                if not data:
-                    # A half close passes through; both ended: done.
-                    ended.add(s)
-                    selector.unregister(s)
-                    with contextlib.suppress(OSError):
-                        other.shutdown(socket.SHUT_WR)
-                    if other in ended:
-                        close(s)
-                    continue
-                try:
-                    other.sendall(data)
-                except OSError:
-                    close(s)
+    started, port = threading.Event(), []
 
-    threading.Thread(target=loop, name="flare-egress", daemon=True).start()
-    url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+    async def serve():
+        server = await asyncio.start_server(connection, "127.0.0.1", 0)
+        port.append(server.sockets[0].getsockname()[1])
+        started.set()
+        await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(serve()), name="flare-egress", daemon=True).start()
+    if not started.wait(5):
+        return
+    url = "http://127.0.0.1:%d" % port[0]
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         os.environ[name] = url
+    # The sandbox's own loopback is reached directly.
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "localhost,127.0.0.1,::1"
 
 
 def main():

@@ -146,6 +146,10 @@ def main(req):
             return "%d %s" % (r.status, r.read().decode())
         except OSError as e:
             return "failed %s: %s" % (type(e).__name__, e)
+    if path == "/certs":
+        # The trusted roots an HTTPS client checks servers against.
+        import ssl
+        return str(ssl.create_default_context().cert_store_stats()["x509_ca"])
     if path == "/connect":
         # Straight to an address, past any proxy.
         try:

@@ -16,6 +16,12 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::{EgressError, EgressPolicy};
 
+/// How long a target may take to accept a connection (and TLS, and the
+/// HTTP handshake), when the caller sets no limit of its own.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may wait for its response head, likewise.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why an outbound request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -119,8 +125,9 @@ where
         .path_and_query()
         .map(|p| Uri::from(p.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
-    if !request.headers().contains_key(http::header::HOST)
-        && let Some(authority) = uri.authority()
+    // The host is the one that was checked, whatever Host the caller sent
+    // (RFC 9112: a proxy replaces it with the target's authority).
+    if let Some(authority) = uri.authority()
         && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
     {
         request.headers_mut().insert(http::header::HOST, value);

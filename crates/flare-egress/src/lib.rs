@@ -14,5 +14,5 @@ mod client;
 mod policy;
 pub mod proxy;
 
-pub use client::{SendError, send};
+pub use client::{CONNECT_TIMEOUT, FIRST_BYTE_TIMEOUT, SendError, send};
 pub use policy::{EgressError, EgressPolicy, is_public};

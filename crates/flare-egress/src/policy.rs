@@ -64,15 +64,29 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    // Addresses that carry an IPv4 address are as public as it is: NAT64
+    // (64:ff9b::/96), 6to4 (2002::/16), IPv4-compatible (::/96).
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(v4(segments[6], segments[7]));
+    }
+    if first == 0x2002 {
+        return is_public_v4(v4(segments[1], segments[2]));
+    }
+    if segments[..6] == [0; 6] {
+        return is_public_v4(v4(segments[6], segments[7]));
+    }
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         // fc00::/7 unique local, fe80::/10 link-local.
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        // 2001:db8::/32 documentation.
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8))
+        // 2001:db8::/32 documentation, 2001::/32 Teredo (a tunnel to an
+        // IPv4 address it hides).
+        || (first == 0x2001 && (segments[1] == 0x0db8 || segments[1] == 0)))
 }
 
 impl EgressPolicy {
@@ -168,11 +182,16 @@ mod tests {
             "[fd00::1]:80",
             "[::ffff:127.0.0.1]:80",
             "[::ffff:169.254.169.254]:80",
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[2002:a9fe:a9fe::1]:80",
+            "[::127.0.0.1]:80",
+            "[2001:0:4136:e378:8000:63bf:3fff:fdd2]:80",
         ] {
             assert!(policy.check(addr(target)).is_err(), "{target}");
         }
         assert!(policy.check(addr("93.184.216.34:443")).is_ok());
         assert!(policy.check(addr("[2606:4700::1111]:443")).is_ok());
+        assert!(policy.check(addr("[64:ff9b::5db8:d822]:443")).is_ok());
     }
 
     #[test]

@@ -32,15 +32,10 @@ use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
-use crate::{EgressError, EgressPolicy, SendError};
+use crate::{CONNECT_TIMEOUT, EgressError, EgressPolicy, FIRST_BYTE_TIMEOUT, SendError};
 
 /// Connections one sandbox may hold open through its proxy at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// How long a target may take to accept a connection (and TLS, and the
-/// HTTP handshake).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a forwarded request may wait for its response head.
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -3,7 +3,7 @@
 //! refilled in the background.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,9 @@ pub(crate) struct Pool {
     pub(crate) wake: Notify,
     pub(crate) closed: AtomicBool,
 }
+
+/// The system's trusted TLS roots (Debian's ca-certificates).
+const TRUSTED_ROOTS: &str = "/etc/ssl/certs";
 
 /// How far back demand counts towards the pool's size.
 const DEMAND_WINDOW: Duration = Duration::from_secs(30);
@@ -79,6 +82,11 @@ impl Inner {
             if !interpreter.starts_with("/usr") {
                 binds.push(interpreter.clone());
             }
+        }
+        // A function that may call out checks the TLS certificates it is
+        // shown against the system's trusted roots.
+        if egress.is_some() && Path::new(TRUSTED_ROOTS).is_dir() {
+            binds.push(PathBuf::from(TRUSTED_ROOTS));
         }
         Worker::start(WorkerPlan {
             id: id.clone(),

@@ -10,7 +10,7 @@
 //! (`unshare`, `setns`), `ptrace` and `process_vm_*`, `bpf`,
 //! `perf_event_open`, keyrings, `io_uring`, `userfaultfd`, module and
 //! kexec loading, clock and swap administration. `clone` is allowed only
-//! without namespace flags, `socket` only for Unix, IP and netlink.
+//! without namespace flags, `socket` only for Unix, IP and netlink routing.
 //!
 //! The second ([`abi_program`]) says what `seccompiler` cannot: x32 system
 //! call numbers are refused, and `clone3`, whose flags live in memory a
@@ -304,32 +304,35 @@ fn clone_rule() -> Result<seccompiler::SeccompRule> {
 }
 
 /// The socket families a worker may open: Unix, IP (its own loopback, and
-/// the egress proxy's socket) and netlink (the C library asks it which
-/// addresses exist when it resolves a name). Not packet, crypto (AF_ALG),
-/// vsock or the rest.
-const SOCKET_FAMILIES: [i32; 4] = [
-    libc::AF_UNIX,
-    libc::AF_INET,
-    libc::AF_INET6,
-    libc::AF_NETLINK,
-];
+/// the egress proxy's socket) and netlink's routing protocol only (the C
+/// library asks it which addresses exist when it resolves a name). Not
+/// packet, crypto (AF_ALG), vsock, other netlink protocols or the rest.
+const SOCKET_FAMILIES: [i32; 3] = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
 
 fn socket_rules() -> Result<Vec<seccompiler::SeccompRule>> {
     use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
     let bad = |e: seccompiler::BackendError| Error::internal(format!("seccomp filter: {e}"));
-    SOCKET_FAMILIES
+    let arg = |index: u8, value: i32| {
+        SeccompCondition::new(
+            index,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            u64::try_from(value).unwrap_or(u64::MAX),
+        )
+        .map_err(bad)
+    };
+    let mut rules = SOCKET_FAMILIES
         .iter()
-        .map(|family| {
-            let family = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                u64::try_from(*family).unwrap_or(u64::MAX),
-            )
-            .map_err(bad)?;
-            SeccompRule::new(vec![family]).map_err(bad)
-        })
-        .collect()
+        .map(|family| SeccompRule::new(vec![arg(0, *family)?]).map_err(bad))
+        .collect::<Result<Vec<_>>>()?;
+    rules.push(
+        SeccompRule::new(vec![
+            arg(0, libc::AF_NETLINK)?,
+            arg(2, libc::NETLINK_ROUTE)?,
+        ])
+        .map_err(bad)?,
+    );
+    Ok(rules)
 }
 
 /// Compiles the allow list to the raw BPF bubblewrap reads.

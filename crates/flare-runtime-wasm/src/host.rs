@@ -75,10 +75,10 @@ impl WasiHttpHooks for OutboundPolicy {
         let egress = self.egress.clone();
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
-            .unwrap_or(CONNECT_TIMEOUT);
+            .unwrap_or(flare_egress::CONNECT_TIMEOUT);
         let first_byte_timeout = options
             .and_then(|o| o.first_byte_timeout)
-            .unwrap_or(FIRST_BYTE_TIMEOUT);
+            .unwrap_or(flare_egress::FIRST_BYTE_TIMEOUT);
         Box::new(async move {
             use http_body_util::BodyExt;
             // The name is resolved once and the connection goes to the
@@ -95,11 +95,6 @@ impl WasiHttpHooks for OutboundPolicy {
         })
     }
 }
-
-/// How long an outbound connection may take, when the guest sets no limit
-/// (the function's own timeout bounds the whole call anyway).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-const FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The `wasi:http` error a guest sees for an outbound request that failed.
 fn outbound_error(e: flare_egress::SendError) -> HttpError {

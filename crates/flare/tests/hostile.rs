@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Server, error_of, eventually, guest, http, http_ok_server};
+use common::{Server, error_of, eventually, guest, http, http_ok_server_on};
 
 fn hostile_function(server: &Server, name: &str, extra: &[&str]) {
     server.create_python(name, "hostile.py", extra);
@@ -676,12 +676,15 @@ fn global_flags_go_anywhere() {
 #[test]
 fn a_python_function_goes_out_only_through_the_egress_policy() {
     // The operator allows private addresses, so the test's own server on
-    // loopback can stand in for an allowed host; Flare's own ports stay shut.
+    // the host's loopback can stand in for an allowed host; Flare's own
+    // ports stay shut. Inside the sandbox 127.0.0.1 is its own loopback
+    // (NO_PROXY), so the host's is reached as 127.0.0.2.
     let server = Server::start_with(&["--egress-allow-private"]);
     server.python_env("1");
-    let target = http_ok_server();
-    let api = server.api.trim_start_matches("http://").to_string();
-    let (api_host, api_port) = api.rsplit_once(':').unwrap();
+    let target = http_ok_server_on("127.0.0.2");
+    let api_port = server.api.rsplit_once(':').unwrap().1.to_string();
+    let api_host = "127.0.0.1";
+    let api = format!("127.0.0.2:{api_port}");
     hostile_function(
         &server,
         "out",
@@ -710,7 +713,7 @@ fn a_python_function_goes_out_only_through_the_egress_policy() {
     assert!(own.contains("own ports"), "{own}");
     // A host the function does not list.
     let target_port = target.rsplit_once(':').unwrap().1;
-    let unlisted = fetch("out", &format!("http://127.0.0.2:{target_port}/"));
+    let unlisted = fetch("out", &format!("http://127.0.0.3:{target_port}/"));
     assert!(unlisted.starts_with("refused 403"), "{unlisted}");
     assert!(unlisted.contains("allowed hosts"), "{unlisted}");
     // Past the proxy there is nothing: the sandbox's loopback is its own.
@@ -726,6 +729,10 @@ fn a_python_function_goes_out_only_through_the_egress_policy() {
     // A function that lists no host has no proxy at all.
     let closed = fetch("shut", &format!("http://{target}/"));
     assert!(closed.starts_with("failed"), "{closed}");
+    // HTTPS clients inside can check certificates: the system's trusted
+    // roots are there for a function that may call out.
+    let roots: u32 = server.get("/fn/out/certs").text().unwrap().parse().unwrap();
+    assert!(roots > 10, "{roots} trusted roots");
 
     assert_eq!(server.get("/fn/out/").status(), 200, "still serving");
 }

@@ -241,7 +241,13 @@ pub fn function_file(name: &str) -> PathBuf {
 /// A plain HTTP server of the test's own on loopback, answering "ok" to
 /// every request until the test ends.
 pub fn http_ok_server() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    http_ok_server_on("127.0.0.1")
+}
+
+/// [`http_ok_server`] on another loopback address (127.0.0.0/8 is all
+/// loopback; inside a sandbox, 127.0.0.1 is the sandbox's own).
+pub fn http_ok_server_on(ip: &str) -> String {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         use std::io::{Read, Write};
