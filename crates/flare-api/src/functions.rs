@@ -249,7 +249,9 @@ async fn read_submission(
             staged.commit()?;
         }
         None => {
-            if !api.packages.contains(&function.spec.package) {
+            // Touched: the retention pass leaves it alone while this
+            // function is being created with it.
+            if !api.packages.touch(&function.spec.package) {
                 return Err(Error::invalid(format!(
                     "package {} is not stored; upload it (POST /v1/packages) or send code",
                     function.spec.package.digest

@@ -138,12 +138,9 @@ impl WasmRuntime {
             let wanted = name
                 .strip_suffix(&ours)
                 .is_some_and(|hex| keep.contains(hex));
-            let old = entry.metadata().is_ok_and(|meta| {
-                meta.modified()
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > grace)
-            });
+            let old = entry
+                .metadata()
+                .is_ok_and(|meta| flare_store::retention::older_than(&meta, grace));
             if !wanted && old && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
@@ -182,7 +179,11 @@ impl WasmRuntime {
         // The cache is an optimisation: failing to write it is not an error.
         match component.serialize() {
             Ok(serialized) => {
-                let tmp = artifact.with_extension("tmp");
+                // A name of its own: two compiles of one digest at once must
+                // not write the same file.
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tmp = artifact.with_extension(format!("{}-{n}.tmp", std::process::id()));
                 let written =
                     std::fs::write(&tmp, serialized).and_then(|()| std::fs::rename(&tmp, artifact));
                 if let Err(e) = written {

@@ -46,6 +46,19 @@ impl PackageStore {
         self.path(package).is_file()
     }
 
+    /// Whether the blob is stored; marks it used now, so the retention
+    /// pass keeps it for the package retention from here.
+    pub fn touch(&self, package: &PackageRef) -> bool {
+        let path = self.path(package);
+        if !path.is_file() {
+            return false;
+        }
+        if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+        true
+    }
+
     /// Removes blobs whose digest (hex) is not in `keep` and that were not
     /// uploaded within `grace`, and uploads a crash left half-written.
     /// Returns how many files and bytes went.
@@ -155,11 +168,8 @@ impl Staged {
     /// same content uploaded twice lands on the same name.
     pub fn commit(self) -> Result<PackageRef> {
         let target = self.store.path(&self.package);
-        if target.is_file() {
-            // Fresh again: retention measures from the last upload.
-            if let Ok(file) = std::fs::File::options().append(true).open(&target) {
-                let _ = file.set_modified(std::time::SystemTime::now());
-            }
+        // Already stored: fresh again, retention measures from the last use.
+        if self.store.touch(&self.package) {
             return Ok(self.package);
         }
         self.file

@@ -44,6 +44,9 @@ pub struct Collected {
     pub invocations: u64,
     pub packages: u64,
     pub package_bytes: u64,
+    /// The packages functions use (hex digests), which the pass kept; for
+    /// what else is kept per package (compiled code).
+    pub in_use: HashSet<String>,
 }
 
 /// Rows deleted per statement.
@@ -53,14 +56,17 @@ fn cutoff_us(age: Duration) -> i64 {
     now_us().saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// The packages functions refer to now (hex digests).
+/// The packages functions refer to now (hex digests). A function that
+/// cannot be read fails the whole answer: better no pruning than pruning
+/// its package.
 pub fn packages_in_use(store: &dyn Store) -> Result<HashSet<String>> {
-    Ok(store
+    store
         .list(Kind::Function)?
         .into_iter()
-        .filter_map(|doc| Resource::<FunctionSpec>::from_document(doc).ok())
-        .map(|f| f.spec.package.hex().to_string())
-        .collect())
+        .map(|doc| {
+            Resource::<FunctionSpec>::from_document(doc).map(|f| f.spec.package.hex().to_string())
+        })
+        .collect()
 }
 
 /// One retention pass over the store and the package blobs. Blocking.
@@ -72,13 +78,14 @@ pub fn collect(
     let conn = connect(store.path(), "NORMAL")?;
     let log_lines = expire_logs(&conn, cutoff_us(retention.logs))?;
     let invocations = expire_invocations(&conn, cutoff_us(retention.invocations))?;
-    let keep = packages_in_use(store)?;
-    let (removed, package_bytes) = packages.prune(&keep, retention.packages)?;
+    let in_use = packages_in_use(store)?;
+    let (removed, package_bytes) = packages.prune(&in_use, retention.packages)?;
     Ok(Collected {
         log_lines,
         invocations,
         packages: removed,
         package_bytes,
+        in_use,
     })
 }
 
@@ -251,6 +258,9 @@ mod tests {
 
         // A second pass finds nothing more.
         let again = collect(&store, &packages, &retention).unwrap();
-        assert_eq!(again, Collected::default());
+        assert_eq!(
+            (again.log_lines, again.invocations, again.packages),
+            (0, 0, 0)
+        );
     }
 }

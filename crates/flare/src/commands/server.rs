@@ -418,8 +418,7 @@ async fn collect_garbage(
         let (store, packages, runtime) = (store.clone(), packages.clone(), runtime.clone());
         let pass = tokio::task::spawn_blocking(move || {
             let collected = flare_store::retention::collect(&store, &packages, &retention)?;
-            let keep = flare_store::retention::packages_in_use(&*store)?;
-            let artifacts = runtime.prune_cache(&keep, retention.packages);
+            let artifacts = runtime.prune_cache(&collected.in_use, retention.packages);
             anyhow::Ok((collected, artifacts))
         })
         .await;
