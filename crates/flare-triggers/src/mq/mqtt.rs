@@ -98,7 +98,8 @@ async fn handle(
 
 /// The largest packet a session takes in: the protocol's own limit, so no
 /// message the broker accepted can take the session down (rumqttc's default
-/// of 10 KiB did, and the broker then redelivered it for ever).
+/// of 10 KiB did, and the broker then redelivered it for ever). What is
+/// held at once is bounded by [`MAX_HELD_BYTES`].
 const MAX_INCOMING_PACKET: usize = 268_435_455;
 /// The largest packet a session sends: the largest answer Flare publishes
 /// (failure documents are far smaller), plus room for the topic.
@@ -106,6 +107,11 @@ const MAX_OUTGOING_PACKET: usize = super::MAX_RESPONSE + (64 << 10);
 
 /// Messages a session may hold unacknowledged.
 const MAX_UNACKED: usize = 1024;
+/// Bytes of messages a session may hold unacknowledged (QoS 0 messages are
+/// not bounded by the broker's in-flight window): past it the session is
+/// dropped and what was not acknowledged is redelivered. One message is
+/// always taken, however large, so none can stall the topic.
+const MAX_HELD_BYTES: usize = 64 << 20;
 
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let spec = &context.spec;
@@ -127,17 +133,22 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     // session is dropped and what was not acknowledged is redelivered.
     let (mut incoming, messages) = futures::channel::mpsc::channel::<Publish>(MAX_UNACKED);
     let acks = Arc::new(Mutex::new(AcksInOrder::default()));
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let dispatcher = {
-        let (context, client, acks) = (context.clone(), client.clone(), acks.clone());
+        let (context, client, acks, held) =
+            (context.clone(), client.clone(), acks.clone(), held.clone());
         tokio::spawn(async move {
-            let (context, client, acks) = (&context, &client, &acks);
+            let (context, client, acks, held) = (&context, &client, &acks, &held);
             dispatch(
                 context.spec.ordered,
                 context.spec.concurrency,
                 messages.map(Ok),
                 |publish| publish.topic.clone(),
                 move |publish| async move {
-                    let (message, outcome) = match handle(context, client, &publish).await {
+                    let size = publish.payload.len();
+                    let handled = handle(context, client, &publish).await;
+                    held.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+                    let (message, outcome) = match handled {
                         Ok(handled) => handled,
                         Err(e) => {
                             // The session is going away; the broker redelivers.
@@ -168,6 +179,13 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
             match event {
                 Event::Incoming(Packet::SubAck(_)) => context.connected(),
                 Event::Incoming(Packet::Publish(publish)) => {
+                    let size = publish.payload.len();
+                    let before = held.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
+                    if before > 0 && before + size > MAX_HELD_BYTES {
+                        return Err(format!(
+                            "the broker sent more than {MAX_HELD_BYTES} bytes of unacknowledged messages"
+                        ));
+                    }
                     acks.lock().await.arrived(&publish);
                     incoming.try_send(publish).map_err(|e| {
                         if e.is_full() {
