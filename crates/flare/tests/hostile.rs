@@ -853,3 +853,131 @@ fn the_work_dir_and_sockets_are_private() {
     assert_eq!(socket.permissions().mode() & 0o777, 0o600);
     assert_eq!(socket.uid(), 65534, "owned by the sandbox's user");
 }
+
+/// Deflate bits, least significant first, as gzip streams are packed.
+struct Bits {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u64, count: u32) {
+        self.acc |= value << self.n;
+        self.n += count;
+        while self.n >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n -= 8;
+        }
+    }
+
+    /// A fixed-Huffman code: sent most significant bit first.
+    fn code(&mut self, code: u64, len: u32) {
+        let reversed = (0..len).fold(0, |r, i| r | (((code >> i) & 1) << (len - 1 - i)));
+        self.put(reversed, len);
+    }
+
+    fn literal(&mut self, byte: u8) {
+        match byte {
+            0..=143 => self.code(0x30 + u64::from(byte), 8),
+            _ => self.code(0x190 + u64::from(byte - 144), 9),
+        }
+    }
+
+    /// "Copy 258 bytes from 1 back": length code 285, distance code 0.
+    fn repeat_258(&mut self) {
+        self.code(0xc5, 8);
+        self.code(0, 5);
+    }
+}
+
+/// A .tar.gz of `size` bytes whose one file claims 8 GiB and whose deflate
+/// stream, written by hand (13 bits for every 258 bytes), would expand to
+/// about 159 times its size: some 10 GB at 64 MiB.
+fn deflate_bomb(size: usize) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zeros").unwrap();
+    header.set_size((8 << 30) - 1);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut bits = Bits {
+        out: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255],
+        acc: 0,
+        n: 0,
+    };
+    bits.put(1, 1); // the last block
+    bits.put(1, 2); // fixed Huffman codes
+    for byte in header.as_bytes() {
+        bits.literal(*byte);
+    }
+    while bits.n != 0 {
+        bits.repeat_258();
+    }
+    let start = bits.out.len();
+    for _ in 0..8 {
+        bits.repeat_258();
+    }
+    let unit = bits.out[start..].to_vec();
+    assert_eq!(unit.len(), 13);
+    while bits.out.len() + unit.len() <= size {
+        bits.out.extend_from_slice(&unit);
+    }
+    bits.out
+}
+
+#[test]
+fn a_64_mib_archive_that_expands_to_gigabytes_is_refused() {
+    let server = Server::start();
+    server.python_env("1");
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.tar.gz");
+    // Just under the 64 MiB package limit, so it is the archive that is
+    // refused and not the upload.
+    std::fs::write(&bomb, deflate_bomb((64 << 20) - (64 << 10))).unwrap();
+    let before = server.rss_kib();
+    let out = server.cli(&[
+        "fn",
+        "create",
+        "--name",
+        "bomb",
+        "--env",
+        "python",
+        "--code",
+        bomb.to_str().unwrap(),
+        "--entrypoint",
+        "main.main",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("decompresses to more than"), "{err}");
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < 100 << 10, "the server grew by {grown} KiB");
+    assert!(!server.ok(&["fn", "list"]).contains("bomb"));
+    let blobs = std::fs::read_dir(server.data_dir.join("packages"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("sha256-")
+        })
+        .count();
+    assert_eq!(blobs, 0, "nothing stored");
+}
+
+#[test]
+fn an_unpacked_package_goes_when_no_function_uses_it() {
+    let server = Server::start();
+    server.python_env("1");
+    let record = std::fs::read_to_string(server.data_dir.join("process-work-dir")).unwrap();
+    let unpacked = std::path::PathBuf::from(record.trim()).join("packages");
+    let trees = || std::fs::read_dir(&unpacked).unwrap().count();
+    hostile_function(&server, "a", &[]);
+    hostile_function(&server, "b", &[]);
+    assert_eq!(server.get("/fn/a/").status(), 200);
+    // Two functions of one package share one tree.
+    assert_eq!(trees(), 1);
+    server.ok(&["fn", "delete", "--name", "a"]);
+    assert_eq!(trees(), 1, "b still uses it");
+    server.ok(&["fn", "delete", "--name", "b"]);
+    eventually(Duration::from_secs(10), || (trees() == 0).then_some(()));
+}
