@@ -135,8 +135,30 @@ class Lines(io.TextIOBase):
         if self.partial:
             self.send(self.partial + "\n")
             self.partial = ""
-        if self.budget["dropped"] and self.stream == "stderr":
-            write_frame(self.sock, {"op": "log", "id": self.call, "stream": self.stream,
+
+
+class Call:
+    """One invocation's output: its streams are made on the first write
+    (most calls print nothing) and share one budget."""
+
+    __slots__ = ("sock", "id", "budget", "streams")
+
+    def __init__(self, sock, id):
+        self.sock, self.id, self.budget, self.streams = sock, id, {"sent": 0, "dropped": 0}, {}
+
+    def stream(self, name):
+        lines = self.streams.get(name)
+        if lines is None:
+            lines = self.streams[name] = Lines(self.sock, self.id, name, self.budget)
+        return lines
+
+    def finish(self):
+        """Sends what is left of unfinished lines, and how much the budget
+        dropped."""
+        for lines in self.streams.values():
+            lines.finish()
+        if self.budget["dropped"]:
+            write_frame(self.sock, {"op": "log", "id": self.id, "stream": "stderr",
                                     "dropped": self.budget["dropped"]})
             self.budget["dropped"] = 0
 
@@ -146,7 +168,7 @@ class Lines(io.TextIOBase):
 # or of none (a thread left running after its call), is the worker's own:
 # sent with no id, so it is never filed under another invocation.
 CALL = threading.local()
-LIVE = {}  # call id -> {"stdout": Lines, "stderr": Lines}
+LIVE = {}  # call id -> Call
 
 _thread_start = threading.Thread.start
 _thread_bootstrap = threading.Thread._bootstrap_inner
@@ -177,8 +199,8 @@ class Output(io.TextIOBase):
         return True
 
     def write(self, text):
-        lines = LIVE.get(getattr(CALL, "id", None))
-        return (lines[self.stream] if lines else self.stray).write(text)
+        call = LIVE.get(getattr(CALL, "id", None))
+        return (call.stream(self.stream) if call else self.stray).write(text)
 
     def flush(self):
         pass
@@ -276,11 +298,10 @@ def main():
                 detail = "".join(traceback.format_exception_only(type(e), e)).strip()
                 write_frame(sock, {"op": "error", "message": f"cannot load the function: {detail}"})
         elif op == "invoke":
-            call = header.get("id")
-            budget = {"sent": 0, "dropped": 0}
-            out, err = Lines(sock, call, "stdout", budget), Lines(sock, call, "stderr", budget)
+            call_id = header.get("id")
+            call = Call(sock, call_id)
             stray.update(sent=0, dropped=0)
-            LIVE[call], CALL.id = {"stdout": out, "stderr": err}, call
+            LIVE[call_id], CALL.id = call, call_id
             try:
                 if function is None:
                     raise RuntimeError("worker is not specialized")
@@ -288,18 +309,19 @@ def main():
                 try:
                     result = target(Request(header, body)) if takes_request else target()
                 finally:
-                    LIVE.pop(call, None)
+                    LIVE.pop(call_id, None)
                     CALL.id = None
                 status, headers, payload = to_response(result)
-                out.finish(), err.finish()
-                write_frame(sock, {"op": "response", "id": call, "status": status,
+                call.finish()
+                write_frame(sock, {"op": "response", "id": call_id, "status": status,
                                    "headers": headers}, payload)
             except BaseException as e:
-                out.finish()
-                err.write(traceback.format_exc())
-                err.finish()
+                if "stdout" in call.streams:
+                    call.streams["stdout"].finish()
+                call.stream("stderr").write(traceback.format_exc())
+                call.finish()
                 message = "".join(traceback.format_exception_only(type(e), e)).strip()
-                write_frame(sock, {"op": "error", "id": call, "message": message})
+                write_frame(sock, {"op": "error", "id": call_id, "message": message})
                 if isinstance(e, (SystemExit, KeyboardInterrupt)):
                     return
         elif op == "health":

@@ -17,11 +17,11 @@ use crate::worker::{Worker, WorkerError};
 impl ProcessRuntime {
     /// Runs one request on an instance of `function`.
     ///
-    /// The attempt runs as its own task: a caller that goes away does not
-    /// cut it short, because the worker is already working on the request.
-    /// Its capacity (and `guard`, the caller's permit) stays taken until
-    /// the worker answers or the timeout kills it; every count is given
-    /// back by a guard however the attempt ends.
+    /// A caller that goes away does not cut the attempt short, because the
+    /// worker is already working on the request: the attempt then finishes
+    /// on a task of its own ([`Detached`]). Its capacity (and `guard`, the
+    /// caller's permit) stays taken until the worker answers or the timeout
+    /// kills it; every count is given back by a guard however it ends.
     pub async fn invoke(
         &self,
         function: &Arc<ProcessFunction>,
@@ -30,14 +30,12 @@ impl ProcessRuntime {
         guard: Box<dyn Send>,
     ) -> std::result::Result<http::Response<Bytes>, Failure> {
         let (runtime, function) = (self.clone(), function.clone());
-        let attempt = tokio::spawn(async move {
+        Detached::new(async move {
             let result = runtime.attempt(&function, &invocation, request).await;
             drop(guard);
             result
-        });
-        attempt
-            .await
-            .unwrap_or_else(|e| Err(Failure::Crashed(format!("invocation task failed: {e}"))))
+        })
+        .await
     }
 
     async fn attempt(
@@ -339,5 +337,43 @@ impl Drop for StartSlot {
             state.starting -= 1;
         }
         self.function.freed.notify_waiters();
+    }
+}
+
+/// A future its caller runs in place that, if the caller drops it before
+/// it is done, finishes on a task of its own: the same guarantee as
+/// spawning every attempt, without a task and a wake-up across threads
+/// for each request.
+struct Detached<F: Future<Output: Send> + Send + 'static>(Option<std::pin::Pin<Box<F>>>);
+
+impl<F: Future<Output: Send> + Send + 'static> Detached<F> {
+    fn new(future: F) -> Self {
+        Detached(Some(Box::pin(future)))
+    }
+}
+
+impl<F: Future<Output: Send> + Send + 'static> Future for Detached<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(future) = self.0.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<F: Future<Output: Send> + Send + 'static> Drop for Detached<F> {
+    fn drop(&mut self) {
+        if let Some(future) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(future);
+        }
     }
 }
