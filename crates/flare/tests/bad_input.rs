@@ -10,10 +10,7 @@ use common::{Server, error_of, guest, http};
 
 /// Packages stored on disk (blob files, not the staging dir).
 fn blobs(server: &Server) -> usize {
-    std::fs::read_dir(server.data_dir.join("packages"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name() != "tmp")
-        .count()
+    server.blobs()
 }
 
 fn staged(server: &Server) -> usize {

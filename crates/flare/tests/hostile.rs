@@ -506,17 +506,7 @@ fn archives_standard_clashing_and_bombs() {
         assert!(!list.contains(refused), "{list}");
     }
     // Nothing of the refused packages is stored: only the tarball's blob.
-    let blobs = std::fs::read_dir(server.data_dir.join("packages"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("sha256-")
-        })
-        .count();
-    assert_eq!(blobs, 1);
+    assert_eq!(server.blobs(), 1);
     assert_eq!(server.get("/fn/tarball").status(), 200);
 }
 
@@ -954,14 +944,7 @@ fn a_64_mib_archive_that_expands_to_gigabytes_is_refused() {
     let grown = server.rss_kib().saturating_sub(before);
     assert!(grown < 100 << 10, "the server grew by {grown} KiB");
     assert!(!server.ok(&["fn", "list"]).contains("bomb"));
-    let blobs = std::fs::read_dir(server.data_dir.join("packages"))
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().starts_with("sha256-")
-        })
-        .count();
-    assert_eq!(blobs, 0, "nothing stored");
+    assert_eq!(server.blobs(), 0, "nothing stored");
 }
 
 #[test]

@@ -50,20 +50,8 @@ fn a_short_retention_removes_what_is_old_and_keeps_what_is_live() {
         "500ms",
     ]);
     server.create("chatty", "misbehave", &[]);
-    let packages = server.data_dir.join("packages");
     let cache = server.data_dir.join("cache");
-    let blobs = || {
-        std::fs::read_dir(&packages)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("sha256-")
-            })
-            .count()
-    };
+    let blobs = || server.blobs();
 
     // A log line, a finished async invocation, and a package no function
     // uses (uploaded, compiled, never referred to).

@@ -88,6 +88,17 @@ impl Server {
         }
     }
 
+    /// Package blobs stored (uploads in progress left out).
+    pub fn blobs(&self) -> usize {
+        std::fs::read_dir(self.data_dir.join("packages"))
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("sha256-")
+            })
+            .count()
+    }
+
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_flare"))
