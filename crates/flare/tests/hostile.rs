@@ -293,6 +293,7 @@ fn exception_text_never_reaches_the_caller() {
             "a line of another invocation? {line:?}"
         );
     }
+    assert_eq!(server.get("/fn/py/").status(), 200, "still serving");
 }
 
 #[test]
@@ -544,6 +545,15 @@ fn an_oversized_spec_part_is_refused_before_it_is_buffered() {
         .unwrap();
     assert_eq!(response.status(), 413);
     assert!(!server.ok(&["fn", "list"]).contains("big"));
+    assert_eq!(
+        http()
+            .get(format!("{}/healthz", server.api))
+            .send()
+            .unwrap()
+            .status(),
+        200,
+        "the API still serves"
+    );
 }
 
 #[test]
@@ -842,6 +852,7 @@ fn the_work_dir_and_sockets_are_private() {
     let socket = std::fs::metadata(&sockets[0]).unwrap();
     assert_eq!(socket.permissions().mode() & 0o777, 0o600);
     assert_eq!(socket.uid(), 65534, "owned by the sandbox's user");
+    assert_eq!(server.get("/fn/out/sleep?s=0").status(), 200);
 }
 
 /// Deflate bits, least significant first, as gzip streams are packed.
@@ -945,6 +956,8 @@ fn a_64_mib_archive_that_expands_to_gigabytes_is_refused() {
     assert!(grown < 100 << 10, "the server grew by {grown} KiB");
     assert!(!server.ok(&["fn", "list"]).contains("bomb"));
     assert_eq!(server.blobs(), 0, "nothing stored");
+    hostile_function(&server, "after", &[]);
+    assert_eq!(server.get("/fn/after/").status(), 200, "still serving");
 }
 
 #[test]
