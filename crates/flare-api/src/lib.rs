@@ -10,6 +10,7 @@
 //! Errors are [`flare_model::Error`]s; [`ApiError`] turns them into the
 //! JSON body and status chosen by [`flare_model::ErrorCode::status`].
 
+mod browsers;
 pub mod client;
 mod crud;
 mod environments;
@@ -177,6 +178,7 @@ pub fn router(api: Arc<Api>) -> Router {
                 "no such API endpoint; see /v1/openapi.json",
             ))
         })
+        .layer(axum::middleware::from_fn(browsers::same_origin))
         .layer(axum::middleware::map_response(error::json_errors))
         .with_state(api)
 }

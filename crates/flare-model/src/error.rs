@@ -14,6 +14,11 @@ pub enum ErrorCode {
     NotFound,
     /// The path exists but not for this method (405).
     MethodNotAllowed,
+    /// The request may not do this: a browser request from another origin
+    /// (403).
+    Forbidden,
+    /// A body of a type the endpoint does not take (415).
+    UnsupportedMediaType,
     /// A resource with that name already exists (409).
     AlreadyExists,
     /// The write conflicts with the current state: a stale generation, a
@@ -43,6 +48,8 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RequestTimeout => 408,
@@ -58,8 +65,10 @@ impl ErrorCode {
         match status {
             400 | 422 => ErrorCode::InvalidArgument,
             404 => ErrorCode::NotFound,
+            403 => ErrorCode::Forbidden,
             405 => ErrorCode::MethodNotAllowed,
             409 => ErrorCode::Conflict,
+            415 => ErrorCode::UnsupportedMediaType,
             413 => ErrorCode::PayloadTooLarge,
             408 => ErrorCode::RequestTimeout,
             502 => ErrorCode::BadGateway,

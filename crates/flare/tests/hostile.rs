@@ -977,3 +977,55 @@ fn an_unpacked_package_goes_when_no_function_uses_it() {
     server.ok(&["fn", "delete", "--name", "b"]);
     eventually(Duration::from_secs(10), || (trees() == 0).then_some(()));
 }
+
+#[test]
+fn browsers_on_other_sites_change_nothing() {
+    let server = Server::start();
+    let api = &server.api;
+    let env = r#"{"apiVersion":"flare.dev/v1","kind":"Environment","metadata":{"name":"csrf"},"spec":{"runtime":"python"}}"#;
+    // What a page can make a browser send without asking first.
+    for kind in ["text/plain", "application/x-www-form-urlencoded"] {
+        let response = http()
+            .post(format!("{api}/v1/environments"))
+            .header("content-type", kind)
+            .body(env)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 415, "{kind}");
+    }
+    // A form post of a function with its code, from another origin (a
+    // page of some site, or a function's own page on the router's port).
+    let router = server.router.clone();
+    for origin in ["http://evil.example", router.as_str()] {
+        let form = reqwest::blocking::multipart::Form::new()
+            .text(
+                "spec",
+                r#"{"apiVersion":"flare.dev/v1","kind":"Function","metadata":{"name":"csrf"},"spec":{}}"#,
+            )
+            .part(
+                "code",
+                reqwest::blocking::multipart::Part::bytes(std::fs::read(guest("echo")).unwrap()),
+            );
+        let response = http()
+            .post(format!("{api}/v1/functions"))
+            .header("origin", origin)
+            .multipart(form)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 403, "{origin}");
+        assert_eq!(error_of(&response.text().unwrap()).0, "forbidden");
+    }
+    assert!(!server.ok(&["env", "list"]).contains("csrf"));
+    assert!(!server.ok(&["fn", "list"]).contains("csrf"));
+    // The API's own origin, and the CLI (no Origin), still work.
+    let response = http()
+        .post(format!("{api}/v1/environments"))
+        .header("content-type", "application/json")
+        .header("origin", api.as_str())
+        .body(env)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    server.create("echo", "echo", &[]);
+    assert_eq!(server.get("/fn/echo/").status(), 200);
+}
