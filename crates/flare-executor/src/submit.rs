@@ -20,6 +20,15 @@ pub const CALLBACK_HEADER: &str = "x-flare-callback-url";
 /// Retries of an asynchronous invocation (0..=10, default 3).
 pub const RETRIES_HEADER: &str = "x-flare-max-retries";
 const DEFAULT_RETRIES: u32 = 3;
+/// Headers that carry someone's credentials: never stored with an
+/// invocation (its record outlives the request, and whoever may read
+/// invocations need not see them), so an asynchronous run goes without.
+const CREDENTIALS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "set-cookie",
+];
 const MAX_RETRIES: u32 = 10;
 
 /// The 202 answer to a submitted invocation, with its id and Location.
@@ -91,7 +100,10 @@ impl Executor {
         let headers = parts
             .headers
             .iter()
-            .filter(|(k, _)| ![ASYNC_HEADER, CALLBACK_HEADER, RETRIES_HEADER].contains(&k.as_str()))
+            .filter(|(k, _)| {
+                ![ASYNC_HEADER, CALLBACK_HEADER, RETRIES_HEADER].contains(&k.as_str())
+                    && !CREDENTIALS.contains(&k.as_str())
+            })
             .map(|(k, v)| {
                 (
                     k.to_string(),

@@ -252,3 +252,23 @@ fn an_async_invocations_logs_are_found_by_the_id_its_caller_got() {
     });
     assert!(lines.contains(&format!("[{id}]")), "{lines}");
 }
+
+#[test]
+fn credentials_are_never_stored_with_an_invocation() {
+    let server = Server::start();
+    server.create("echo", "echo", &[]);
+    let id = submit(
+        &server,
+        "/async/fn/echo/",
+        &[
+            ("authorization", "Bearer s3cret-token"),
+            ("cookie", "session=s3cret-cookie"),
+            ("proxy-authorization", "Basic s3cret-proxy"),
+            ("x-kept", "visible"),
+        ],
+        "hi",
+    );
+    let record = outcome(&server, &id, "succeeded").to_string();
+    assert!(!record.contains("s3cret"), "{record}");
+    assert!(record.contains("visible"), "{record}");
+}
