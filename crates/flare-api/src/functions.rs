@@ -39,13 +39,6 @@ impl Api {
         Resource::from_document(self.store.get(Kind::Function, name)?)
     }
 
-    /// Validates the package for the function's runtime so that nothing
-    /// unservable is stored: wasm is compiled, archives are unpacked under
-    /// their limits. Cheap when the package was prepared before.
-    async fn prepare(&self, spec: &FunctionSpec, source: std::path::PathBuf) -> Result<()> {
-        self.executor.check(spec, &source).await
-    }
-
     /// A process function's environment must exist.
     fn check_environment(&self, spec: &FunctionSpec) -> Result<()> {
         let Some(environment) = &spec.environment else {
@@ -244,8 +237,9 @@ async fn read_submission(
 
     match staged {
         Some(staged) => {
-            api.prepare(&function.spec, staged.path().to_path_buf())
-                .await?;
+            // Nothing unservable is stored: wasm is compiled, archives
+            // are unpacked under their limits.
+            api.executor.check(&function.spec, staged.path()).await?;
             staged.commit()?;
         }
         None => {
@@ -257,7 +251,8 @@ async fn read_submission(
                     function.spec.package.digest
                 )));
             }
-            api.prepare(&function.spec, api.packages.path(&function.spec.package))
+            api.executor
+                .check(&function.spec, &api.packages.path(&function.spec.package))
                 .await?;
         }
     }

@@ -35,7 +35,6 @@ pub(crate) struct Ready {
     pub function: Arc<dyn Function>,
     /// One per request it may have in flight ([`Function::capacity`]).
     pub permits: Arc<Semaphore>,
-    pub capacity: usize,
 }
 
 /// What `flare fn get` shows about a deployment.
@@ -120,13 +119,14 @@ impl Executor {
                 ready: true,
                 error: None,
                 in_flight: ready
-                    .capacity
+                    .function
+                    .capacity()
                     .saturating_sub(ready.permits.available_permits()),
                 queued: self
                     .metrics_for(name)
                     .queued
                     .load(std::sync::atomic::Ordering::Acquire),
-                max_concurrency: ready.capacity as u32,
+                max_concurrency: ready.function.capacity() as u32,
                 instances: ready.function.instances().map(|i| InstanceStatus {
                     warm: i.live - i.busy,
                     busy: i.busy,
@@ -250,14 +250,10 @@ impl Executor {
             Err(e) => Err(e),
         };
         let state = match prepared {
-            Ok(function) => {
-                let capacity = function.capacity();
-                State::Ready(Ready {
-                    function,
-                    permits: Arc::new(Semaphore::new(capacity)),
-                    capacity,
-                })
-            }
+            Ok(function) => State::Ready(Ready {
+                permits: Arc::new(Semaphore::new(function.capacity())),
+                function,
+            }),
             Err(e) => {
                 tracing::error!("function \"{name}\" cannot be deployed: {e}");
                 State::Failed(e.message)

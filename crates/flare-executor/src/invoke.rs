@@ -128,36 +128,50 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// Why a request body was not read.
-pub(crate) enum BodyRefused {
-    TooLarge,
-    Other(Error),
-}
-
 impl Executor {
-    /// Reads a request body: at most `limit` bytes, within the body
-    /// timeout, so a client that sends slowly (or stops) holds a
+    /// Reads the body of a request to `function`: at most `limit` bytes
+    /// (a declared length past it is refused before reading), within the
+    /// body timeout, so a client that sends slowly (or stops) holds a
     /// connection for a bounded time and never a function's capacity.
-    pub(crate) async fn read_body<B>(&self, body: B, limit: u64) -> Result<Bytes, BodyRefused>
+    pub(crate) async fn read_body<B>(
+        &self,
+        function: &str,
+        headers: &http::HeaderMap,
+        body: B,
+        limit: u64,
+    ) -> Result<Bytes, Error>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let read = tokio::time::timeout(self.body_timeout, Limited::new(body, limit).collect());
+        let too_large = || {
+            Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request body is larger than the limit of {limit} bytes for function \"{function}\""
+                ),
+            )
+        };
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(too_large());
+        }
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+        let read = tokio::time::timeout(self.body_timeout, Limited::new(body, cap).collect());
         match read.await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyRefused::TooLarge),
-            Ok(Err(e)) => Err(BodyRefused::Other(Error::invalid(format!(
-                "cannot read request body: {e}"
-            )))),
-            Err(_) => Err(BodyRefused::Other(Error::new(
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(e)) => Err(Error::invalid(format!("cannot read request body: {e}"))),
+            Err(_) => Err(Error::new(
                 ErrorCode::RequestTimeout,
                 format!(
                     "the request body did not arrive within {}",
                     humantime::format_duration(self.body_timeout)
                 ),
-            ))),
+            )),
         }
     }
 
@@ -224,28 +238,13 @@ impl Executor {
         let limits = deployment.spec.limits;
         let metrics = self.metrics_for(name);
 
-        let too_large = || {
-            Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "request body is larger than the limit of {} bytes for function \"{name}\"",
-                    limits.max_body_bytes
-                ),
-            )
-        };
-        let declared = request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limits.max_body_bytes) {
-            return Invoked::refused(too_large());
-        }
         let (mut parts, body) = request.into_parts();
-        let body = match self.read_body(body, limits.max_body_bytes).await {
+        let body = match self
+            .read_body(name, &parts.headers, body, limits.max_body_bytes)
+            .await
+        {
             Ok(body) => body,
-            Err(BodyRefused::TooLarge) => return Invoked::refused(too_large()),
-            Err(BodyRefused::Other(e)) => return Invoked::refused(e),
+            Err(e) => return Invoked::refused(e),
         };
 
         let permit = match ready.permits.clone().try_acquire_owned() {
@@ -260,7 +259,7 @@ impl Executor {
                 if queue == 0 {
                     return refuse(format!(
                         "function \"{name}\" is at its concurrency limit of {}; retry later",
-                        ready.capacity
+                        ready.function.capacity()
                     ));
                 }
                 let position = metrics.queued.fetch_add(1, Ordering::AcqRel);

@@ -5,12 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flare_model::{Error, ErrorCode};
+use flare_model::Error;
 use flare_store::invocations::{AsyncQueue, NewInvocation};
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 
-use crate::invoke::BodyRefused;
 use crate::{Executor, INVOCATION_HEADER};
 
 /// A request header asking for asynchronous invocation.
@@ -85,17 +84,8 @@ impl Executor {
                 })?,
         };
         let body = self
-            .read_body(body, limit)
-            .await
-            .map_err(|refused| match refused {
-                BodyRefused::TooLarge => Error::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "request body is larger than the limit of {limit} bytes for function \"{function}\""
-                    ),
-                ),
-                BodyRefused::Other(e) => e,
-            })?;
+            .read_body(function, &parts.headers, body, limit)
+            .await?;
         let id = self.next_invocation_id();
         let headers = parts
             .headers
