@@ -36,7 +36,8 @@ pub(crate) async fn create<S: Spec>(
     let written = {
         let _guard = api.cross_checks.lock().await;
         check(api, &resource)?;
-        api.store.create(resource.to_document()?)?
+        let doc = resource.to_document()?;
+        api.write(move |store| store.create(doc)).await?
     };
     api.settle(written.revision).await;
     Resource::from_document(written.doc)
@@ -59,7 +60,8 @@ pub(crate) async fn update<S: Spec>(
     let written = {
         let _guard = api.cross_checks.lock().await;
         check(api, &resource)?;
-        api.store.update(resource.to_document()?)?
+        let doc = resource.to_document()?;
+        api.write(move |store| store.update(doc)).await?
     };
     api.settle(written.revision).await;
     Resource::from_document(written.doc)
@@ -74,7 +76,8 @@ pub(crate) async fn delete<S: Spec>(
     let written = {
         let _guard = api.cross_checks.lock().await;
         check(api)?;
-        api.store.delete(S::KIND, name)?
+        let name = name.to_string();
+        api.write(move |store| store.delete(S::KIND, &name)).await?
     };
     api.settle(written.revision).await;
     Resource::from_document(written.doc)

@@ -292,7 +292,8 @@ pub(crate) async fn create(
         // The environment must not go away between the check and the write.
         let _guard = api.cross_checks.lock().await;
         api.check_environment(&function.spec)?;
-        api.store.create(function.to_document()?)?
+        let doc = function.to_document()?;
+        api.write(move |store| store.create(doc)).await?
     };
     api.settle(written.revision).await;
     let view = api.view(Resource::from_document(written.doc)?);
@@ -318,7 +319,8 @@ pub(crate) async fn update(
     let written = {
         let _guard = api.cross_checks.lock().await;
         api.check_environment(&function.spec)?;
-        api.store.update(function.to_document()?)?
+        let doc = function.to_document()?;
+        api.write(move |store| store.update(doc)).await?
     };
     api.settle(written.revision).await;
     Ok(Json(api.view(Resource::from_document(written.doc)?)))
@@ -353,7 +355,10 @@ pub(crate) async fn delete(
         ))
         .into());
     }
-    let written = api.store.delete(Kind::Function, &name)?;
+    let gone = name.clone();
+    let written = api
+        .write(move |store| store.delete(Kind::Function, &gone))
+        .await?;
     api.settle(written.revision).await;
     let function = Resource::from_document(written.doc)?;
     Ok(Json(FunctionView {

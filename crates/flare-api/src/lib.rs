@@ -76,6 +76,18 @@ pub struct ApiParts {
 }
 
 impl Api {
+    /// A write to the store, on a blocking thread: it waits for its fsync,
+    /// which must not hold an async worker that serves invocations.
+    pub(crate) async fn write(
+        &self,
+        op: impl FnOnce(&dyn Store) -> flare_model::Result<flare_store::Written> + Send + 'static,
+    ) -> flare_model::Result<flare_store::Written> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || op(&*store))
+            .await
+            .map_err(|e| flare_model::Error::internal(format!("store task failed: {e}")))?
+    }
+
     pub fn new(parts: ApiParts) -> Arc<Self> {
         Arc::new(Api {
             store: parts.store,

@@ -136,7 +136,7 @@ impl Timers {
                         if timer.next.is_some_and(|next| next <= now) {
                             let slot = timer.next.unwrap_or(now);
                             timer.next = timer.cron.next_after(now, timer.tz);
-                            self.fire(name, &timer.function, slot);
+                            self.fire(name, &timer.function, slot).await;
                         }
                     }
                 }
@@ -179,8 +179,14 @@ impl Timers {
 
     /// Records the slot as fired, then invokes the function in the
     /// background so a slow function delays no other timer.
-    fn fire(&self, name: &str, function: &str, slot: DateTime<Utc>) {
-        if let Err(e) = self.store.put_state(&state_key(name), &slot.to_rfc3339()) {
+    async fn fire(&self, name: &str, function: &str, slot: DateTime<Utc>) {
+        // In order, one at a time (the record is the last slot fired), but
+        // on a blocking thread: it waits for an fsync.
+        let (store, key, value) = (self.store.clone(), state_key(name), slot.to_rfc3339());
+        let recorded = tokio::task::spawn_blocking(move || store.put_state(&key, &value))
+            .await
+            .unwrap_or_else(|e| Err(flare_model::Error::internal(e.to_string())));
+        if let Err(e) = recorded {
             tracing::error!("timer trigger {name}: cannot record its firing, skipping it: {e}");
             return;
         }
