@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+/// How long a name may take to resolve: a resolver that hangs must not
+/// hold a caller (an async callback, a function's proxy session) for ever.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why an outbound connection was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EgressError {
@@ -115,8 +119,9 @@ impl EgressPolicy {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port))
+            Err(_) => tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
                 .await
+                .map_err(|_| EgressError::Unreachable(format!("cannot resolve {host}: timed out")))?
                 .map_err(|e| EgressError::Unreachable(format!("cannot resolve {host}: {e}")))?
                 .collect(),
         };
