@@ -852,27 +852,105 @@ fn amqp_success_failure_order_and_kill_9() {
     });
 }
 
+/// librdkafka's built-in mock cluster on loopback, with a producer and
+/// readers for the tests.
+type MockCluster =
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+struct Kafka {
+    runtime: tokio::runtime::Runtime,
+    brokers: String,
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl Kafka {
+    /// A cluster with these topics and partition counts, and a client of it.
+    /// The cluster lives as long as the first value is held (it is not
+    /// `Sync`, so it cannot sit in the client that producer threads share).
+    fn start(topics: &[(&str, i32)]) -> (MockCluster, Kafka) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cluster = {
+            let _context = runtime.enter();
+            rdkafka::mocking::MockCluster::new(1).unwrap()
+        };
+        for (topic, partitions) in topics {
+            cluster.create_topic(topic, *partitions, 1).unwrap();
+        }
+        let brokers = cluster.bootstrap_servers();
+        let producer = {
+            let _context = runtime.enter();
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .unwrap()
+        };
+        let kafka = Kafka {
+            runtime,
+            brokers,
+            producer,
+        };
+        (cluster, kafka)
+    }
+
+    /// The broker URL for `--broker`.
+    fn url(&self) -> String {
+        format!("kafka://{}", self.brokers)
+    }
+
+    /// Produces `text` to `topic` with `key` (to `partition`, if given).
+    fn send(&self, topic: &str, key: &str, partition: Option<i32>, text: &str) {
+        let mut record = rdkafka::producer::FutureRecord::to(topic)
+            .key(key)
+            .payload(text);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        self.runtime.block_on(async {
+            self.producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        });
+    }
+
+    /// A consumer of `topic` from its start, in its own group.
+    fn reader(&self, group: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+        use rdkafka::consumer::Consumer;
+        let _context = self.runtime.enter();
+        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        consumer
+    }
+
+    /// The next `count` payloads `consumer` gets, as text.
+    fn read(&self, consumer: &rdkafka::consumer::StreamConsumer, count: usize) -> Vec<String> {
+        use rdkafka::message::Message as _;
+        self.runtime.block_on(async {
+            let mut got = Vec::new();
+            while got.len() < count {
+                let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                    .await
+                    .expect("a message arrives")
+                    .unwrap();
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+            got
+        })
+    }
+}
+
 #[test]
 fn kafka_mock_cluster_success_failure_order_and_kill_9() {
-    use rdkafka::ClientConfig;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::Message as _;
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let _context = runtime.enter();
-    // librdkafka's built-in mock cluster, listening on loopback.
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("in", 3, 1).unwrap();
-    for topic in ["out", "err"] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+    let (_cluster, kafka) = Kafka::start(&[("in", 3), ("out", 1), ("err", 1)]);
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_in(dir.path(), &[]);
     python_function(&server, "worker");
-    let broker = format!("kafka://{brokers}");
     server.ok(&[
         "mqt",
         "create",
@@ -892,49 +970,13 @@ fn kafka_mock_cluster_success_failure_order_and_kill_9() {
         "1",
         "--ordered",
         "--broker",
-        &broker,
+        &kafka.url(),
     ]);
     wait_connected(&server, "kq");
-
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let send = |text: &str| {
-        runtime.block_on(async {
-            producer
-                .send(
-                    FutureRecord::to("in").key("k").payload(text),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        })
-    };
-    let reader = |group: &str, topic: &str| -> StreamConsumer {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", group)
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        consumer
-    };
-    let read = |consumer: &StreamConsumer, count: usize| -> Vec<String> {
-        runtime.block_on(async {
-            let mut got = Vec::new();
-            while got.len() < count {
-                let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-                    .await
-                    .expect("answers arrive")
-                    .unwrap();
-                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-            }
-            got
-        })
-    };
+    let send = |text: &str| kafka.send("in", "k", None, text);
+    let reader = |group: &str, topic: &str| kafka.reader(group, topic);
+    let read =
+        |consumer: &rdkafka::consumer::StreamConsumer, count: usize| kafka.read(consumer, count);
 
     for i in 0..6 {
         send(&format!("slow-{i}"));
@@ -957,20 +999,12 @@ fn kafka_mock_cluster_success_failure_order_and_kill_9() {
     // Concurrent producers, one partition each: every partition in order,
     // and partitions side by side.
     publish_concurrently(3, 8, |p, i| {
-        let text = format!("timed-{p}-{i}");
-        runtime.block_on(async {
-            producer
-                .send(
-                    FutureRecord::to("in")
-                        .key(&format!("k{p}"))
-                        .partition(p as i32)
-                        .payload(&text),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        })
+        kafka.send(
+            "in",
+            &format!("k{p}"),
+            Some(p as i32),
+            &format!("timed-{p}-{i}"),
+        );
     });
     let keys_overlapped = check_keyed_order(&read(&answers, 3 * 8), 3, 8);
     assert!(keys_overlapped, "different partitions never overlapped");
@@ -1261,19 +1295,7 @@ fn mqtt_messages_and_answers_past_ten_kib_flow() {
 
 #[test]
 fn kafka_an_answer_over_the_broker_limit_goes_to_the_error_topic_once() {
-    use rdkafka::ClientConfig;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::Message as _;
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let _context = runtime.enter();
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    for topic in ["in", "out", "err"] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+    let (_cluster, kafka) = Kafka::start(&[("in", 1), ("out", 1), ("err", 1)]);
     let server = Server::start();
     python_function(&server, "worker");
     server.ok(&[
@@ -1292,47 +1314,20 @@ fn kafka_an_answer_over_the_broker_limit_goes_to_the_error_topic_once() {
         "--errortopic",
         "err",
         "--broker",
-        &format!("kafka://{brokers}"),
+        &kafka.url(),
     ]);
     wait_connected(&server, "kbig");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
     for text in [format!("big-{}", 2 << 20), "small".to_string()] {
-        runtime.block_on(async {
-            producer
-                .send(
-                    FutureRecord::to("in").key("k").payload(&text),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        });
+        kafka.send("in", "k", None, &text);
     }
-    let reader = |topic: &str| -> StreamConsumer {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", format!("reader-{topic}"))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        consumer
-    };
-    let first = |consumer: &StreamConsumer| -> Vec<u8> {
-        runtime.block_on(async {
-            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-                .await
-                .expect("a message arrives")
-                .unwrap();
-            m.payload().unwrap_or_default().to_vec()
-        })
+    let first = |topic: &str| {
+        kafka
+            .read(&kafka.reader(&format!("reader-{topic}"), topic), 1)
+            .remove(0)
     };
     // The 2 MiB answer is over the producer's 1 MB limit: the error topic
     // says so, and the next message is answered (no redelivery loop).
-    let failure: serde_json::Value = serde_json::from_slice(&first(&reader("err"))).unwrap();
+    let failure: serde_json::Value = serde_json::from_str(&first("err")).unwrap();
     assert_eq!(failure["payload"], format!("big-{}", 2 << 20));
     assert!(
         failure["error"]
@@ -1341,7 +1336,7 @@ fn kafka_an_answer_over_the_broker_limit_goes_to_the_error_topic_once() {
             .contains("over the broker's message size limit"),
         "{failure}"
     );
-    assert_eq!(first(&reader("out")), b"processed:small");
+    assert_eq!(first("out"), "processed:small");
     let view: serde_json::Value =
         serde_json::from_str(&server.ok(&["mqt", "get", "--name", "kbig", "-o", "json"])).unwrap();
     assert_eq!(view["status"]["processed"], 1, "{view}");
