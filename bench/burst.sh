@@ -18,6 +18,6 @@ probe="$ROOT/tests/functions/probe.py"
 sleep 1
 echo "burst on a Python function, 100 ms of work per request, maxscale 20, 2 cores:"
 python3 "$ROOT/bench/burst.py" "/fn/queued/sleep?s=0.1" "$N"
-curl -s "$FLARE_API/metrics" | grep -E '^flare_(cold_starts_total|scale_events_total)\{function="queued"' | sed 's/^/    /'
+api_curl -s "$FLARE_API/metrics" | grep -E '^flare_(cold_starts_total|scale_events_total)\{function="queued"' | sed 's/^/    /'
 python3 "$ROOT/bench/burst.py" "/fn/unqueued/sleep?s=0.1" "$N"
-curl -s "$FLARE_API/metrics" | grep -E '^flare_(cold_starts_total|queue_rejections_total)\{function="unqueued"' | sed 's/^/    /'
+api_curl -s "$FLARE_API/metrics" | grep -E '^flare_(cold_starts_total|queue_rejections_total)\{function="unqueued"' | sed 's/^/    /'

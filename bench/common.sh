@@ -28,6 +28,21 @@ start_flare() {
   export FLARE_API
   rm -f "$out"
   [ -n "$FLARE_API" ] || { echo "flare server did not start" >&2; exit 1; }
+  # Builds with API tokens write the admin's on the first start (older
+  # builds, compared with FLARE=, have none and need none).
+  if [ -f "$data/admin.token" ]; then
+    FLARE_TOKEN=$(cat "$data/admin.token")
+    export FLARE_TOKEN
+  fi
+}
+
+# curl with the API token, for /metrics and /v1.
+api_curl() {
+  if [ -n "${FLARE_TOKEN:-}" ]; then
+    curl -H "Authorization: Bearer $FLARE_TOKEN" "$@"
+  else
+    curl "$@"
+  fi
 }
 
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }

@@ -23,7 +23,11 @@ def conn(base):
 
 
 def call(c, method, path, body=None, headers=None):
-    c.request(method, path, body=body, headers=headers or {})
+    headers = dict(headers or {})
+    token = os.environ.get("FLARE_TOKEN")
+    if token and path.startswith("/v1/"):
+        headers["Authorization"] = f"Bearer {token}"
+    c.request(method, path, body=body, headers=headers)
     r = c.getresponse()
     data = r.read()
     return r.status, data

@@ -3,8 +3,9 @@
 #   hello  -> http://127.0.0.1:8080/fn/hello
 #   echo   -> http://127.0.0.1:8080/fn/echo/anything and /greet/{name}
 #   pyhello, jshello -> the same greeting from Python and Node.js workers
-# Ctrl-C stops it. Data lives in target/demo-data (FLARE_DATA_DIR overrides);
-# ports can be changed with FLARE_ADDR and FLARE_API_ADDR.
+# Ctrl-C stops it. Data lives in target/demo-data (FLARE_DATA_DIR overrides),
+# the admin token the first start made in its admin.token; ports can be
+# changed with FLARE_ADDR and FLARE_API_ADDR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,10 @@ for _ in $(seq 100); do
 done
 router=$(sed -n 's/^router listening on //p' "$out")
 export FLARE_API=$(sed -n 's/^api listening on //p' "$out")
+# The first start wrote the admin token; this script deploys with it.
+token_file="$FLARE_DATA_DIR/admin.token"
+[ -r "$token_file" ] || { echo "no $token_file: start with an empty FLARE_DATA_DIR, or set FLARE_TOKEN"; exit 1; }
+export FLARE_TOKEN="${FLARE_TOKEN:-$(cat "$token_file")}"
 
 deploy() { # name, code, extra flags...
   local name=$1 code=$2; shift 2
@@ -50,7 +55,7 @@ Try, in another terminal:
   curl $router/greet/ada
   curl "$router/fn/pyhello?name=ada"
   curl "$router/fn/jshello?name=ada"
-  export FLARE_API=$FLARE_API
+  $flare login --api $FLARE_API --token "\$(cat $token_file)"
   $flare fn list
   $flare fn test --name echo --method POST --body '{"a":1}'
   $flare fn logs --name echo --follow

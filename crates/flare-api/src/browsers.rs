@@ -10,24 +10,14 @@
 
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use flare_model::{Error, ErrorCode};
 use http::{HeaderMap, Method};
-
-use crate::error::ApiError;
-
-/// Bytes of a refused request's body read (and dropped) before the answer,
-/// so a client still sending reads the refusal rather than a reset.
-const DRAIN: usize = 1 << 20;
 
 pub(crate) async fn same_origin(request: Request, next: Next) -> Response {
     match check(request.method(), request.uri().path(), request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(e) => {
-            let drain = axum::body::to_bytes(request.into_body(), DRAIN);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
-            ApiError(e).into_response()
-        }
+        Err(e) => crate::access::refuse(request, e).await,
     }
 }
 

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use reqwest::multipart::{Form, Part};
 use serde::de::DeserializeOwned;
 
+use crate::access::{CreatedToken, NewToken, TokenView};
 use crate::{EnvironmentView, FunctionView};
 
 /// A client of one Flare API endpoint.
@@ -60,11 +61,28 @@ impl LogFilter {
 }
 
 impl Client {
+    /// A client that sends no token (health, the API description).
     pub fn new(base: &str) -> Self {
         Client {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client that sends `token` as its bearer with every request.
+    pub fn with_token(base: &str, token: &str) -> Result<Self> {
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| Error::invalid("the token has characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        let headers = http::HeaderMap::from_iter([(http::header::AUTHORIZATION, value)]);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| Error::internal(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -138,6 +156,24 @@ impl Client {
                 self.json(request.multipart(form)).await
             }
         }
+    }
+
+    pub async fn whoami(&self) -> Result<TokenView> {
+        self.json(self.http.get(self.url("/v1/whoami"))).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenView>> {
+        self.json(self.http.get(self.url("/v1/tokens"))).await
+    }
+
+    pub async fn create_token(&self, new: &NewToken) -> Result<CreatedToken> {
+        self.json(self.http.post(self.url("/v1/tokens")).json(new))
+            .await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenView> {
+        self.json(self.http.delete(self.url(&format!("/v1/tokens/{name}"))))
+            .await
     }
 
     pub async fn list_functions(&self) -> Result<Vec<FunctionView>> {

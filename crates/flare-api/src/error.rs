@@ -27,6 +27,12 @@ impl IntoResponse for ApiError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.0.code == ErrorCode::Unauthenticated {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
         if self.0.code == ErrorCode::Unavailable {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -10,6 +10,7 @@
 //! Errors are [`flare_model::Error`]s; [`ApiError`] turns them into the
 //! JSON body and status chosen by [`flare_model::ErrorCode::status`].
 
+pub mod access;
 mod browsers;
 pub mod client;
 mod crud;
@@ -59,6 +60,7 @@ pub struct Api {
     /// trigger's function must exist; a function in use cannot go).
     pub(crate) cross_checks: Mutex<()>,
     pub(crate) max_package_bytes: u64,
+    pub(crate) tokens: Arc<access::Tokens>,
 }
 
 /// The components the API is built on.
@@ -73,6 +75,8 @@ pub struct ApiParts {
     /// Revisions applied by the components that serve what the API writes.
     pub applied: Vec<watch::Receiver<Revision>>,
     pub max_package_bytes: u64,
+    /// The valid tokens; `applied` should include its revision.
+    pub tokens: Arc<access::Tokens>,
 }
 
 impl Api {
@@ -99,6 +103,7 @@ impl Api {
             applied: parts.applied,
             cross_checks: Mutex::new(()),
             max_package_bytes: parts.max_package_bytes,
+            tokens: parts.tokens,
         })
     }
 
@@ -126,6 +131,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/v1/whoami", get(access::whoami))
+        .route("/v1/tokens", get(access::list).post(access::create))
+        .route("/v1/tokens/{name}", get(access::get).delete(access::revoke))
         .route(
             "/v1/packages",
             post(functions::upload_package).layer(uploads),
@@ -184,6 +192,10 @@ pub fn router(api: Arc<Api>) -> Router {
                 .put(triggers::update)
                 .delete(triggers::delete),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            access::authorize,
+        ))
         .fallback(|| async {
             ApiError(flare_model::Error::new(
                 flare_model::ErrorCode::NotFound,

@@ -14,8 +14,11 @@ pub enum ErrorCode {
     NotFound,
     /// The path exists but not for this method (405).
     MethodNotAllowed,
-    /// The request may not do this: a browser request from another origin
-    /// (403).
+    /// The request carries no valid token: none, unknown, expired or
+    /// revoked (401).
+    Unauthenticated,
+    /// The request may not do this: its token's role or namespace does not
+    /// allow it, or a browser request came from another origin (403).
     Forbidden,
     /// A body of a type the endpoint does not take (415).
     UnsupportedMediaType,
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
@@ -65,6 +69,7 @@ impl ErrorCode {
         match status {
             400 | 422 => ErrorCode::InvalidArgument,
             404 => ErrorCode::NotFound,
+            401 => ErrorCode::Unauthenticated,
             403 => ErrorCode::Forbidden,
             405 => ErrorCode::MethodNotAllowed,
             409 => ErrorCode::Conflict,
@@ -193,6 +198,8 @@ mod tests {
             ErrorCode::InvalidArgument,
             ErrorCode::NotFound,
             ErrorCode::MethodNotAllowed,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
             ErrorCode::Conflict,
             ErrorCode::PayloadTooLarge,
             ErrorCode::BadGateway,

@@ -12,6 +12,7 @@
 //! Everything here is validated once, when it enters the system (`validate`
 //! on create and update); inner layers trust what they read back.
 
+mod access;
 mod cron;
 mod environment;
 mod error;
@@ -23,6 +24,7 @@ mod pattern;
 mod resource;
 mod trigger;
 
+pub use access::{ALL_NAMESPACES, Grant, Permission, Role, TokenSpec};
 pub use cron::{Cron, parse_timezone};
 pub use environment::{EnvironmentRuntime, EnvironmentSpec};
 pub use error::{Error, ErrorCode, Result};

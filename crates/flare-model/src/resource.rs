@@ -19,6 +19,8 @@ pub enum Kind {
     Environment,
     TimerTrigger,
     MessageQueueTrigger,
+    /// An API token: who may do what (see [`crate::TokenSpec`]).
+    Token,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Environment => "Environment",
             Kind::TimerTrigger => "TimerTrigger",
             Kind::MessageQueueTrigger => "MessageQueueTrigger",
+            Kind::Token => "Token",
         }
     }
 
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Environment => "environment",
             Kind::TimerTrigger => "timer trigger",
             Kind::MessageQueueTrigger => "message queue trigger",
+            Kind::Token => "token",
         }
     }
 
@@ -50,6 +54,7 @@ impl Kind {
             "Environment" => Some(Kind::Environment),
             "TimerTrigger" => Some(Kind::TimerTrigger),
             "MessageQueueTrigger" => Some(Kind::MessageQueueTrigger),
+            "Token" => Some(Kind::Token),
             _ => None,
         }
     }

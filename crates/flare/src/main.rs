@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand};
 
 /// Flare: functions as a service, in one binary.
 ///
-/// Start a server with `flare server`, then deploy a WebAssembly function
-/// with `flare fn create --name hello --code hello.wasm` and call it at
-/// http://127.0.0.1:8080/fn/hello.
+/// Start a server with `flare server` (its first start writes an admin
+/// token and prints where), log in with `flare login --token ...`, then
+/// deploy a WebAssembly function with `flare fn create --name hello --code
+/// hello.wasm` and call it at http://127.0.0.1:8080/fn/hello.
 #[derive(Parser)]
 #[command(name = "flare", version, propagate_version = true)]
 struct Cli {
@@ -45,6 +46,14 @@ enum Command {
     /// Route HTTP requests to functions.
     #[command(name = "httptrigger", visible_alias = "ht")]
     HttpTrigger(commands::httptrigger::HttpTriggerArgs),
+    /// Check a token against a server and save both as the current context.
+    Login(commands::context::LoginArgs),
+    /// The servers and tokens `flare login` saved (like kubectl contexts).
+    Context(commands::context::ContextArgs),
+    /// API tokens: who may do what (admin only).
+    Token(commands::token::TokenArgs),
+    /// Show the token in use: its name, role and namespace.
+    Whoami(commands::token::WhoamiArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +77,10 @@ fn main() -> std::process::ExitCode {
             Command::TimeTrigger(args) => commands::timetrigger::run(args).await,
             Command::Invocations(args) => commands::invocations::run(args).await,
             Command::MqTrigger(args) => commands::mqtrigger::run(args).await,
+            Command::Login(args) => commands::context::login(args).await,
+            Command::Context(args) => commands::context::run(args).await,
+            Command::Token(args) => commands::token::run(args).await,
+            Command::Whoami(args) => commands::token::whoami(args).await,
         }
     });
     match result {

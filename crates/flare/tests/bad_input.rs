@@ -66,14 +66,16 @@ fn malformed_packages_are_refused_and_nothing_is_stored() {
     assert_eq!(server.get("/fn/hello").status(), 200, "still serving");
 
     // The same through the API's raw package upload: 400 / 413 with JSON.
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{}/v1/packages", server.api))
         .body(vec![0u8; 400_000])
         .send()
         .unwrap();
     assert_eq!(response.status(), 413);
     assert_eq!(error_of(&response.text().unwrap()).0, "payload_too_large");
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{}/v1/packages", server.api))
         .body(b"\0asm\x01\0\0\0".to_vec())
         .send()
@@ -243,7 +245,7 @@ fn names_duplicates_and_references_are_checked() {
     assert_eq!(server.get("/users/7").status(), 200);
 
     // Through the API: statuses and JSON errors.
-    let response = http()
+    let response = server.api_client()
         .post(format!("{}/v1/httptriggers", server.api))
         .header("content-type", "application/json")
         .body(r#"{"kind":"HttpTrigger","metadata":{"name":"e"},"spec":{"path":"/users/{x}","methods":["GET"],"function":"hello"}}"#)
@@ -251,13 +253,15 @@ fn names_duplicates_and_references_are_checked() {
         .unwrap();
     assert_eq!(response.status(), 409);
     assert_eq!(error_of(&response.text().unwrap()).0, "conflict");
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{}/v1/httptriggers", server.api))
         .body("{not json")
         .send()
         .unwrap();
     assert_eq!(response.status(), 400);
-    let response = http()
+    let response = server
+        .api_client()
         .get(format!("{}/v1/functions/nope", server.api))
         .send()
         .unwrap();
@@ -273,7 +277,8 @@ fn names_duplicates_and_references_are_checked() {
 fn stale_generation_is_a_conflict() {
     let server = Server::start();
     server.create("hello", "hello_rust", &[]);
-    let mut doc: serde_json::Value = http()
+    let mut doc: serde_json::Value = server
+        .api_client()
         .get(format!("{}/v1/functions/hello", server.api))
         .send()
         .unwrap()
@@ -281,7 +286,8 @@ fn stale_generation_is_a_conflict() {
         .unwrap();
     doc.as_object_mut().unwrap().remove("status");
     let put = |doc: &serde_json::Value| {
-        http()
+        server
+            .api_client()
             .put(format!("{}/v1/functions/hello", server.api))
             .json(doc)
             .send()
@@ -335,7 +341,8 @@ fn extractor_rejections_are_json_errors_too() {
         ("DELETE", "/v1/functions", 405),
         ("POST", "/v1/environments", 400),
     ] {
-        let response = http()
+        let response = server
+            .api_client()
             .request(method.parse().unwrap(), format!("{api}{path}"))
             .header("content-type", "application/json")
             .send()
@@ -360,7 +367,8 @@ fn far_back_windows_and_encoded_invoke_paths() {
     server.create("echo", "echo", &[]);
     let api = &server.api;
     for query in ["since=20000years", "until=1000000weeks", "since=0s"] {
-        let response = http()
+        let response = server
+            .api_client()
             .get(format!("{api}/v1/functions/echo/logs?{query}"))
             .send()
             .unwrap();
@@ -368,7 +376,8 @@ fn far_back_windows_and_encoded_invoke_paths() {
         let lines: serde_json::Value = response.json().unwrap();
         assert!(lines.is_array(), "{query}: {lines}");
     }
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{api}/v1/functions/echo/invoke/a%20b/c%2Fd?x=%20"))
         .body("hi")
         .send()

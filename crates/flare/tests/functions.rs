@@ -187,6 +187,7 @@ fn logs_are_kept_per_invocation_and_followed() {
     let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
         .args(["fn", "logs", "--name", "chatty", "--follow"])
         .env("FLARE_API", &server.api)
+        .env("FLARE_TOKEN", &server.token)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -347,7 +348,8 @@ fn api_describes_itself_and_reports_health() {
             "{path} missing from the OpenAPI document"
         );
     }
-    let response = http()
+    let response = server
+        .api_client()
         .get(format!("{}/v1/nothing", server.api))
         .send()
         .unwrap();

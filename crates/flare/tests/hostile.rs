@@ -21,7 +21,8 @@ fn slow_start_function(server: &Server, extra: &[&str]) {
 
 /// The deployment status of `name`, from the API.
 fn status(server: &Server, name: &str) -> serde_json::Value {
-    let view: serde_json::Value = http()
+    let view: serde_json::Value = server
+        .api_client()
         .get(format!("{}/v1/functions/{name}", server.api))
         .send()
         .unwrap()
@@ -333,7 +334,8 @@ fn http_trigger_urls_no_request_can_match_are_refused() {
         assert!(err.contains("segment"), "{url:?}: {err}");
     }
     // A NUL cannot pass through a command line; straight to the API.
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{}/v1/httptriggers", server.api))
         .json(&serde_json::json!({
             "apiVersion": "flare.dev/v1",
@@ -525,7 +527,8 @@ fn an_oversized_spec_part_is_refused_before_it_is_buffered() {
             reqwest::blocking::multipart::Part::text(spec.clone()),
         )
         .part("code", reqwest::blocking::multipart::Part::bytes(code));
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{}/v1/functions", server.api))
         .multipart(form)
         .send()
@@ -537,7 +540,8 @@ fn an_oversized_spec_part_is_refused_before_it_is_buffered() {
         "{message}"
     );
     // The JSON body has the same limit, and says so the same way.
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{}/v1/functions", server.api))
         .header("content-type", "application/json")
         .body(spec)
@@ -605,7 +609,8 @@ fn output_without_end_or_newline_is_capped() {
     let before = server.rss_kib();
     assert_eq!(server.get("/fn/py/spew?mb=64").text().unwrap(), "spewed");
     let logs: serde_json::Value = eventually(Duration::from_secs(20), || {
-        let logs: serde_json::Value = http()
+        let logs: serde_json::Value = server
+            .api_client()
             .get(format!(
                 "{}/v1/functions/py/logs?contains=dropped",
                 server.api
@@ -617,7 +622,8 @@ fn output_without_end_or_newline_is_capped() {
         (!logs.as_array().unwrap().is_empty()).then_some(logs)
     });
     assert!(!logs.as_array().unwrap().is_empty());
-    let all: serde_json::Value = http()
+    let all: serde_json::Value = server
+        .api_client()
         .get(format!("{}/v1/functions/py/logs?limit=10000", server.api))
         .send()
         .unwrap()
@@ -650,15 +656,27 @@ fn output_without_end_or_newline_is_capped() {
 fn global_flags_go_anywhere() {
     let server = Server::start();
     server.create("echo", "echo", &[]);
+    let token = server.token.as_str();
     for args in [
-        &["--api", &server.api, "fn", "list"][..],
-        &["fn", "--api", &server.api, "list"][..],
-        &["fn", "list", "--api", &server.api],
-        &["-o", "json", "--api", &server.api, "fn", "list"],
+        &["--api", &server.api, "--token", token, "fn", "list"][..],
+        &["fn", "--api", &server.api, "list", "--token", token][..],
+        &["fn", "list", "--api", &server.api, "--token", token],
+        &[
+            "-o",
+            "json",
+            "--token",
+            token,
+            "--api",
+            &server.api,
+            "fn",
+            "list",
+        ],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
             .args(args)
             .env_remove("FLARE_API")
+            .env_remove("FLARE_TOKEN")
+            .env("XDG_CONFIG_HOME", &server.config_home)
             .output()
             .unwrap();
         assert!(
@@ -985,7 +1003,8 @@ fn browsers_on_other_sites_change_nothing() {
     let env = r#"{"apiVersion":"flare.dev/v1","kind":"Environment","metadata":{"name":"csrf"},"spec":{"runtime":"python"}}"#;
     // What a page can make a browser send without asking first.
     for kind in ["text/plain", "application/x-www-form-urlencoded"] {
-        let response = http()
+        let response = server
+            .api_client()
             .post(format!("{api}/v1/environments"))
             .header("content-type", kind)
             .body(env)
@@ -1006,7 +1025,8 @@ fn browsers_on_other_sites_change_nothing() {
                 "code",
                 reqwest::blocking::multipart::Part::bytes(std::fs::read(guest("echo")).unwrap()),
             );
-        let response = http()
+        let response = server
+            .api_client()
             .post(format!("{api}/v1/functions"))
             .header("origin", origin)
             .multipart(form)
@@ -1018,7 +1038,8 @@ fn browsers_on_other_sites_change_nothing() {
     assert!(!server.ok(&["env", "list"]).contains("csrf"));
     assert!(!server.ok(&["fn", "list"]).contains("csrf"));
     // The API's own origin, and the CLI (no Origin), still work.
-    let response = http()
+    let response = server
+        .api_client()
         .post(format!("{api}/v1/environments"))
         .header("content-type", "application/json")
         .header("origin", api.as_str())

@@ -69,7 +69,8 @@ fn a_short_retention_removes_what_is_old_and_keeps_what_is_live() {
         .unwrap();
     let async_id = submitted["invocation"].as_str().unwrap().to_string();
     let unused = std::fs::read(guest("hello_rust")).unwrap();
-    let uploaded = http()
+    let uploaded = server
+        .api_client()
         .post(format!("{}/v1/packages", server.api))
         .body(unused)
         .send()

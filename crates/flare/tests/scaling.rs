@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{Server, error_of, eventually, function_file, http};
 
 fn metric(server: &Server, name: &str, labels: &str) -> Option<f64> {
-    let text = http()
+    let text = server
+        .api_client()
         .get(format!("{}/metrics", server.api))
         .send()
         .unwrap()
@@ -237,7 +238,8 @@ fn metrics_and_policy_are_visible() {
         ),
         Some(4.0)
     );
-    let text = http()
+    let text = server
+        .api_client()
         .get(format!("{}/metrics", server.api))
         .send()
         .unwrap()
@@ -286,7 +288,8 @@ fn metrics_and_policy_are_visible() {
         metric(&server, "flare_instances", "function=\"py\",state=\"warm\""),
         Some(1.0)
     );
-    let text = http()
+    let text = server
+        .api_client()
         .get(format!("{}/metrics", server.api))
         .send()
         .unwrap()

@@ -101,7 +101,7 @@ fn show(output: OutputFlag, envs: &[EnvironmentView], single: bool) -> anyhow::R
 }
 
 pub async fn run(args: EnvironmentArgs) -> anyhow::Result<()> {
-    let client = args.api.client();
+    let client = args.api.client()?;
     match args.command {
         EnvironmentCommand::Create {
             name,

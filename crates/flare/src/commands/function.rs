@@ -329,7 +329,7 @@ fn format_entry(entry: &LogEntry) -> String {
 }
 
 pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
-    let client = args.api.client();
+    let client = args.api.client()?;
     match args.command {
         FunctionCommand::Create {
             name,

@@ -100,7 +100,7 @@ fn show(
 }
 
 pub async fn run(args: HttpTriggerArgs) -> anyhow::Result<()> {
-    let client = args.api.client();
+    let client = args.api.client()?;
     match args.command {
         HttpTriggerCommand::Create {
             name,

@@ -59,7 +59,7 @@ fn rows(invocations: &[Invocation]) -> Vec<Vec<String>> {
 const HEADERS: [&str; 6] = ["ID", "FUNCTION", "STATUS", "ATTEMPTS", "RESULT", "ERROR"];
 
 pub async fn run(args: InvocationArgs) -> anyhow::Result<()> {
-    let client = args.api.client();
+    let client = args.api.client()?;
     match args.command {
         InvocationCommand::List {
             failed,

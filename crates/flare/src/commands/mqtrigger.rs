@@ -124,7 +124,7 @@ fn show(output: OutputFlag, triggers: &[MqTriggerView], single: bool) -> anyhow:
 }
 
 pub async fn run(args: MqTriggerArgs) -> anyhow::Result<()> {
-    let client = args.api.client();
+    let client = args.api.client()?;
     match args.command {
         MqTriggerCommand::Create {
             name,

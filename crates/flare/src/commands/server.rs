@@ -339,12 +339,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let router = Router::new(executor.clone(), Some(queue.clone()));
     let timers = Timers::new(store.clone(), executor.clone());
     let mq = MqTriggers::new(store.clone(), executor.clone());
+    let tokens = flare_api::access::Tokens::new();
     let mut applied = vec![
         executor.applied(),
         router.applied(),
         timers.applied(),
         mq.applied(),
+        tokens.applied(),
     ];
+    tokio::spawn(tokens.clone().run(store.clone()));
     tokio::spawn(executor.clone().run(store.clone()));
     tokio::spawn(router.clone().run(store.clone()));
     tokio::spawn(timers.run());
@@ -357,6 +360,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         settings.retention,
         settings.gc_interval,
     ));
+
+    let admin_token = flare_api::access::bootstrap_admin(&*store, data_dir)?;
 
     // Serve only once everything stored before the start is deployed.
     let revision = store.revision();
@@ -376,6 +381,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         mq,
         applied,
         max_package_bytes: settings.max_package_bytes,
+        tokens,
     });
     // Tests and scripts read these two lines to find ports chosen by the OS.
     println!(
@@ -383,6 +389,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         router_listener.local_addr()?
     );
     println!("api listening on http://{}", api_listener.local_addr()?);
+    if let Some(path) = admin_token {
+        // stderr, not stdout: whoever reads the two lines above may have
+        // closed stdout by now.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "first start: the admin token is in {path} (readable only by this user); use it with\n  flare login --api http://{api} --token \"$(cat {path})\"",
+            path = path.display(),
+            api = api_listener.local_addr()?,
+        );
+    }
     tracing::info!(
         data_dir = %data_dir.display(),
         functions = executor.deployed(),

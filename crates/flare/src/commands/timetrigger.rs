@@ -122,7 +122,7 @@ fn show(
 }
 
 pub async fn run(args: TimeTriggerArgs) -> anyhow::Result<()> {
-    let client = args.api.client();
+    let client = args.api.client()?;
     match args.command {
         TimeTriggerCommand::Create {
             name,

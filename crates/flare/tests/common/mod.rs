@@ -23,6 +23,10 @@ pub struct Server {
     pub router: String,
     pub api: String,
     pub data_dir: PathBuf,
+    /// The admin token the first start wrote.
+    pub token: String,
+    /// The CLI's own config home (contexts), apart from the user's.
+    pub config_home: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -79,11 +83,18 @@ impl Server {
         };
         let router = address("router listening on ");
         let api = address("api listening on ");
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("the server wrote no admin token")
+            .trim()
+            .to_string();
+        let config_home = data_dir.join("cli-config");
         Server {
             child: Some(child),
             router,
             api,
             data_dir: data_dir.to_path_buf(),
+            token,
+            config_home,
             _tmp: None,
         }
     }
@@ -99,13 +110,28 @@ impl Server {
             .count()
     }
 
-    /// Runs the CLI against this server.
+    /// Runs the CLI against this server with the admin token.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_flare"))
+        self.cli_as(&self.token, args)
+    }
+
+    /// Runs the CLI against this server with `token` ("" for none).
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flare"));
+        command
             .args(args)
             .env("FLARE_API", &self.api)
-            .output()
-            .expect("run flare")
+            .env("XDG_CONFIG_HOME", &self.config_home)
+            .env_remove("FLARE_TOKEN");
+        if !token.is_empty() {
+            command.env("FLARE_TOKEN", token);
+        }
+        command.output().expect("run flare")
+    }
+
+    /// An HTTP client that sends the admin token: for the API.
+    pub fn api_client(&self) -> reqwest::blocking::Client {
+        client_with_token(&self.token)
     }
 
     /// Runs the CLI and insists that it succeeds; returns stdout.
@@ -213,6 +239,21 @@ impl Drop for Server {
 pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// An HTTP client that sends `token` as its bearer.
+pub fn client_with_token(token: &str) -> reqwest::blocking::Client {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    value.set_sensitive(true);
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, value)]
+                .into_iter()
+                .collect(),
+        )
         .build()
         .unwrap()
 }

@@ -1,0 +1,502 @@
+//! Who may call the API: every request but `/healthz` and the OpenAPI
+//! document carries `Authorization: Bearer <token>`; [`authorize`] finds the
+//! token, checks that its role and namespace allow what the route does, and
+//! drops the header so it never travels further (a function invoked through
+//! the API does not see its caller's API token).
+//!
+//! [`Tokens`] is the table of valid tokens, kept from the store like every
+//! other component's state, so a revoked token stops working as soon as the
+//! revoke is answered. `/metrics` needs a token that reads every namespace
+//! (an admin, or a viewer made with `--namespace '*'`): metrics name every
+//! tenant's functions, and "loopback only" would let every local user and
+//! anything behind a local reverse proxy read them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flare_model::{
+    ALL_NAMESPACES, DEFAULT_NAMESPACE, Error, ErrorCode, Grant, Kind, Permission, Resource, Result,
+    Role, TokenSpec,
+};
+use flare_store::{Follower, Revision, Store, Update};
+use http::{HeaderMap, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::watch;
+
+use crate::error::{ApiError, ApiResult};
+use crate::{Api, crud};
+
+/// What every token starts with, so a leaked one is recognizable (secret
+/// scanners, logs) for what it is.
+pub const TOKEN_PREFIX: &str = "flr_";
+
+/// The file the first start writes the admin token to, in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// A new secret: the prefix and 256 random bits from the OS, in hex.
+fn new_secret() -> Result<String> {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| Error::internal(format!("no randomness for a token: {e}")))?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+struct Entry {
+    grant: Grant,
+    expires: Option<OffsetDateTime>,
+}
+
+/// The valid tokens, by the hash of their secret.
+pub struct Tokens {
+    by_hash: RwLock<HashMap<String, Entry>>,
+    applied: watch::Sender<Revision>,
+}
+
+impl Tokens {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Tokens {
+            by_hash: RwLock::new(HashMap::new()),
+            applied: watch::Sender::new(0),
+        })
+    }
+
+    /// The store revision this table reflects.
+    pub fn applied(&self) -> watch::Receiver<Revision> {
+        self.applied.subscribe()
+    }
+
+    /// Follows the store's tokens until the store closes.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut follower = Follower::new(&*store);
+        while let Some(update) = follower.next(&*store).await {
+            let revision = update.revision();
+            match update {
+                Update::Change(event) if event.kind != Kind::Token => {}
+                _ => self.reload(&*store),
+            }
+            flare_store::advance(&self.applied, revision);
+        }
+    }
+
+    fn reload(&self, store: &dyn Store) {
+        let tokens = match crud::all::<TokenSpec>(store) {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                tracing::error!("cannot read tokens: {e}");
+                return;
+            }
+        };
+        let table = tokens
+            .into_iter()
+            .map(|t| {
+                let entry = Entry {
+                    expires: t.spec.expires(),
+                    grant: Grant {
+                        token: t.metadata.name,
+                        role: t.spec.role,
+                        namespace: t.spec.namespace,
+                    },
+                };
+                (t.spec.hash, entry)
+            })
+            .collect();
+        if let Ok(mut by_hash) = self.by_hash.write() {
+            *by_hash = table;
+        }
+    }
+
+    /// The grant of the bearer token in `headers`.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant> {
+        let refused = |why: &str| Err(Error::new(ErrorCode::Unauthenticated, why));
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return refused(
+                "this API needs a token: send Authorization: Bearer <token> (flare login, --token or FLARE_TOKEN); the server's first start wrote an admin token to admin.token in its data directory",
+            );
+        };
+        let secret = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, secret)| secret.trim());
+        let Some(secret) = secret else {
+            return refused("the Authorization header is not \"Bearer <token>\"");
+        };
+        let by_hash = self
+            .by_hash
+            .read()
+            .map_err(|_| Error::internal("token table poisoned"))?;
+        let Some(entry) = by_hash.get(&hash(secret)) else {
+            return refused("the token is not valid: unknown or revoked");
+        };
+        if let Some(expires) = entry.expires
+            && expires <= OffsetDateTime::now_utc()
+        {
+            return Err(Error::new(
+                ErrorCode::Unauthenticated,
+                format!(
+                    "token \"{}\" expired at {}",
+                    entry.grant.token,
+                    expires.format(&Rfc3339).unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(entry.grant.clone())
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Nothing: health and the API description.
+    Open,
+    /// Any valid token (who am I).
+    Token,
+    /// This permission, in the namespace the request is about.
+    In(Permission),
+    /// This permission in every namespace (metrics).
+    Everywhere(Permission),
+}
+
+/// The one table of what each route needs; `path` is axum's matched route.
+fn need(method: &Method, path: &str) -> Need {
+    match path {
+        "/healthz" | "/v1/openapi.json" => Need::Open,
+        "/v1/whoami" => Need::Token,
+        "/metrics" => Need::Everywhere(Permission::Read),
+        "/v1/tokens" | "/v1/tokens/{name}" => Need::Everywhere(Permission::Manage),
+        "/v1/functions/{name}/invoke" | "/v1/functions/{name}/invoke/{*rest}" => {
+            Need::In(Permission::Invoke)
+        }
+        _ if matches!(*method, Method::GET | Method::HEAD) => Need::In(Permission::Read),
+        _ => Need::In(Permission::Write),
+    }
+}
+
+/// Bytes of a refused request's body read (and dropped) before the answer,
+/// so a client still sending reads the refusal rather than a reset.
+const DRAIN: usize = 1 << 20;
+
+/// Answers `error` to `request` after draining some of its body.
+pub(crate) async fn refuse(request: Request, error: Error) -> Response {
+    let drain = axum::body::to_bytes(request.into_body(), DRAIN);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    ApiError(error).into_response()
+}
+
+/// The middleware every route but the fallback sits behind.
+pub(crate) async fn authorize(
+    State(api): State<Arc<Api>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(path) = request.extensions().get::<MatchedPath>().cloned() else {
+        return next.run(request).await;
+    };
+    let path = path.as_str();
+    let need = need(request.method(), path);
+    if need == Need::Open {
+        return next.run(request).await;
+    }
+    let checked = api
+        .tokens
+        .authenticate(request.headers())
+        .and_then(|grant| {
+            // Until namespaces land, every resource is in the default one.
+            let named = path.contains("{name}") || path.contains("{id}");
+            match need {
+                Need::In(permission) => grant.check(permission, DEFAULT_NAMESPACE, named)?,
+                Need::Everywhere(permission) => grant.check(permission, ALL_NAMESPACES, false)?,
+                Need::Open | Need::Token => {}
+            }
+            Ok(grant)
+        });
+    match checked {
+        Ok(grant) => {
+            request.headers_mut().remove(http::header::AUTHORIZATION);
+            request.extensions_mut().insert(grant);
+            next.run(request).await
+        }
+        Err(e) => refuse(request, e).await,
+    }
+}
+
+/// A token as the API shows it: never its secret nor the secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    pub name: String,
+    pub role: Role,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub expired: bool,
+}
+
+impl From<Resource<TokenSpec>> for TokenView {
+    fn from(token: Resource<TokenSpec>) -> Self {
+        let expired = token
+            .spec
+            .expires()
+            .is_some_and(|at| at <= OffsetDateTime::now_utc());
+        TokenView {
+            name: token.metadata.name,
+            role: token.spec.role,
+            namespace: token.spec.namespace,
+            created_at: token.metadata.created_at,
+            expires_at: token.spec.expires_at,
+            expired,
+        }
+    }
+}
+
+/// A token just made: the only answer that carries the secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub view: TokenView,
+    pub token: String,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+    pub role: String,
+    /// A namespace, or `*` for all; admin tokens are always `*`, others
+    /// default to `default`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// How long the token works ("30d", "12h"); forever when absent.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+impl NewToken {
+    /// The stored token for `secret`.
+    fn resource(&self, secret: &str) -> Result<Resource<TokenSpec>> {
+        let role = Role::parse(&self.role)?;
+        let namespace = match (&self.namespace, role) {
+            (Some(namespace), _) => namespace.clone(),
+            (None, Role::Admin) => ALL_NAMESPACES.to_string(),
+            (None, _) => DEFAULT_NAMESPACE.to_string(),
+        };
+        let expires_at = match &self.expires {
+            None => None,
+            Some(text) => {
+                let after = humantime::parse_duration(text).map_err(|e| {
+                    Error::invalid(format!("invalid expiry \"{text}\": {e} (try 30d or 12h)"))
+                })?;
+                if after.is_zero() {
+                    return Err(Error::invalid("a token's expiry must be after now"));
+                }
+                let at = time::Duration::try_from(after)
+                    .ok()
+                    .and_then(|d| OffsetDateTime::now_utc().checked_add(d))
+                    .and_then(|at| at.format(&Rfc3339).ok())
+                    .ok_or_else(|| Error::invalid(format!("expiry \"{text}\" is too far")))?;
+                Some(at)
+            }
+        };
+        let token = Resource::new(
+            self.name.clone(),
+            TokenSpec {
+                role,
+                namespace,
+                hash: hash(secret),
+                expires_at,
+            },
+        );
+        token.validate()?;
+        Ok(token)
+    }
+}
+
+pub(crate) async fn list(State(api): State<Arc<Api>>) -> ApiResult<Json<Vec<TokenView>>> {
+    let tokens = crud::all::<TokenSpec>(&*api.store)?;
+    Ok(Json(tokens.into_iter().map(TokenView::from).collect()))
+}
+
+pub(crate) async fn get(
+    State(api): State<Arc<Api>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> ApiResult<Json<TokenView>> {
+    Ok(Json(crud::get::<TokenSpec>(&api, &name)?.into()))
+}
+
+pub(crate) async fn create(
+    State(api): State<Arc<Api>>,
+    body: bytes::Bytes,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    let new: NewToken = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid(format!("invalid token request: {e}")))?;
+    let secret = new_secret()?;
+    let created = crud::create(&api, new.resource(&secret)?, |_, _| Ok(())).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            view: created.into(),
+            token: secret,
+        }),
+    ))
+}
+
+pub(crate) async fn revoke(
+    State(api): State<Arc<Api>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> ApiResult<Json<TokenView>> {
+    let revoked = crud::delete::<TokenSpec>(&api, &name, |api| {
+        let admins: Vec<_> = crud::all::<TokenSpec>(&*api.store)?
+            .into_iter()
+            .map(TokenView::from)
+            .filter(|t| t.role == Role::Admin && !t.expired)
+            .collect();
+        if admins.len() == 1 && admins[0].name == name {
+            return Err(Error::conflict(format!(
+                "token \"{name}\" is the last admin token; create another admin token before revoking it"
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(revoked.into()))
+}
+
+/// `GET /v1/whoami`: the caller's own token.
+pub(crate) async fn whoami(
+    State(api): State<Arc<Api>>,
+    axum::Extension(grant): axum::Extension<Grant>,
+) -> ApiResult<Json<TokenView>> {
+    Ok(Json(crud::get::<TokenSpec>(&api, &grant.token)?.into()))
+}
+
+/// On a store with no token at all (a first start, or a data dir from
+/// before tokens), makes an admin token and writes its secret to
+/// `<data_dir>/admin.token` (0600). The file is written first, so a crash
+/// in between leaves a file the next start replaces, never a stored token
+/// nobody holds. Returns the file's path when it made one.
+pub fn bootstrap_admin(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !store.list(Kind::Token)?.is_empty() {
+        return Ok(None);
+    }
+    let secret = new_secret()?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let partial = data_dir.join(format!("{ADMIN_TOKEN_FILE}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    let admin = NewToken {
+        name: "admin".into(),
+        role: "admin".into(),
+        namespace: None,
+        expires: None,
+    };
+    store.create(admin.resource(&secret)?.to_document()?)?;
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_needs_a_token_but_health_and_the_description() {
+        let get = Method::GET;
+        assert_eq!(need(&get, "/healthz"), Need::Open);
+        assert_eq!(need(&get, "/v1/openapi.json"), Need::Open);
+        assert_eq!(need(&get, "/v1/whoami"), Need::Token);
+        assert_eq!(need(&get, "/metrics"), Need::Everywhere(Permission::Read));
+        assert_eq!(
+            need(&get, "/v1/tokens"),
+            Need::Everywhere(Permission::Manage)
+        );
+        assert_eq!(
+            need(&get, "/v1/functions/{name}/invoke/{*rest}"),
+            Need::In(Permission::Invoke)
+        );
+        assert_eq!(
+            need(&get, "/v1/functions/{name}"),
+            Need::In(Permission::Read)
+        );
+        assert_eq!(
+            need(&Method::DELETE, "/v1/functions/{name}"),
+            Need::In(Permission::Write)
+        );
+        assert_eq!(
+            need(&Method::POST, "/v1/packages"),
+            Need::In(Permission::Write)
+        );
+    }
+
+    #[test]
+    fn secrets_are_long_random_and_stored_only_as_hashes() {
+        let a = new_secret().unwrap();
+        let b = new_secret().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX));
+        assert_eq!(a.len(), TOKEN_PREFIX.len() + 64);
+        let spec = NewToken {
+            name: "ci".into(),
+            role: "developer".into(),
+            namespace: None,
+            expires: Some("30d".into()),
+        }
+        .resource(&a)
+        .unwrap()
+        .spec;
+        assert_eq!(spec.hash, hash(&a));
+        assert!(!serde_json::to_string(&spec).unwrap().contains(&a));
+        assert_eq!(spec.namespace, DEFAULT_NAMESPACE);
+        assert!(spec.expires().unwrap() > OffsetDateTime::now_utc());
+    }
+
+    #[test]
+    fn bad_token_requests_are_refused() {
+        let make = |role: &str, namespace: Option<&str>, expires: Option<&str>| {
+            NewToken {
+                name: "t".into(),
+                role: role.into(),
+                namespace: namespace.map(str::to_string),
+                expires: expires.map(str::to_string),
+            }
+            .resource("flr_x")
+            .map(|_| ())
+            .unwrap_err()
+            .message
+        };
+        assert!(make("root", None, None).contains("unknown role"));
+        assert!(make("admin", Some("team-a"), None).contains("every namespace"));
+        assert!(make("viewer", None, Some("soon")).contains("invalid expiry"));
+        assert!(make("viewer", None, Some("0s")).contains("after now"));
+        assert!(make("viewer", Some("Team"), None).contains("namespace"));
+    }
+}

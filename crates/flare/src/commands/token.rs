@@ -1,0 +1,130 @@
+//! `flare token ...` and `flare whoami`.
+
+use clap::{Args, Subcommand, ValueEnum};
+use flare_api::access::{NewToken, TokenView};
+
+use super::ApiFlag;
+use crate::output::{OutputFlag, print_resources};
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    api: ApiFlag,
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Role {
+    /// Everything, in every namespace, tokens included.
+    Admin,
+    /// Create, change, delete, read and invoke in its namespace.
+    Developer,
+    /// Read resources, logs and invocations in its namespace.
+    Viewer,
+    /// Invoke functions of its namespace, nothing else.
+    Invoker,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make a token; its secret is printed once and never again.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The namespace the token is bound to, or '*' for all.
+        /// [default: default; admin tokens are always '*']
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// How long it works (30d, 12h); forever when left out.
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
+    /// List tokens (names, roles, namespaces; never secrets).
+    List {
+        #[command(flatten)]
+        output: OutputFlag,
+    },
+    /// Revoke a token: it stops working when this returns.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn show(output: OutputFlag, tokens: &[TokenView], single: bool) -> anyhow::Result<()> {
+    let rows = || {
+        tokens
+            .iter()
+            .map(|t| {
+                let expires = match (&t.expires_at, t.expired) {
+                    (Some(at), true) => format!("{at} (expired)"),
+                    (Some(at), false) => at.clone(),
+                    (None, _) => "never".into(),
+                };
+                vec![
+                    t.name.clone(),
+                    t.role.to_string(),
+                    t.namespace.clone(),
+                    expires,
+                ]
+            })
+            .collect()
+    };
+    let headers = ["NAME", "ROLE", "NAMESPACE", "EXPIRES"];
+    print_resources(output.format, tokens, single, &headers, rows)
+}
+
+pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
+    let client = args.api.client()?;
+    match args.command {
+        TokenCommand::Create {
+            name,
+            role,
+            namespace,
+            expires,
+            output,
+        } => {
+            let role = format!("{role:?}").to_lowercase();
+            let new = NewToken {
+                name,
+                role,
+                namespace,
+                expires,
+            };
+            let created = client.create_token(&new).await?;
+            match output.format {
+                crate::output::Format::Table => {
+                    show(output, std::slice::from_ref(&created.view), true)?;
+                    println!("\ntoken (shown only now): {}", created.token);
+                    Ok(())
+                }
+                format => crate::output::print(format, &created, &[], Vec::new),
+            }
+        }
+        TokenCommand::List { output } => show(output, &client.list_tokens().await?, false),
+        TokenCommand::Revoke { name } => {
+            client.revoke_token(&name).await?;
+            println!("token \"{name}\" revoked");
+            Ok(())
+        }
+    }
+}
+
+/// Shows the token the CLI is using.
+#[derive(Args, Debug)]
+pub struct WhoamiArgs {
+    #[command(flatten)]
+    api: ApiFlag,
+    #[command(flatten)]
+    output: OutputFlag,
+}
+
+pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
+    let me = args.api.client()?.whoami().await?;
+    show(args.output, &[me], true)
+}

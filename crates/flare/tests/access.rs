@@ -1,0 +1,476 @@
+//! Who may do what: tokens, roles, contexts, from the outside.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{Server, client_with_token, error_of, eventually, http};
+
+/// Makes a token through the CLI and returns its secret.
+fn token(server: &Server, name: &str, role: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--name", name, "--role", role];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", "json"]);
+    let created: serde_json::Value = serde_json::from_str(&server.ok(&args)).unwrap();
+    created["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_first_start_writes_an_admin_token_and_nothing_works_without_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(tmp.path(), &[]);
+    let file = tmp.path().join("admin.token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.token is {mode:o}");
+    assert!(server.token.starts_with("flr_") && server.token.len() == 68);
+
+    // Health and the API description stay open.
+    let health = http()
+        .get(format!("{}/healthz", server.api))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let description = http()
+        .get(format!("{}/v1/openapi.json", server.api))
+        .send()
+        .unwrap();
+    assert_eq!(description.status(), 200);
+
+    // Everything else: 401, with a message that says what to do.
+    let basic = format!("Basic {}", server.token);
+    let longer = format!("Bearer {}x", server.token);
+    for (header, why) in [
+        (None, "needs a token"),
+        (Some("Bearer flr_0000"), "not valid"),
+        (Some(basic.as_str()), "not \"Bearer"),
+        (Some(longer.as_str()), "not valid"),
+    ] {
+        let mut request = http().get(format!("{}/v1/functions", server.api));
+        if let Some(header) = &header {
+            request = request.header("authorization", *header);
+        }
+        let response = request.send().unwrap();
+        assert_eq!(response.status(), 401, "{header:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let (code, message) = error_of(&response.text().unwrap());
+        assert_eq!(code, "unauthenticated");
+        assert!(message.contains(why), "{header:?}: {message}");
+    }
+    let refused = server.cli_as("", &["fn", "list"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("admin.token"), "{stderr}");
+
+    // A restart keeps the token and writes no new one.
+    drop(server);
+    let again = Server::start_in(tmp.path(), &[]);
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        again.token.as_str()
+    );
+    again.ok(&["fn", "list"]);
+    assert_eq!(
+        again
+            .ok(&["token", "list", "-o", "json"])
+            .matches("\"name\"")
+            .count(),
+        1
+    );
+}
+
+/// What one request needs, as the issue's table of roles says.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Needs {
+    Read,
+    Write,
+    Invoke,
+    Admin,
+    /// Read in every namespace (metrics).
+    ReadAll,
+    /// Any valid token.
+    Token,
+}
+
+#[test]
+fn no_role_does_more_than_its_row_allows() {
+    let server = Server::start();
+    server.create("hello", "hello_rust", &[]);
+    let url = |path: &str| format!("{}{path}", server.api);
+    let env_doc = r#"{"apiVersion":"flare.dev/v1","kind":"Environment","metadata":{"name":"x"},"spec":{"runtime":"nope"}}"#;
+    let function: serde_json::Value = server
+        .api_client()
+        .get(url("/v1/functions/hello"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut function = function.clone();
+    function["metadata"]["generation"] = 0.into();
+    let function = function.to_string();
+
+    // (method, path, body, what it needs, the status when allowed)
+    let endpoints: Vec<(&str, &str, String, Needs, u16)> = vec![
+        ("GET", "/v1/functions", String::new(), Needs::Read, 200),
+        (
+            "GET",
+            "/v1/functions/hello",
+            String::new(),
+            Needs::Read,
+            200,
+        ),
+        (
+            "GET",
+            "/v1/functions/hello/logs",
+            String::new(),
+            Needs::Read,
+            200,
+        ),
+        ("GET", "/v1/environments", String::new(), Needs::Read, 200),
+        ("GET", "/v1/httptriggers", String::new(), Needs::Read, 200),
+        ("GET", "/v1/timertriggers", String::new(), Needs::Read, 200),
+        ("GET", "/v1/mqtriggers", String::new(), Needs::Read, 200),
+        ("GET", "/v1/invocations", String::new(), Needs::Read, 200),
+        ("PUT", "/v1/functions/hello", function, Needs::Write, 200),
+        (
+            "POST",
+            "/v1/environments",
+            env_doc.into(),
+            Needs::Write,
+            400,
+        ),
+        (
+            "DELETE",
+            "/v1/httptriggers/nope",
+            String::new(),
+            Needs::Write,
+            404,
+        ),
+        // Not a package: allowed callers get past the wall to the check.
+        ("POST", "/v1/packages", "bytes".into(), Needs::Write, 400),
+        (
+            "POST",
+            "/v1/functions/hello/invoke",
+            String::new(),
+            Needs::Invoke,
+            200,
+        ),
+        (
+            "GET",
+            "/v1/functions/hello/invoke/x",
+            String::new(),
+            Needs::Invoke,
+            200,
+        ),
+        ("GET", "/metrics", String::new(), Needs::ReadAll, 200),
+        ("GET", "/v1/tokens", String::new(), Needs::Admin, 200),
+        (
+            "DELETE",
+            "/v1/tokens/nope",
+            String::new(),
+            Needs::Admin,
+            404,
+        ),
+        ("GET", "/v1/whoami", String::new(), Needs::Token, 200),
+    ];
+
+    // (who, token, role, namespace); the namespace of everything here is
+    // "default".
+    let mut callers: Vec<(&str, String, Option<&str>, &str)> = vec![
+        ("admin", server.token.clone(), Some("admin"), "*"),
+        (
+            "developer",
+            token(&server, "dev", "developer", &[]),
+            Some("developer"),
+            "default",
+        ),
+        (
+            "viewer",
+            token(&server, "view", "viewer", &[]),
+            Some("viewer"),
+            "default",
+        ),
+        (
+            "invoker",
+            token(&server, "inv", "invoker", &[]),
+            Some("invoker"),
+            "default",
+        ),
+        (
+            "developer of team-a",
+            token(&server, "dev-a", "developer", &["-n", "team-a"]),
+            Some("developer"),
+            "team-a",
+        ),
+        (
+            "viewer of every namespace",
+            token(&server, "view-all", "viewer", &["--namespace", "*"]),
+            Some("viewer"),
+            "*",
+        ),
+        ("no token", String::new(), None, ""),
+        (
+            "a made-up token",
+            format!("flr_{}", "0".repeat(64)),
+            None,
+            "",
+        ),
+    ];
+    let revoked = token(&server, "gone", "admin", &[]);
+    server.ok(&["token", "revoke", "--name", "gone"]);
+    callers.push(("a revoked token", revoked, None, ""));
+    let expiring = token(&server, "brief", "admin", &["--expires", "1s"]);
+    eventually(Duration::from_secs(20), || {
+        let status = client_with_token(&expiring)
+            .get(url("/v1/whoami"))
+            .send()
+            .unwrap()
+            .status();
+        (status == 401).then_some(())
+    });
+    callers.push(("an expired token", expiring, None, ""));
+
+    for (who, secret, role, namespace) in &callers {
+        for (method, path, body, needs, allowed_status) in &endpoints {
+            let client = if secret.is_empty() {
+                http()
+            } else {
+                client_with_token(secret)
+            };
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = client.request(method.clone(), url(path));
+            if !body.is_empty() {
+                let kind = if path.starts_with("/v1/packages") {
+                    "application/octet-stream"
+                } else {
+                    "application/json"
+                };
+                request = request.header("content-type", kind).body(body.clone());
+            }
+            let status = request.send().unwrap().status().as_u16();
+            let role_allows = match (role, needs) {
+                (None, _) => None,
+                (Some(_), Needs::Token) => Some(true),
+                (Some("admin"), _) => Some(true),
+                (Some("developer"), n) => {
+                    Some(matches!(n, Needs::Read | Needs::Write | Needs::Invoke))
+                }
+                (Some("viewer"), n) => Some(matches!(n, Needs::Read | Needs::ReadAll)),
+                (Some("invoker"), n) => Some(*n == Needs::Invoke),
+                (Some(other), _) => panic!("no row for {other}"),
+            };
+            let reaches = match needs {
+                Needs::ReadAll | Needs::Admin => *namespace == "*",
+                Needs::Token => true,
+                _ => *namespace == "*" || *namespace == "default",
+            };
+            let named = path.matches('/').count() > 2 && !path.starts_with("/v1/tokens");
+            let expected = match role_allows {
+                None => 401,
+                Some(false) => 403,
+                Some(true) if reaches => *allowed_status,
+                Some(true) if named => 404,
+                Some(true) => 403,
+            };
+            assert_eq!(status, expected, "{who}: {method} {path}");
+        }
+    }
+    // What the refused ones would have changed is not there.
+    let environments = server.ok(&["env", "list", "-o", "json"]);
+    assert_eq!(environments.trim(), "[]");
+}
+
+#[test]
+fn tokens_are_shown_once_stored_hashed_and_revocable() {
+    let server = Server::start();
+    let out = server.ok(&["token", "create", "--name", "ci", "--role", "developer"]);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token (shown only now): "))
+        .unwrap_or_else(|| panic!("no secret in {out}"))
+        .to_string();
+    assert!(secret.starts_with("flr_"));
+    let ci = client_with_token(&secret);
+    let me: serde_json::Value = ci
+        .get(format!("{}/v1/whoami", server.api))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(me["name"], "ci");
+    assert_eq!(me["role"], "developer");
+    assert_eq!(me["namespace"], "default");
+
+    // No answer and no stored byte carries a secret; the store has hashes.
+    let listed = server.ok(&["token", "list", "-o", "json"]);
+    for secret in [&secret, &server.token] {
+        assert!(!listed.contains(secret.as_str()));
+        assert!(!listed.contains("hash"), "{listed}");
+    }
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(&server.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && !path.ends_with("admin.token") {
+            stored.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(!stored.contains(&secret));
+    assert!(!stored.contains(&server.token));
+
+    // Revoked: refused on the very next request.
+    server.ok(&["token", "revoke", "--name", "ci"]);
+    let status = ci
+        .get(format!("{}/v1/whoami", server.api))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+
+    // Bad requests: a clear error, nothing stored.
+    let api = server.api_client();
+    for (body, status, why) in [
+        (r#"{"name":"x","role":"root"}"#, 400, "unknown role"),
+        (
+            r#"{"name":"x","role":"admin","namespace":"team-a"}"#,
+            400,
+            "every namespace",
+        ),
+        (r#"{"name":"X","role":"viewer"}"#, 400, "invalid token name"),
+        (
+            r#"{"name":"x","role":"viewer","expires":"soon"}"#,
+            400,
+            "invalid expiry",
+        ),
+        (
+            r#"{"name":"x","role":"viewer","secret":"mine"}"#,
+            400,
+            "unknown field",
+        ),
+        (r#"{"name":"admin","role":"viewer"}"#, 409, "already exists"),
+    ] {
+        let response = api
+            .post(format!("{}/v1/tokens", server.api))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        let (_, message) = error_of(&response.text().unwrap());
+        assert!(message.contains(why), "{body}: {message}");
+    }
+    let refused = server.fails(&["token", "create", "--name", "x", "--role", "root"]);
+    assert!(refused.contains("invalid value 'root'"), "{refused}");
+    let names = server.ok(&["token", "list", "-o", "json"]);
+    assert_eq!(names.matches("\"name\"").count(), 1, "{names}");
+
+    // The last admin token cannot go: nobody could manage tokens again.
+    let last = server.fails(&["token", "revoke", "--name", "admin"]);
+    assert!(last.contains("last admin token"), "{last}");
+    server.ok(&["whoami"]);
+}
+
+#[test]
+fn login_keeps_contexts_and_a_token_goes_only_to_its_own_server() {
+    let a = Server::start();
+    let b = Server::start();
+    let config = tempfile::tempdir().unwrap();
+    let flare = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", config.path())
+            .env_remove("FLARE_API")
+            .env_remove("FLARE_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // A wrong token logs in nowhere and saves nothing.
+    let wrong = flare(&["login", "--api", &a.api, "--token", "flr_nope"]);
+    assert!(!wrong.status.success());
+    assert!(text(&wrong).contains("not valid"), "{}", text(&wrong));
+    assert!(!config.path().join("flare/config.toml").exists());
+
+    let login = flare(&[
+        "login",
+        "--api",
+        &a.api,
+        "--token",
+        &a.token,
+        "--context",
+        "a",
+    ]);
+    assert!(login.status.success(), "{}", text(&login));
+    assert!(text(&login).contains("admin"), "{}", text(&login));
+    let file = config.path().join("flare/config.toml");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let listed = flare(&["fn", "list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+
+    let login = flare(&[
+        "login",
+        "--api",
+        &b.api,
+        "--token",
+        &b.token,
+        "--context",
+        "b",
+    ]);
+    assert!(login.status.success(), "{}", text(&login));
+    let contexts = text(&flare(&["context", "list"]));
+    assert!(
+        contexts.contains(&a.api) && contexts.contains(&b.api),
+        "{contexts}"
+    );
+    let current: Vec<&str> = contexts.lines().filter(|l| l.starts_with('*')).collect();
+    assert_eq!(current.len(), 1);
+    assert!(current[0].contains(" b "), "{contexts}");
+
+    // The current context is b: its token is not sent to a.
+    let elsewhere = flare(&["--api", &a.api, "whoami"]);
+    assert!(!elsewhere.status.success());
+    assert!(
+        text(&elsewhere).contains("needs a token"),
+        "{}",
+        text(&elsewhere)
+    );
+    assert!(flare(&["context", "use", "a"]).status.success());
+    assert!(flare(&["whoami"]).status.success());
+    let unknown = flare(&["context", "use", "c"]);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown).contains("no context \"c\""));
+    assert!(flare(&["context", "delete", "a"]).status.success());
+    let gone = text(&flare(&["context", "list"]));
+    assert!(!gone.contains(&a.api), "{gone}");
+}
+
+#[test]
+fn a_function_never_sees_its_callers_api_token() {
+    let server = Server::start();
+    server.create("echo", "echo", &[]);
+    let answer = server.ok(&["fn", "test", "--name", "echo"]);
+    assert!(answer.contains("\"headers\""), "{answer}");
+    assert!(!answer.contains(&server.token), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("authorization"),
+        "{answer}"
+    );
+    let direct = server
+        .api_client()
+        .post(format!("{}/v1/functions/echo/invoke/x", server.api))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(direct.contains("\"path\""), "{direct}");
+    assert!(!direct.contains(&server.token), "{direct}");
+}
