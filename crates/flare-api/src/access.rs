@@ -4,160 +4,35 @@
 //! drops the header so it never travels further (a function invoked through
 //! the API does not see its caller's API token).
 //!
-//! [`Tokens`] is the table of valid tokens, kept from the store like every
-//! other component's state, so a revoked token stops working as soon as the
-//! revoke is answered. `/metrics` needs a token that reads every namespace
-//! (an admin, or a viewer made with `--namespace '*'`): metrics name every
-//! tenant's functions, and "loopback only" would let every local user and
-//! anything behind a local reverse proxy read them.
+//! [`flare_access::Tokens`] is the table of valid tokens; it is one of the
+//! components the API waits for after a write, so a revoked token stops
+//! working as soon as the revoke is answered.
+//!
+//! `/metrics` needs a token that reads every namespace (an admin, or a
+//! viewer made with `--namespace '*'`): metrics name every tenant's
+//! functions, and "loopback only" would let every local user and anything
+//! behind a local reverse proxy read them.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use flare_access::{hash, new_secret};
 use flare_model::{
-    ALL_NAMESPACES, DEFAULT_NAMESPACE, Error, ErrorCode, Grant, Kind, Permission, Resource, Result,
-    Role, TokenSpec,
+    ALL_NAMESPACES, DEFAULT_NAMESPACE, Error, Grant, Kind, Permission, Resource, Result, Role,
+    TokenSpec,
 };
-use flare_store::{Follower, Revision, Store, Update};
-use http::{HeaderMap, Method, StatusCode};
+use flare_store::Store;
+use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::watch;
 
 use crate::error::{ApiError, ApiResult};
 use crate::{Api, crud};
-
-/// What every token starts with, so a leaked one is recognizable (secret
-/// scanners, logs) for what it is.
-pub const TOKEN_PREFIX: &str = "flr_";
-
-/// The file the first start writes the admin token to, in the data dir.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-
-/// A new secret: the prefix and 256 random bits from the OS, in hex.
-fn new_secret() -> Result<String> {
-    use rand::TryRngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|e| Error::internal(format!("no randomness for a token: {e}")))?;
-    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
-}
-
-fn hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-struct Entry {
-    grant: Grant,
-    expires: Option<OffsetDateTime>,
-}
-
-/// The valid tokens, by the hash of their secret.
-pub struct Tokens {
-    by_hash: RwLock<HashMap<String, Entry>>,
-    applied: watch::Sender<Revision>,
-}
-
-impl Tokens {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Tokens {
-            by_hash: RwLock::new(HashMap::new()),
-            applied: watch::Sender::new(0),
-        })
-    }
-
-    /// The store revision this table reflects.
-    pub fn applied(&self) -> watch::Receiver<Revision> {
-        self.applied.subscribe()
-    }
-
-    /// Follows the store's tokens until the store closes.
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
-        let mut follower = Follower::new(&*store);
-        while let Some(update) = follower.next(&*store).await {
-            let revision = update.revision();
-            match update {
-                Update::Change(event) if event.kind != Kind::Token => {}
-                _ => self.reload(&*store),
-            }
-            flare_store::advance(&self.applied, revision);
-        }
-    }
-
-    fn reload(&self, store: &dyn Store) {
-        let tokens = match crud::all::<TokenSpec>(store) {
-            Ok(tokens) => tokens,
-            Err(e) => {
-                tracing::error!("cannot read tokens: {e}");
-                return;
-            }
-        };
-        let table = tokens
-            .into_iter()
-            .map(|t| {
-                let entry = Entry {
-                    expires: t.spec.expires(),
-                    grant: Grant {
-                        token: t.metadata.name,
-                        role: t.spec.role,
-                        namespace: t.spec.namespace,
-                    },
-                };
-                (t.spec.hash, entry)
-            })
-            .collect();
-        if let Ok(mut by_hash) = self.by_hash.write() {
-            *by_hash = table;
-        }
-    }
-
-    /// The grant of the bearer token in `headers`.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant> {
-        let refused = |why: &str| Err(Error::new(ErrorCode::Unauthenticated, why));
-        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return refused(
-                "this API needs a token: send Authorization: Bearer <token> (flare login, --token or FLARE_TOKEN); the server's first start wrote an admin token to admin.token in its data directory",
-            );
-        };
-        let secret = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, secret)| secret.trim());
-        let Some(secret) = secret else {
-            return refused("the Authorization header is not \"Bearer <token>\"");
-        };
-        let by_hash = self
-            .by_hash
-            .read()
-            .map_err(|_| Error::internal("token table poisoned"))?;
-        let Some(entry) = by_hash.get(&hash(secret)) else {
-            return refused("the token is not valid: unknown or revoked");
-        };
-        if let Some(expires) = entry.expires
-            && expires <= OffsetDateTime::now_utc()
-        {
-            return Err(Error::new(
-                ErrorCode::Unauthenticated,
-                format!(
-                    "token \"{}\" expired at {}",
-                    entry.grant.token,
-                    expires.format(&Rfc3339).unwrap_or_default()
-                ),
-            ));
-        }
-        Ok(entry.grant.clone())
-    }
-}
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,8 +276,8 @@ pub fn bootstrap_admin(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Opt
         return Ok(None);
     }
     let secret = new_secret()?;
-    let path = data_dir.join(ADMIN_TOKEN_FILE);
-    let partial = data_dir.join(format!("{ADMIN_TOKEN_FILE}.partial"));
+    let path = data_dir.join(flare_access::ADMIN_TOKEN_FILE);
+    let partial = data_dir.join(format!("{}.partial", flare_access::ADMIN_TOKEN_FILE));
     let _ = std::fs::remove_file(&partial);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -458,12 +333,8 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_long_random_and_stored_only_as_hashes() {
+    fn new_tokens_are_stored_only_as_hashes() {
         let a = new_secret().unwrap();
-        let b = new_secret().unwrap();
-        assert_ne!(a, b);
-        assert!(a.starts_with(TOKEN_PREFIX));
-        assert_eq!(a.len(), TOKEN_PREFIX.len() + 64);
         let spec = NewToken {
             name: "ci".into(),
             role: "developer".into(),

@@ -60,7 +60,7 @@ pub struct Api {
     /// trigger's function must exist; a function in use cannot go).
     pub(crate) cross_checks: Mutex<()>,
     pub(crate) max_package_bytes: u64,
-    pub(crate) tokens: Arc<access::Tokens>,
+    pub(crate) tokens: Arc<flare_access::Tokens>,
 }
 
 /// The components the API is built on.
@@ -76,7 +76,7 @@ pub struct ApiParts {
     pub applied: Vec<watch::Receiver<Revision>>,
     pub max_package_bytes: u64,
     /// The valid tokens; `applied` should include its revision.
-    pub tokens: Arc<access::Tokens>,
+    pub tokens: Arc<flare_access::Tokens>,
 }
 
 impl Api {

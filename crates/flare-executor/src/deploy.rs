@@ -174,6 +174,11 @@ impl Executor {
         self.get(name).map(|d| d.spec.limits.max_body_bytes)
     }
 
+    /// Who may call a deployed function over HTTP.
+    pub fn auth(&self, name: &str) -> Option<flare_model::InvokeAuth> {
+        self.get(name).map(|d| d.spec.auth)
+    }
+
     pub fn deployed(&self) -> usize {
         self.deployments.read().map(|d| d.len()).unwrap_or(0)
     }

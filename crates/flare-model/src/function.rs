@@ -19,6 +19,26 @@ pub enum RuntimeKind {
     Process,
 }
 
+/// Who may call a function over HTTP: at `/fn/...`, through HTTP
+/// triggers, queued at `/async/fn/...` (like a function URL's auth type).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvokeAuth {
+    /// Anyone who reaches the router; an `Authorization` header goes to
+    /// the function, which may check it itself.
+    #[default]
+    None,
+    /// Only a bearer of an invoker, developer or admin token of the
+    /// function's namespace; the header is checked and dropped.
+    Token,
+}
+
+impl InvokeAuth {
+    pub fn is_none(&self) -> bool {
+        *self == InvokeAuth::None
+    }
+}
+
 /// A content-addressed package: `sha256:<64 hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageRef {
@@ -271,6 +291,9 @@ pub struct FunctionSpec {
     /// policy (no loopback, private or link-local address by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Who may call it over HTTP. Default: anyone.
+    #[serde(default, skip_serializing_if = "InvokeAuth::is_none")]
+    pub auth: InvokeAuth,
 }
 
 impl FunctionSpec {
@@ -285,6 +308,7 @@ impl FunctionSpec {
             limits: Limits::default(),
             env: BTreeMap::new(),
             allowed_hosts: Vec::new(),
+            auth: InvokeAuth::None,
         }
     }
 

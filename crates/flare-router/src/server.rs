@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use flare_access::Tokens;
 use flare_executor::accepted;
 use flare_executor::{Executor, INVOCATION_HEADER};
 use flare_executor::{ResponseBody, full_body};
-use flare_model::{Error, ErrorCode, HttpTriggerSpec, Kind, Resource};
+use flare_model::{
+    DEFAULT_NAMESPACE, Error, ErrorCode, HttpTriggerSpec, InvokeAuth, Kind, Permission, Resource,
+};
 use flare_store::invocations::AsyncQueue;
 use flare_store::{Follower, Revision, Store, Update, advance};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -31,6 +34,8 @@ pub struct Router {
     applied: watch::Sender<Revision>,
     /// Where asynchronous invocations are queued, when enabled.
     queue: Option<AsyncQueue>,
+    /// The valid tokens, for functions called with `auth: token`.
+    tokens: Arc<Tokens>,
 }
 
 /// The JSON error response every router error uses, with the invocation id
@@ -43,6 +48,12 @@ pub fn error_response(error: &Error, invocation: Option<&str>) -> Response<Respo
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if error.code == ErrorCode::Unavailable {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if error.code == ErrorCode::Unauthenticated {
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
     }
     if let Some(value) = invocation.and_then(|id| HeaderValue::from_str(id).ok()) {
         headers.insert(INVOCATION_HEADER, value);
@@ -87,13 +98,30 @@ fn host_of<B>(request: &Request<B>) -> Result<Option<&str>, Error> {
 }
 
 impl Router {
-    pub fn new(executor: Arc<Executor>, queue: Option<AsyncQueue>) -> Arc<Self> {
+    pub fn new(
+        executor: Arc<Executor>,
+        queue: Option<AsyncQueue>,
+        tokens: Arc<Tokens>,
+    ) -> Arc<Self> {
         Arc::new(Router {
             table: ArcSwap::from_pointee(RouteTable::default()),
             executor,
             applied: watch::Sender::new(0),
             queue,
+            tokens,
         })
+    }
+
+    /// For a function that takes only tokens: checks the bearer's and
+    /// drops the header, which is Flare's, not the function's.
+    fn authorize(&self, function: &str, headers: &mut http::HeaderMap) -> Result<(), Error> {
+        if self.executor.auth(function) != Some(InvokeAuth::Token) {
+            return Ok(());
+        }
+        let grant = self.tokens.authenticate(headers)?;
+        grant.check(Permission::Invoke, DEFAULT_NAMESPACE, true)?;
+        headers.remove(http::header::AUTHORIZATION);
+        Ok(())
     }
 
     /// The store revision the route table reflects.
@@ -195,6 +223,9 @@ impl Router {
             Ok(resolved) => resolved,
             Err(e) => return error_response(&e, None),
         };
+        if let Err(e) = self.authorize(&resolved.function, request.headers_mut()) {
+            return error_response(&e, None);
+        }
         let queued = queued
             || request
                 .headers()

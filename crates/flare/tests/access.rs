@@ -474,3 +474,75 @@ fn a_function_never_sees_its_callers_api_token() {
     assert!(direct.contains("\"path\""), "{direct}");
     assert!(!direct.contains(&server.token), "{direct}");
 }
+
+#[test]
+fn a_function_with_token_auth_serves_only_invokers_of_its_namespace() {
+    let server = Server::start();
+    server.create("open", "echo", &[]);
+    server.create("closed", "echo", &["--auth", "token"]);
+    server.ok(&[
+        "ht",
+        "create",
+        "--name",
+        "door",
+        "--url",
+        "/door",
+        "--function",
+        "closed",
+    ]);
+    let invoker = token(&server, "inv", "invoker", &[]);
+    let viewer = token(&server, "view", "viewer", &[]);
+    let other = token(&server, "inv-a", "invoker", &["-n", "team-a"]);
+    let gone = token(&server, "gone", "invoker", &[]);
+    server.ok(&["token", "revoke", "--name", "gone"]);
+    let call = |path: &str, token: Option<&str>| {
+        let client = match token {
+            Some(token) => client_with_token(token),
+            None => http(),
+        };
+        let response = client
+            .post(format!("{}{path}", server.router))
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().unwrap())
+    };
+
+    // Without a valid token: 401, and the function never ran.
+    for path in ["/fn/closed/x", "/door", "/async/fn/closed/x"] {
+        for token in [None, Some(gone.as_str()), Some("flr_nothing")] {
+            let (status, body) = call(path, token);
+            assert_eq!(status, 401, "{path} {token:?}: {body}");
+            assert_eq!(error_of(&body).0, "unauthenticated");
+        }
+    }
+    let logs = server.ok(&["fn", "logs", "--name", "closed", "-o", "json"]);
+    assert_eq!(logs.trim(), "[]", "{logs}");
+    assert_eq!(call("/fn/closed/x", Some(&viewer)).0, 403);
+    assert_eq!(call("/fn/closed/x", Some(&other)).0, 404);
+
+    // An invoker of its namespace gets through, and the function does not
+    // see the token; an admin too.
+    for token in [&invoker, &server.token] {
+        let (status, body) = call("/fn/closed/x", Some(token));
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains(token.as_str()), "{body}");
+        assert!(
+            !body.to_ascii_lowercase().contains("authorization"),
+            "{body}"
+        );
+        assert_eq!(call("/door", Some(token)).0, 200);
+        assert_eq!(call("/async/fn/closed/x", Some(token)).0, 202);
+    }
+
+    // A function open to anyone gets the header as sent: it is its own.
+    let (status, body) = call("/fn/open/x", Some(&invoker));
+    assert_eq!(status, 200);
+    assert!(body.contains(&invoker), "{body}");
+
+    // Closing and opening again takes effect when the update returns.
+    server.ok(&["fn", "update", "--name", "open", "--auth", "token"]);
+    assert_eq!(call("/fn/open/x", None).0, 401);
+    server.ok(&["fn", "update", "--name", "open", "--auth", "none"]);
+    assert_eq!(call("/fn/open/x", None).0, 200);
+}

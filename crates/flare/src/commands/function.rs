@@ -80,6 +80,17 @@ struct SpecFlags {
     /// update, the given set replaces the old one.
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_hosts: Vec<String>,
+    /// Who may call it over HTTP (/fn/..., HTTP triggers, /async/fn/...):
+    /// none = anyone; token = only a bearer of an invoker, developer or
+    /// admin token (`Authorization: Bearer`). [default: none]
+    #[arg(long, value_enum)]
+    auth: Option<Auth>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum Auth {
+    None,
+    Token,
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,6 +275,15 @@ impl SpecFlags {
         }
         if !self.allow_hosts.is_empty() {
             spec.insert("allowedHosts".into(), json!(self.allow_hosts));
+        }
+        match self.auth {
+            Some(Auth::Token) => {
+                spec.insert("auth".into(), json!("token"));
+            }
+            Some(Auth::None) => {
+                spec.remove("auth");
+            }
+            None => {}
         }
     }
 }

@@ -336,10 +336,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         settings.body_timeout,
     );
     let queue = AsyncQueue::new(sqlite.clone());
-    let router = Router::new(executor.clone(), Some(queue.clone()));
+    let tokens = flare_access::Tokens::new();
+    let router = Router::new(executor.clone(), Some(queue.clone()), tokens.clone());
     let timers = Timers::new(store.clone(), executor.clone());
     let mq = MqTriggers::new(store.clone(), executor.clone());
-    let tokens = flare_api::access::Tokens::new();
     let mut applied = vec![
         executor.applied(),
         router.applied(),
