@@ -88,6 +88,7 @@ EXPLAINED = [
     r'^the first multipart part must be',  # parts are read in order: spec, then code
     r'^invalid expiry |^a token.s expiry must be after now|^expiry .* is too far',  # a duration in free text
     r'^an admin token acts in every namespace',  # role admin with a namespace
+    r'^since: .* is neither a duration',  # a time in free text (logs, audit)
 ]
 
 

@@ -26,6 +26,7 @@ use flare_model::{
     TokenSpec,
 };
 use flare_store::Store;
+use flare_store::audit::AuditEntry;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -53,7 +54,7 @@ fn need(method: &Method, path: &str) -> Need {
         "/healthz" | "/v1/openapi.json" => Need::Open,
         "/v1/whoami" => Need::Token,
         "/metrics" => Need::Everywhere(Permission::Read),
-        "/v1/tokens" | "/v1/tokens/{name}" => Need::Everywhere(Permission::Manage),
+        "/v1/tokens" | "/v1/tokens/{name}" | "/v1/audit" => Need::Everywhere(Permission::Manage),
         "/v1/functions/{name}/invoke" | "/v1/functions/{name}/invoke/{*rest}" => {
             Need::In(Permission::Invoke)
         }
@@ -73,6 +74,9 @@ pub(crate) async fn refuse(request: Request, error: Error) -> Response {
     ApiError(error).into_response()
 }
 
+/// Longest path kept in an audit entry.
+const MAX_AUDIT_PATH: usize = 1024;
+
 /// The middleware every route but the fallback sits behind.
 pub(crate) async fn authorize(
     State(api): State<Arc<Api>>,
@@ -87,27 +91,82 @@ pub(crate) async fn authorize(
     if need == Need::Open {
         return next.run(request).await;
     }
-    let checked = api
-        .tokens
-        .authenticate(request.headers())
-        .and_then(|grant| {
-            // Until namespaces land, every resource is in the default one.
-            let named = path.contains("{name}") || path.contains("{id}");
-            match need {
-                Need::In(permission) => grant.check(permission, DEFAULT_NAMESPACE, named)?,
-                Need::Everywhere(permission) => grant.check(permission, ALL_NAMESPACES, false)?,
-                Need::Open | Need::Token => {}
-            }
-            Ok(grant)
-        });
-    match checked {
+    // Every request that would change something is in the audit trail,
+    // allowed or not; reads and invocations are not.
+    let audited = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) && need != Need::In(Permission::Invoke);
+    let method = request.method().clone();
+    let uri_path: String = request.uri().path().chars().take(MAX_AUDIT_PATH).collect();
+    let grant = api.tokens.authenticate(request.headers());
+    let checked = grant.clone().and_then(|grant| {
+        // Until namespaces land, every resource is in the default one.
+        let named = path.contains("{name}") || path.contains("{id}");
+        match need {
+            Need::In(permission) => grant.check(permission, DEFAULT_NAMESPACE, named)?,
+            Need::Everywhere(permission) => grant.check(permission, ALL_NAMESPACES, false)?,
+            Need::Open | Need::Token => {}
+        }
+        Ok(grant)
+    });
+    let (token, response) = match checked {
         Ok(grant) => {
             request.headers_mut().remove(http::header::AUTHORIZATION);
+            let token = grant.token.clone();
             request.extensions_mut().insert(grant);
-            next.run(request).await
+            (token, next.run(request).await)
         }
-        Err(e) => refuse(request, e).await,
+        Err(e) => {
+            let token = grant.map(|g| g.token).unwrap_or_default();
+            (token, refuse(request, e).await)
+        }
+    };
+    if audited {
+        let entry = AuditEntry::now(
+            &token,
+            method.as_str(),
+            &uri_path,
+            response.status().as_u16(),
+        );
+        let recorded = api
+            .queue
+            .blocking(move |store| store.record_audit(&entry))
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!("cannot record an audit entry: {e}");
+        }
     }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    /// A duration back from now (`1h`) or an RFC 3339 time.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit`: who changed what, oldest first.
+pub(crate) async fn audit(
+    State(api): State<Arc<Api>>,
+    axum::extract::Query(params): axum::extract::Query<AuditParams>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    const MAX_LIMIT: usize = 10_000;
+    let limit = params.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(Error::invalid(format!("limit must be 1..={MAX_LIMIT}")).into());
+    }
+    let since = match params.since.as_deref() {
+        Some(since) => crate::logs::parse_time("since", since)?,
+        None => i64::MIN,
+    };
+    let entries = api
+        .queue
+        .blocking(move |store| store.audit(since, limit))
+        .await?;
+    Ok(Json(entries))
 }
 
 /// A token as the API shows it: never its secret nor the secret's hash.

@@ -176,6 +176,22 @@ impl Client {
             .await
     }
 
+    pub async fn audit(
+        &self,
+        since: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<flare_store::audit::AuditEntry>> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(since) = since {
+            query.push(("since", since.to_string()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.json(self.http.get(self.url("/v1/audit")).query(&query))
+            .await
+    }
+
     pub async fn list_functions(&self) -> Result<Vec<FunctionView>> {
         self.json(self.http.get(self.url("/v1/functions"))).await
     }

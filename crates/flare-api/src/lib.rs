@@ -132,6 +132,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/v1/whoami", get(access::whoami))
+        .route("/v1/audit", get(access::audit))
         .route("/v1/tokens", get(access::list).post(access::create))
         .route("/v1/tokens/{name}", get(access::get).delete(access::revoke))
         .route(

@@ -35,7 +35,7 @@ pub(crate) struct LogParams {
 
 /// Parses `10m` (that long ago) or `2026-11-21T10:00:00Z` into
 /// microseconds since the epoch.
-fn parse_time(what: &str, value: &str) -> Result<i64> {
+pub(crate) fn parse_time(what: &str, value: &str) -> Result<i64> {
     let now = OffsetDateTime::now_utc();
     let at = if let Ok(ago) = humantime::parse_duration(value) {
         // Further back than a date can go: before every line there is.

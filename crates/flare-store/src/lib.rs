@@ -14,6 +14,7 @@
 //! watchers as an [`Event`]; components keep their state from the events
 //! (through a [`Follower`]) and never poll.
 
+pub mod audit;
 mod follow;
 pub mod invocations;
 pub mod logs;

@@ -25,6 +25,8 @@ pub struct Retention {
     pub invocations: Duration,
     /// Packages (and their compiled artifacts) no function refers to.
     pub packages: Duration,
+    /// The audit trail.
+    pub audit: Duration,
 }
 
 impl Default for Retention {
@@ -33,6 +35,7 @@ impl Default for Retention {
             logs: Duration::from_secs(7 * 24 * 3600),
             invocations: Duration::from_secs(7 * 24 * 3600),
             packages: Duration::from_secs(3600),
+            audit: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -44,6 +47,7 @@ pub struct Collected {
     pub invocations: u64,
     pub packages: u64,
     pub package_bytes: u64,
+    pub audit_entries: u64,
     /// The packages functions use (hex digests), which the pass kept; for
     /// what else is kept per package (compiled code).
     pub in_use: HashSet<String>,
@@ -78,6 +82,7 @@ pub fn collect(
     let conn = connect(store.path(), "NORMAL")?;
     let log_lines = expire_logs(&conn, cutoff_us(retention.logs))?;
     let invocations = expire_invocations(&conn, cutoff_us(retention.invocations))?;
+    let audit_entries = expire_audit(&conn, cutoff_us(retention.audit))?;
     let in_use = packages_in_use(store)?;
     let (removed, package_bytes) = packages.prune(&in_use, retention.packages)?;
     Ok(Collected {
@@ -85,8 +90,26 @@ pub fn collect(
         invocations,
         packages: removed,
         package_bytes,
+        audit_entries,
         in_use,
     })
+}
+
+/// Deletes audit entries written before `before_us`.
+fn expire_audit(conn: &Connection, before_us: i64) -> Result<u64> {
+    let mut removed = 0u64;
+    loop {
+        let n = conn
+            .execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts_us < ?1 LIMIT ?2)",
+                params![before_us, BATCH],
+            )
+            .map_err(db_err)?;
+        removed += n as u64;
+        if (n as i64) < BATCH {
+            return Ok(removed);
+        }
+    }
 }
 
 /// Deletes log lines written before `before_us`. Lines are stored in the
@@ -176,6 +199,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn audit_entries_go_after_the_audit_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let packages = PackageStore::open(&dir.path().join("packages")).unwrap();
+        let mut old = crate::audit::AuditEntry::now("admin", "POST", "/v1/functions", 201);
+        old.ts_us -= 91 * 24 * 3_600_000_000;
+        store.record_audit(&old).unwrap();
+        let new = crate::audit::AuditEntry::now("admin", "DELETE", "/v1/functions/f", 200);
+        store.record_audit(&new).unwrap();
+        let collected = collect(&store, &packages, &Retention::default()).unwrap();
+        assert_eq!(collected.audit_entries, 1);
+        assert_eq!(store.audit(i64::MIN, 10).unwrap(), vec![new]);
+    }
+
     #[tokio::test]
     async fn a_pass_removes_what_is_old_and_keeps_what_is_live() {
         let dir = tempfile::tempdir().unwrap();
@@ -241,6 +279,7 @@ mod tests {
             logs: Duration::from_secs(60),
             invocations: Duration::ZERO,
             packages: Duration::ZERO,
+            audit: Duration::from_secs(60),
         };
         std::thread::sleep(Duration::from_millis(5));
         let collected = collect(&store, &packages, &retention).unwrap();

@@ -54,6 +54,8 @@ enum Command {
     Token(commands::token::TokenArgs),
     /// Show the token in use: its name, role and namespace.
     Whoami(commands::token::WhoamiArgs),
+    /// Who changed what, when (admin only).
+    Audit(commands::token::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Context(args) => commands::context::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
             Command::Whoami(args) => commands::token::whoami(args).await,
+            Command::Audit(args) => commands::token::audit(args).await,
         }
     });
     match result {

@@ -165,6 +165,7 @@ fn no_role_does_more_than_its_row_allows() {
         ),
         ("GET", "/metrics", String::new(), Needs::ReadAll, 200),
         ("GET", "/v1/tokens", String::new(), Needs::Admin, 200),
+        ("GET", "/v1/audit", String::new(), Needs::Admin, 200),
         (
             "DELETE",
             "/v1/tokens/nope",
@@ -545,4 +546,78 @@ fn a_function_with_token_auth_serves_only_invokers_of_its_namespace() {
     assert_eq!(call("/fn/open/x", None).0, 401);
     server.ok(&["fn", "update", "--name", "open", "--auth", "none"]);
     assert_eq!(call("/fn/open/x", None).0, 200);
+}
+
+#[test]
+fn the_audit_trail_says_who_changed_what_allowed_or_not() {
+    let server = Server::start();
+    let developer = token(&server, "dev", "developer", &[]);
+    let viewer = token(&server, "view", "viewer", &[]);
+    server.create("echo", "echo", &[]);
+    assert!(
+        server
+            .cli_as(
+                &developer,
+                &["fn", "update", "--name", "echo", "--memory", "64"]
+            )
+            .status
+            .success()
+    );
+    assert!(
+        !server
+            .cli_as(&viewer, &["fn", "delete", "--name", "echo"])
+            .status
+            .success()
+    );
+    assert!(
+        !server
+            .cli_as("", &["env", "delete", "--name", "python"])
+            .status
+            .success()
+    );
+    // Reads and invocations are not changes.
+    server.ok(&["fn", "list"]);
+    server.ok(&["fn", "test", "--name", "echo"]);
+
+    let entries: serde_json::Value =
+        serde_json::from_str(&server.ok(&["audit", "--since", "1h", "-o", "json"])).unwrap();
+    let seen: Vec<(String, String, String, u64)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["token"].as_str().unwrap().to_string(),
+                e["method"].as_str().unwrap().to_string(),
+                e["path"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("admin", "POST", "/v1/tokens", 201),
+        ("admin", "POST", "/v1/tokens", 201),
+        ("admin", "POST", "/v1/functions", 201),
+        ("dev", "PUT", "/v1/functions/echo", 200),
+        ("view", "DELETE", "/v1/functions/echo", 403),
+        ("", "DELETE", "/v1/environments/python", 401),
+    ]
+    .map(|(t, m, p, s)| (t.to_string(), m.to_string(), p.to_string(), s));
+    assert_eq!(seen, expected);
+    let table = server.ok(&["audit"]);
+    assert!(table.starts_with("TIME"), "{table}");
+    assert!(
+        table.lines().any(|l| l.contains(" -  ")
+            && l.contains("/v1/environments/python")
+            && l.ends_with("401")),
+        "the refused request without a token is not in the table: {table}"
+    );
+
+    // Only an admin reads it; bad input is refused.
+    let refused = server.cli_as(&developer, &["audit"]);
+    assert!(!refused.status.success());
+    let bad = server.fails(&["audit", "--since", "yesterday"]);
+    assert!(bad.contains("neither a duration"), "{bad}");
+    let bad = server.fails(&["audit", "--limit", "0"]);
+    assert!(bad.contains("limit must be"), "{bad}");
 }

@@ -67,13 +67,17 @@ pub struct ServerArgs {
     /// after its last upload. [default: 1h]
     #[arg(long, env = "FLARE_PACKAGE_RETENTION", value_parser = parse_age)]
     package_retention: Option<Duration>,
+    /// How long the audit trail (who changed what) is kept. [default: 90d]
+    #[arg(long, env = "FLARE_AUDIT_RETENTION", value_parser = parse_age)]
+    audit_retention: Option<Duration>,
     /// How often the retention pass removes what is past its retention.
     /// [default: 10m]
     #[arg(long, env = "FLARE_GC_INTERVAL", value_parser = parse_interval)]
     gc_interval: Option<Duration>,
     /// A TOML file with any of the settings above (addr, api_addr, data_dir,
     /// max_package_bytes, max_instances, log_retention, invocation_retention,
-    /// package_retention, gc_interval); flags and FLARE_* variables win.
+    /// package_retention, audit_retention, gc_interval); flags and FLARE_*
+    /// variables win.
     #[arg(long, env = "FLARE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -90,6 +94,7 @@ struct FileConfig {
     log_retention: Option<String>,
     invocation_retention: Option<String>,
     package_retention: Option<String>,
+    audit_retention: Option<String>,
     gc_interval: Option<String>,
 }
 
@@ -181,6 +186,13 @@ impl ServerArgs {
                 file.package_retention.as_deref(),
                 "package_retention",
                 defaults.packages,
+                parse_age,
+            )?,
+            audit: age_setting(
+                self.audit_retention,
+                file.audit_retention.as_deref(),
+                "audit_retention",
+                defaults.audit,
                 parse_age,
             )?,
         };
@@ -445,6 +457,7 @@ async fn collect_garbage(
                 invocations = c.invocations,
                 packages = c.packages,
                 package_bytes = c.package_bytes,
+                audit_entries = c.audit_entries,
                 compiled = artifacts,
                 "retention pass"
             ),

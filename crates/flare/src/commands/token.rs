@@ -1,4 +1,4 @@
-//! `flare token ...` and `flare whoami`.
+//! `flare token ...`, `flare whoami` and `flare audit`.
 
 use clap::{Args, Subcommand, ValueEnum};
 use flare_api::access::{NewToken, TokenView};
@@ -127,4 +127,56 @@ pub struct WhoamiArgs {
 pub async fn whoami(args: WhoamiArgs) -> anyhow::Result<()> {
     let me = args.api.client()?.whoami().await?;
     show(args.output, &[me], true)
+}
+
+/// Who changed what, when: every API request that would change something,
+/// allowed or refused (admin only).
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    api: ApiFlag,
+    /// Only entries newer than this: a duration (1h, 7d) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many (the newest). [default: 1000]
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    output: OutputFlag,
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let entries = args
+        .api
+        .client()?
+        .audit(args.since.as_deref(), args.limit)
+        .await?;
+    crate::output::print(
+        args.output.format,
+        &entries,
+        &["TIME", "TOKEN", "METHOD", "PATH", "STATUS"],
+        || {
+            entries
+                .iter()
+                .map(|e| {
+                    let at =
+                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.ts_us) * 1000)
+                            .ok()
+                            .and_then(|t| {
+                                t.format(&time::format_description::well_known::Rfc3339)
+                                    .ok()
+                            })
+                            .unwrap_or_else(|| e.ts_us.to_string());
+                    let token = if e.token.is_empty() { "-" } else { &e.token };
+                    vec![
+                        at,
+                        token.to_string(),
+                        e.method.clone(),
+                        e.path.clone(),
+                        e.status.to_string(),
+                    ]
+                })
+                .collect()
+        },
+    )
 }
