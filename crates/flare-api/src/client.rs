@@ -71,12 +71,33 @@ impl Client {
 
     /// A client that sends `token` as its bearer with every request.
     pub fn with_token(base: &str, token: &str) -> Result<Self> {
-        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-            .map_err(|_| Error::invalid("the token has characters a header cannot carry"))?;
-        value.set_sensitive(true);
-        let headers = http::HeaderMap::from_iter([(http::header::AUTHORIZATION, value)]);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
+        Client::build(base, Some(token), None)
+    }
+
+    /// A client sending `token` (if any) that also trusts the certificates
+    /// of `ca_pem` (a server with a self-signed or private certificate).
+    pub fn build(base: &str, token: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Self> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = token {
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| Error::invalid("the token has characters a header cannot carry"))?;
+            value.set_sensitive(true);
+            builder = builder.default_headers(http::HeaderMap::from_iter([(
+                http::header::AUTHORIZATION,
+                value,
+            )]));
+        }
+        if let Some(pem) = ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::invalid(format!("not a PEM certificate bundle: {e}")))?;
+            if certificates.is_empty() {
+                return Err(Error::invalid("the CA file holds no certificate"));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::internal(format!("cannot build an HTTP client: {e}")))?;
         Ok(Client {
@@ -94,10 +115,19 @@ impl Client {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> Error {
+        // reqwest's message leaves out why (refused, a certificate no root
+        // vouches for): that is in its sources.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(": ");
+            why.push_str(&cause.to_string());
+            source = cause.source();
+        }
         Error::new(
             ErrorCode::Unavailable,
             format!(
-                "cannot reach the Flare API at {} ({e}); is `flare server` running? (set --api or FLARE_API)",
+                "cannot reach the Flare API at {} ({why}); is `flare server` running? (set --api or FLARE_API; --ca-cert for a server with its own certificate)",
                 self.base
             ),
         )

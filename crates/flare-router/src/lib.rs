@@ -6,11 +6,14 @@
 //! - [`Router`] holds the live table behind an [`arc_swap::ArcSwap`],
 //!   rebuilds it from the store on every trigger change, and serves HTTP/1.1
 //!   with hyper, handing each request to the executor.
+//! - [`listen`] accepts connections, plain or TLS, for the router and the
+//!   API alike.
 //!
 //! Every function is also reachable at `/fn/{name}/...` without a trigger;
 //! there it sees the rest of the path. Through a trigger it sees the
 //! original path, with parameters as `x-flare-param-{name}` headers.
 
+pub mod listen;
 mod server;
 mod table;
 

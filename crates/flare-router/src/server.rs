@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::RouteTable;
 
@@ -159,30 +160,17 @@ impl Router {
         self.table.store(Arc::new(RouteTable::new(triggers)));
     }
 
-    /// Serves HTTP/1.1 on `listener` until `shutdown` completes.
+    /// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given)
+    /// until `shutdown` completes.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<TlsAcceptor>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // rather than spin.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        crate::listen::accept_loop(listener, tls, shutdown, move |stream| {
             let router = self.clone();
-            tokio::spawn(async move {
+            async move {
                 let service = hyper::service::service_fn(move |request| {
                     let router = router.clone();
                     async move { Ok::<_, Infallible>(router.handle(request).await) }
@@ -196,8 +184,9 @@ impl Router {
                 if let Err(e) = served {
                     tracing::debug!("connection ended: {e}");
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 
     /// Routes one request and runs it.

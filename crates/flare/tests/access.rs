@@ -80,6 +80,18 @@ fn the_first_start_writes_an_admin_token_and_nothing_works_without_one() {
     );
 }
 
+/// The CLI with its own config home and nothing from the environment.
+fn own_cli(config_home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", config_home)
+        .env_remove("FLARE_API")
+        .env_remove("FLARE_TOKEN")
+        .env_remove("FLARE_CA_CERT")
+        .output()
+        .unwrap()
+}
+
 /// What one request needs, as the table of roles says.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Needs {
@@ -377,15 +389,7 @@ fn login_keeps_contexts_and_a_token_goes_only_to_its_own_server() {
     let a = Server::start();
     let b = Server::start();
     let config = tempfile::tempdir().unwrap();
-    let flare = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
-            .args(args)
-            .env("XDG_CONFIG_HOME", config.path())
-            .env_remove("FLARE_API")
-            .env_remove("FLARE_TOKEN")
-            .output()
-            .unwrap()
-    };
+    let flare = |args: &[&str]| own_cli(config.path(), args);
     let text = |out: &std::process::Output| {
         format!(
             "{}{}",
@@ -620,4 +624,110 @@ fn the_audit_trail_says_who_changed_what_allowed_or_not() {
     assert!(bad.contains("neither a duration"), "{bad}");
     let bad = server.fails(&["audit", "--limit", "0"]);
     assert!(bad.contains("limit must be"), "{bad}");
+}
+
+#[test]
+fn tls_on_both_ports_with_a_certificate_the_test_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+    let mut server = Server::start_with(&["--tls-cert", cert, "--tls-key", key]);
+    assert!(server.router.starts_with("https://"), "{}", server.router);
+    assert!(server.api.starts_with("https://"), "{}", server.api);
+
+    // The CLI without the certificate: refused, and it says why.
+    let refused = server.cli(&["fn", "list"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    server.cli_env.push(("FLARE_CA_CERT".into(), cert.into()));
+    server.create("hello", "hello_rust", &[]);
+
+    let trusting = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // A client that connects and never says a word holds only itself.
+    let _silent =
+        std::net::TcpStream::connect(server.router.trim_start_matches("https://")).unwrap();
+    let hello = trusting
+        .get(format!("{}/fn/hello", server.router))
+        .send()
+        .unwrap();
+    assert_eq!(hello.status(), 200);
+    let me = trusting
+        .get(format!("{}/v1/whoami", server.api))
+        .bearer_auth(&server.token)
+        .send()
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    // Plain HTTP to a TLS port, and a client trusting nothing of ours.
+    let plain = server.router.replace("https://", "http://");
+    let answer = http().get(format!("{plain}/fn/hello")).send();
+    assert!(answer.is_err() || answer.unwrap().status() != 200);
+    assert!(
+        http()
+            .get(format!("{}/fn/hello", server.router))
+            .send()
+            .is_err()
+    );
+
+    // login keeps the CA file with the context.
+    let config = tempfile::tempdir().unwrap();
+    let flare = |args: &[&str]| own_cli(config.path(), args);
+    let login = flare(&[
+        "login",
+        "--api",
+        &server.api,
+        "--token",
+        &server.token,
+        "--ca-cert",
+        cert,
+    ]);
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let listed = flare(&["fn", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("hello"));
+
+    // Half a TLS setting or a key that is not one: the server says so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .args(["server", "--tls-cert", cert, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key"));
+    let bad_key = dir.path().join("bad.pem");
+    std::fs::write(&bad_key, "not a key").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .args([
+            "server",
+            "--addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            bad_key.to_str().unwrap(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read a private key"), "{stderr}");
 }

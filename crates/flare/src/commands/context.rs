@@ -18,6 +18,9 @@ use crate::output::{self, OutputFlag};
 pub struct Context {
     pub api: String,
     pub token: String,
+    /// A PEM file of certificates to trust for this API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The CLI's configuration file.
@@ -104,7 +107,21 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let Some(token) = args.api.token.clone() else {
         bail!("give the token with --token (or FLARE_TOKEN)");
     };
-    let me = flare_api::Client::with_token(&api, &token)?
+    // Kept as an absolute path: the context is used from anywhere.
+    let ca_cert = match &args.api.ca_cert {
+        Some(path) => Some(
+            std::fs::canonicalize(path)
+                .with_context(|| format!("cannot find the CA file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let resolved = super::Resolved {
+        api: api.clone(),
+        token: Some(token.clone()),
+        ca_cert: ca_cert.clone(),
+    };
+    let me = resolved
+        .client()?
         .whoami()
         .await
         .with_context(|| format!("cannot log in to {api}"))?;
@@ -118,6 +135,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         Context {
             api: api.trim_end_matches('/').to_string(),
             token,
+            ca_cert,
         },
     );
     config.current = Some(name.clone());

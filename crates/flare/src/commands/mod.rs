@@ -29,6 +29,11 @@ pub struct ApiFlag {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Trust the certificates in this PEM file too (a server with a
+    /// self-signed or private certificate). [default: the current
+    /// context's, for its own API]
+    #[arg(long = "ca-cert", env = "FLARE_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ApiFlag {
@@ -36,7 +41,7 @@ impl ApiFlag {
     /// FLARE_TOKEN) first, then the current context. A context's token is
     /// sent only to the context's own API, never to another one named
     /// with --api.
-    pub fn resolve(&self) -> anyhow::Result<(String, Option<String>)> {
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let config = context::Config::load()?;
         let current = config.current();
         let api = match (&self.api, current) {
@@ -44,20 +49,51 @@ impl ApiFlag {
             (None, Some(context)) => context.api.clone(),
             (None, None) => DEFAULT_API.to_string(),
         };
-        let token = match (&self.token, current) {
+        let own = current.filter(|context| same_api(&context.api, &api));
+        let token = match (&self.token, own) {
             (Some(token), _) => Some(token.clone()),
-            (None, Some(context)) if same_api(&context.api, &api) => Some(context.token.clone()),
-            (None, _) => None,
+            (None, Some(context)) => Some(context.token.clone()),
+            (None, None) => None,
         };
-        Ok((api, token))
+        let ca_cert = match (&self.ca_cert, own) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(context)) => context.ca_cert.clone(),
+            (None, None) => None,
+        };
+        Ok(Resolved {
+            api,
+            token,
+            ca_cert,
+        })
     }
 
     pub fn client(&self) -> anyhow::Result<flare_api::Client> {
-        let (api, token) = self.resolve()?;
-        Ok(match token {
-            Some(token) => flare_api::Client::with_token(&api, &token)?,
-            None => flare_api::Client::new(&api),
-        })
+        self.resolve()?.client()
+    }
+}
+
+/// The API in use and how to talk to it.
+pub struct Resolved {
+    pub api: String,
+    pub token: Option<String>,
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl Resolved {
+    pub fn client(&self) -> anyhow::Result<flare_api::Client> {
+        use anyhow::Context;
+        let pem = match &self.ca_cert {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read the CA file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(flare_api::Client::build(
+            &self.api,
+            self.token.as_deref(),
+            pem.as_deref(),
+        )?)
     }
 }
 

@@ -74,10 +74,17 @@ pub struct ServerArgs {
     /// [default: 10m]
     #[arg(long, env = "FLARE_GC_INTERVAL", value_parser = parse_interval)]
     gc_interval: Option<Duration>,
+    /// Serve the router and the API over TLS with this certificate chain
+    /// (PEM); needs --tls-key.
+    #[arg(long, env = "FLARE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "FLARE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// A TOML file with any of the settings above (addr, api_addr, data_dir,
     /// max_package_bytes, max_instances, log_retention, invocation_retention,
-    /// package_retention, audit_retention, gc_interval); flags and FLARE_*
-    /// variables win.
+    /// package_retention, audit_retention, gc_interval, tls_cert, tls_key);
+    /// flags and FLARE_* variables win.
     #[arg(long, env = "FLARE_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -96,6 +103,8 @@ struct FileConfig {
     package_retention: Option<String>,
     audit_retention: Option<String>,
     gc_interval: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -138,6 +147,8 @@ struct Settings {
     retention: Retention,
     gc_interval: Duration,
     body_timeout: Duration,
+    /// Certificate chain and key, when serving TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -203,7 +214,16 @@ impl ServerArgs {
             Duration::from_secs(600),
             parse_interval,
         )?;
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
+        };
         Ok(Settings {
+            tls,
             addr: self
                 .addr
                 .or(file.addr)
@@ -299,6 +319,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let data_dir = &settings.data_dir;
 
+    let tls = match &settings.tls {
+        Some((cert, key)) => {
+            Some(flare_router::listen::tls_acceptor(cert, key).map_err(|e| anyhow::anyhow!(e))?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let router_listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on {} (router)", settings.addr))?;
@@ -397,17 +424,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
     // Tests and scripts read these two lines to find ports chosen by the OS.
     println!(
-        "router listening on http://{}",
+        "router listening on {scheme}://{}",
         router_listener.local_addr()?
     );
-    println!("api listening on http://{}", api_listener.local_addr()?);
+    println!("api listening on {scheme}://{}", api_listener.local_addr()?);
     if let Some(path) = admin_token {
         // stderr, not stdout: whoever reads the two lines above may have
         // closed stdout by now.
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "first start: the admin token is in {path} (readable only by this user); use it with\n  flare login --api http://{api} --token \"$(cat {path})\"",
+            "first start: the admin token is in {path} (readable only by this user); use it with\n  flare login --api {scheme}://{api} --token \"$(cat {path})\"",
             path = path.display(),
             api = api_listener.local_addr()?,
         );
@@ -420,10 +447,27 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "flare is serving"
     );
 
-    let api_server =
-        axum::serve(api_listener, flare_api::router(api)).with_graceful_shutdown(shutdown_signal());
+    let app = flare_api::router(api);
+    let api_server = flare_router::listen::accept_loop(
+        api_listener,
+        tls.clone(),
+        shutdown_signal(),
+        move |stream| {
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            async move {
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!("API connection ended: {e}");
+                }
+            }
+        },
+    );
     tokio::select! {
-        served = router.serve(router_listener, shutdown_signal()) => served.context("router failed")?,
+        served = router.serve(router_listener, tls, shutdown_signal()) => served.context("router failed")?,
         served = api_server => served.context("API failed")?,
     }
     tracing::info!("shutting down");

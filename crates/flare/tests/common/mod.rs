@@ -27,6 +27,8 @@ pub struct Server {
     pub token: String,
     /// The CLI's own config home (contexts), apart from the user's.
     pub config_home: PathBuf,
+    /// More environment for every CLI run (FLARE_CA_CERT, say).
+    pub cli_env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -95,6 +97,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             token,
             config_home,
+            cli_env: Vec::new(),
             _tmp: None,
         }
     }
@@ -122,7 +125,8 @@ impl Server {
             .args(args)
             .env("FLARE_API", &self.api)
             .env("XDG_CONFIG_HOME", &self.config_home)
-            .env_remove("FLARE_TOKEN");
+            .env_remove("FLARE_TOKEN")
+            .envs(self.cli_env.iter().map(|(k, v)| (k, v)));
         if !token.is_empty() {
             command.env("FLARE_TOKEN", token);
         }
