@@ -89,6 +89,9 @@ EXPLAINED = [
     r'^invalid expiry |^a token.s expiry must be after now|^expiry .* is too far',  # a duration in free text
     r'^an admin token acts in every namespace',  # role admin with a namespace
     r'^since: .* is neither a duration',  # a time in free text (logs, audit)
+    r'^the document is in namespace .* but the request is for',  # metadata.namespace vs ?namespace=
+    r' is not in a namespace; leave metadata.namespace out',  # cluster-wide kinds
+    r'does not exist in namespace',  # a trigger's function, in the trigger's namespace
 ]
 
 

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use flare_access::{hash, new_secret};
 use flare_model::{
     ALL_NAMESPACES, DEFAULT_NAMESPACE, Error, Grant, Kind, Permission, Resource, Result, Role,
-    TokenSpec,
+    TokenSpec, validate_name,
 };
 use flare_store::Store;
 use flare_store::audit::AuditEntry;
@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::crud::Scope;
 use crate::error::{ApiError, ApiResult};
 use crate::{Api, crud};
 
@@ -50,17 +51,60 @@ enum Need {
 
 /// The one table of what each route needs; `path` is axum's matched route.
 fn need(method: &Method, path: &str) -> Need {
+    let reads = matches!(*method, Method::GET | Method::HEAD);
     match path {
         "/healthz" | "/v1/openapi.json" => Need::Open,
         "/v1/whoami" => Need::Token,
+        // Cluster-wide: anyone with a token may see them (a namespace
+        // outside the token's reach is not found); only an admin changes
+        // them.
+        "/v1/environments"
+        | "/v1/environments/{name}"
+        | "/v1/namespaces"
+        | "/v1/namespaces/{name}" => {
+            if reads {
+                Need::Token
+            } else {
+                Need::Everywhere(Permission::Manage)
+            }
+        }
         "/metrics" => Need::Everywhere(Permission::Read),
         "/v1/tokens" | "/v1/tokens/{name}" | "/v1/audit" => Need::Everywhere(Permission::Manage),
         "/v1/functions/{name}/invoke" | "/v1/functions/{name}/invoke/{*rest}" => {
             Need::In(Permission::Invoke)
         }
-        _ if matches!(*method, Method::GET | Method::HEAD) => Need::In(Permission::Read),
+        _ if reads => Need::In(Permission::Read),
         _ => Need::In(Permission::Write),
     }
+}
+
+/// The namespace a request is about: for `invoke`, the one in the
+/// function's name (its query is the function's); else `?namespace=`,
+/// `default` when absent, `*` for all (to list; see [`Scope::one`]).
+fn scope_of(request: &Request, path: &str) -> Result<Scope> {
+    if path.starts_with("/v1/functions/{name}/invoke") {
+        let name = request.uri().path().split('/').nth(3).unwrap_or_default();
+        let (_, namespace) = flare_model::split_qualified(name);
+        validate_name("namespace", namespace)?;
+        return Ok(Scope(namespace.to_string()));
+    }
+    let mut named = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("namespace="));
+    let namespace = match (named.next(), named.next()) {
+        (None, _) => return Ok(Scope(DEFAULT_NAMESPACE.into())),
+        (Some(_), Some(_)) => return Err(Error::invalid("namespace is given more than once")),
+        (Some(namespace), None) => namespace,
+    };
+    // `*` passes here; a handler that needs one namespace refuses it.
+    if namespace == ALL_NAMESPACES || namespace.eq_ignore_ascii_case("%2A") {
+        return Ok(Scope(ALL_NAMESPACES.into()));
+    }
+    validate_name("namespace", namespace)?;
+    Ok(Scope(namespace.to_string()))
 }
 
 /// Bytes of a refused request's body read (and dropped) before the answer,
@@ -88,7 +132,14 @@ pub(crate) async fn authorize(
     };
     let path = path.as_str();
     let need = need(request.method(), path);
-    if need == Need::Open {
+    // Open routes, and methods no route but invoke takes (axum answers
+    // 405 for those, before anything is read or written).
+    let invoke = need == Need::In(Permission::Invoke);
+    let routed = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE
+    );
+    if need == Need::Open || (!invoke && !routed) {
         return next.run(request).await;
     }
     // Every request that would change something is in the audit trail,
@@ -101,20 +152,21 @@ pub(crate) async fn authorize(
     let uri_path: String = request.uri().path().chars().take(MAX_AUDIT_PATH).collect();
     let grant = api.tokens.authenticate(request.headers());
     let checked = grant.clone().and_then(|grant| {
-        // Until namespaces land, every resource is in the default one.
+        let scope = scope_of(&request, path)?;
         let named = path.contains("{name}") || path.contains("{id}");
         match need {
-            Need::In(permission) => grant.check(permission, DEFAULT_NAMESPACE, named)?,
+            Need::In(permission) => grant.check(permission, &scope.0, named)?,
             Need::Everywhere(permission) => grant.check(permission, ALL_NAMESPACES, false)?,
             Need::Open | Need::Token => {}
         }
-        Ok(grant)
+        Ok((grant, scope))
     });
     let (token, response) = match checked {
-        Ok(grant) => {
+        Ok((grant, scope)) => {
             request.headers_mut().remove(http::header::AUTHORIZATION);
             let token = grant.token.clone();
             request.extensions_mut().insert(grant);
+            request.extensions_mut().insert(scope);
             (token, next.run(request).await)
         }
         Err(e) => {
@@ -273,7 +325,9 @@ pub(crate) async fn get(
     State(api): State<Arc<Api>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> ApiResult<Json<TokenView>> {
-    Ok(Json(crud::get::<TokenSpec>(&api, &name)?.into()))
+    Ok(Json(
+        crud::get::<TokenSpec>(&api, &Scope::cluster(), &name)?.into(),
+    ))
 }
 
 pub(crate) async fn create(
@@ -283,7 +337,13 @@ pub(crate) async fn create(
     let new: NewToken = serde_json::from_slice(&body)
         .map_err(|e| Error::invalid(format!("invalid token request: {e}")))?;
     let secret = new_secret()?;
-    let created = crud::create(&api, new.resource(&secret)?, |_, _| Ok(())).await?;
+    let created = crud::create(&api, new.resource(&secret)?, |api, token| {
+        match token.spec.namespace.as_str() {
+            ALL_NAMESPACES => Ok(()),
+            namespace => api.namespace(namespace).map(|_| ()),
+        }
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -297,7 +357,7 @@ pub(crate) async fn revoke(
     State(api): State<Arc<Api>>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> ApiResult<Json<TokenView>> {
-    let revoked = crud::delete::<TokenSpec>(&api, &name, |api| {
+    let revoked = crud::delete::<TokenSpec>(&api, &Scope::cluster(), &name, |api: &Api| {
         let admins: Vec<_> = crud::all::<TokenSpec>(&*api.store)?
             .into_iter()
             .map(TokenView::from)
@@ -319,7 +379,9 @@ pub(crate) async fn whoami(
     State(api): State<Arc<Api>>,
     axum::Extension(grant): axum::Extension<Grant>,
 ) -> ApiResult<Json<TokenView>> {
-    Ok(Json(crud::get::<TokenSpec>(&api, &grant.token)?.into()))
+    Ok(Json(
+        crud::get::<TokenSpec>(&api, &Scope::cluster(), &grant.token)?.into(),
+    ))
 }
 
 /// On a store with no token at all (a first start, or a data dir from

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use flare_model::{
-    Document, EnvironmentSpec, Error, ErrorCode, HttpTriggerSpec, LogEntry, PackageRef, Resource,
-    Result, TimerTriggerSpec,
+    Document, EnvironmentSpec, Error, ErrorCode, HttpTriggerSpec, LogEntry, NamespaceSpec,
+    PackageRef, Resource, Result, TimerTriggerSpec,
 };
 use futures::StreamExt;
 use reqwest::multipart::{Form, Part};
@@ -19,6 +19,9 @@ use crate::{EnvironmentView, FunctionView};
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// The namespace of functions, triggers and invocations; the server's
+    /// default (`default`) when none.
+    namespace: Option<String>,
 }
 
 /// A function's answer to `invoke`, whatever its status.
@@ -66,6 +69,7 @@ impl Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            namespace: None,
         }
     }
 
@@ -103,6 +107,7 @@ impl Client {
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             http,
+            namespace: None,
         })
     }
 
@@ -110,8 +115,34 @@ impl Client {
         &self.base
     }
 
+    /// This client, working in `namespace` (`*`: every one, to list).
+    pub fn in_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `resource` in this client's namespace, when one is set (and is not
+    /// `*`): documents built with [`Resource::new`] say `default`.
+    fn placed<S: Clone>(&self, resource: &Resource<S>) -> Resource<S> {
+        let mut resource = resource.clone();
+        if let Some(namespace) = &self.namespace
+            && namespace != flare_model::ALL_NAMESPACES
+        {
+            resource.metadata.namespace = namespace.clone();
+        }
+        resource
+    }
+
+    /// The URL of a namespaced endpoint, with `?namespace=` when one is set.
+    fn scoped(&self, path: &str) -> String {
+        match &self.namespace {
+            Some(namespace) => format!("{}{path}?namespace={namespace}", self.base),
+            None => self.url(path),
+        }
     }
 
     fn unreachable(&self, e: reqwest::Error) -> Error {
@@ -170,6 +201,7 @@ impl Client {
         doc: &Document,
         code: Option<&Path>,
     ) -> Result<FunctionView> {
+        let doc = &self.placed(doc);
         match code {
             None => self.json(request.json(doc)).await,
             Some(path) => {
@@ -223,11 +255,11 @@ impl Client {
     }
 
     pub async fn list_functions(&self) -> Result<Vec<FunctionView>> {
-        self.json(self.http.get(self.url("/v1/functions"))).await
+        self.json(self.http.get(self.scoped("/v1/functions"))).await
     }
 
     pub async fn get_function(&self, name: &str) -> Result<FunctionView> {
-        self.json(self.http.get(self.url(&format!("/v1/functions/{name}"))))
+        self.json(self.http.get(self.scoped(&format!("/v1/functions/{name}"))))
             .await
     }
 
@@ -238,7 +270,7 @@ impl Client {
         doc: &Document,
         code: Option<&Path>,
     ) -> Result<FunctionView> {
-        self.submit(self.http.post(self.url("/v1/functions")), doc, code)
+        self.submit(self.http.post(self.scoped("/v1/functions")), doc, code)
             .await
     }
 
@@ -247,20 +279,23 @@ impl Client {
         doc: &Document,
         code: Option<&Path>,
     ) -> Result<FunctionView> {
-        let url = self.url(&format!("/v1/functions/{}", doc.metadata.name));
+        let url = self.scoped(&format!("/v1/functions/{}", doc.metadata.name));
         self.submit(self.http.put(url), doc, code).await
     }
 
     pub async fn delete_function(&self, name: &str) -> Result<FunctionView> {
-        self.json(self.http.delete(self.url(&format!("/v1/functions/{name}"))))
-            .await
+        self.json(
+            self.http
+                .delete(self.scoped(&format!("/v1/functions/{name}"))),
+        )
+        .await
     }
 
     pub async fn upload_package(&self, path: &Path) -> Result<PackageRef> {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|e| Error::invalid(format!("cannot read {}: {e}", path.display())))?;
-        self.json(self.http.post(self.url("/v1/packages")).body(bytes))
+        self.json(self.http.post(self.scoped("/v1/packages")).body(bytes))
             .await
     }
 
@@ -278,6 +313,10 @@ impl Client {
         // `/invoke` + the path the function sees; axum's catch-all needs a
         // non-empty rest, so the root path (with or without a query) goes
         // to `/invoke` itself.
+        let name = match &self.namespace {
+            Some(namespace) => flare_model::qualified(name, namespace),
+            None => name.to_string(),
+        };
         let url = match path.strip_prefix('/').unwrap_or(path) {
             rest if rest.is_empty() || rest.starts_with('?') => {
                 self.url(&format!("/v1/functions/{name}/invoke{rest}"))
@@ -314,7 +353,7 @@ impl Client {
     }
 
     pub async fn logs(&self, name: &str, filter: &LogFilter) -> Result<Vec<LogEntry>> {
-        let url = self.url(&format!("/v1/functions/{name}/logs"));
+        let url = self.scoped(&format!("/v1/functions/{name}/logs"));
         self.json(self.http.get(url).query(&filter.pairs(false)))
             .await
     }
@@ -327,7 +366,7 @@ impl Client {
         filter: &LogFilter,
         mut on_line: impl FnMut(LogEntry),
     ) -> Result<()> {
-        let url = self.url(&format!("/v1/functions/{name}/logs"));
+        let url = self.scoped(&format!("/v1/functions/{name}/logs"));
         let response = self
             .send(self.http.get(url).query(&filter.pairs(true)))
             .await?;
@@ -347,34 +386,76 @@ impl Client {
     }
 
     pub async fn list_triggers(&self) -> Result<Vec<Resource<HttpTriggerSpec>>> {
-        self.json(self.http.get(self.url("/v1/httptriggers"))).await
+        self.json(self.http.get(self.scoped("/v1/httptriggers")))
+            .await
     }
 
     pub async fn get_trigger(&self, name: &str) -> Result<Resource<HttpTriggerSpec>> {
-        self.json(self.http.get(self.url(&format!("/v1/httptriggers/{name}"))))
-            .await
+        self.json(
+            self.http
+                .get(self.scoped(&format!("/v1/httptriggers/{name}"))),
+        )
+        .await
     }
 
     pub async fn create_trigger(
         &self,
         trigger: &Resource<HttpTriggerSpec>,
     ) -> Result<Resource<HttpTriggerSpec>> {
-        self.json(self.http.post(self.url("/v1/httptriggers")).json(trigger))
-            .await
+        self.json(
+            self.http
+                .post(self.scoped("/v1/httptriggers"))
+                .json(&self.placed(trigger)),
+        )
+        .await
     }
 
     pub async fn update_trigger(
         &self,
         trigger: &Resource<HttpTriggerSpec>,
     ) -> Result<Resource<HttpTriggerSpec>> {
-        let url = self.url(&format!("/v1/httptriggers/{}", trigger.metadata.name));
-        self.json(self.http.put(url).json(trigger)).await
+        let url = self.scoped(&format!("/v1/httptriggers/{}", trigger.metadata.name));
+        self.json(self.http.put(url).json(&self.placed(trigger)))
+            .await
     }
 
     pub async fn delete_trigger(&self, name: &str) -> Result<Resource<HttpTriggerSpec>> {
         self.json(
             self.http
-                .delete(self.url(&format!("/v1/httptriggers/{name}"))),
+                .delete(self.scoped(&format!("/v1/httptriggers/{name}"))),
+        )
+        .await
+    }
+
+    pub async fn list_namespaces(&self) -> Result<Vec<Resource<NamespaceSpec>>> {
+        self.json(self.http.get(self.url("/v1/namespaces"))).await
+    }
+
+    pub async fn get_namespace(&self, name: &str) -> Result<Resource<NamespaceSpec>> {
+        self.json(self.http.get(self.url(&format!("/v1/namespaces/{name}"))))
+            .await
+    }
+
+    pub async fn create_namespace(
+        &self,
+        namespace: &Resource<NamespaceSpec>,
+    ) -> Result<Resource<NamespaceSpec>> {
+        self.json(self.http.post(self.url("/v1/namespaces")).json(namespace))
+            .await
+    }
+
+    pub async fn update_namespace(
+        &self,
+        namespace: &Resource<NamespaceSpec>,
+    ) -> Result<Resource<NamespaceSpec>> {
+        let url = self.url(&format!("/v1/namespaces/{}", namespace.metadata.name));
+        self.json(self.http.put(url).json(namespace)).await
+    }
+
+    pub async fn delete_namespace(&self, name: &str) -> Result<Resource<NamespaceSpec>> {
+        self.json(
+            self.http
+                .delete(self.url(&format!("/v1/namespaces/{name}"))),
         )
         .await
     }
@@ -413,14 +494,14 @@ impl Client {
     }
 
     pub async fn list_timers(&self) -> Result<Vec<Resource<TimerTriggerSpec>>> {
-        self.json(self.http.get(self.url("/v1/timertriggers")))
+        self.json(self.http.get(self.scoped("/v1/timertriggers")))
             .await
     }
 
     pub async fn get_timer(&self, name: &str) -> Result<Resource<TimerTriggerSpec>> {
         self.json(
             self.http
-                .get(self.url(&format!("/v1/timertriggers/{name}"))),
+                .get(self.scoped(&format!("/v1/timertriggers/{name}"))),
         )
         .await
     }
@@ -429,22 +510,27 @@ impl Client {
         &self,
         trigger: &Resource<TimerTriggerSpec>,
     ) -> Result<Resource<TimerTriggerSpec>> {
-        self.json(self.http.post(self.url("/v1/timertriggers")).json(trigger))
-            .await
+        self.json(
+            self.http
+                .post(self.scoped("/v1/timertriggers"))
+                .json(&self.placed(trigger)),
+        )
+        .await
     }
 
     pub async fn update_timer(
         &self,
         trigger: &Resource<TimerTriggerSpec>,
     ) -> Result<Resource<TimerTriggerSpec>> {
-        let url = self.url(&format!("/v1/timertriggers/{}", trigger.metadata.name));
-        self.json(self.http.put(url).json(trigger)).await
+        let url = self.scoped(&format!("/v1/timertriggers/{}", trigger.metadata.name));
+        self.json(self.http.put(url).json(&self.placed(trigger)))
+            .await
     }
 
     pub async fn delete_timer(&self, name: &str) -> Result<Resource<TimerTriggerSpec>> {
         self.json(
             self.http
-                .delete(self.url(&format!("/v1/timertriggers/{name}"))),
+                .delete(self.scoped(&format!("/v1/timertriggers/{name}"))),
         )
         .await
     }
@@ -465,44 +551,53 @@ impl Client {
         if let Some(limit) = limit {
             query.push(("limit", limit.to_string()));
         }
-        self.json(self.http.get(self.url("/v1/invocations")).query(&query))
+        self.json(self.http.get(self.scoped("/v1/invocations")).query(&query))
             .await
     }
 
     pub async fn get_invocation(&self, id: &str) -> Result<flare_store::invocations::Invocation> {
-        self.json(self.http.get(self.url(&format!("/v1/invocations/{id}"))))
+        self.json(self.http.get(self.scoped(&format!("/v1/invocations/{id}"))))
             .await
     }
 
     pub async fn list_mq(&self) -> Result<Vec<crate::MqTriggerView>> {
-        self.json(self.http.get(self.url("/v1/mqtriggers"))).await
+        self.json(self.http.get(self.scoped("/v1/mqtriggers")))
+            .await
     }
 
     pub async fn get_mq(&self, name: &str) -> Result<crate::MqTriggerView> {
-        self.json(self.http.get(self.url(&format!("/v1/mqtriggers/{name}"))))
-            .await
+        self.json(
+            self.http
+                .get(self.scoped(&format!("/v1/mqtriggers/{name}"))),
+        )
+        .await
     }
 
     pub async fn create_mq(
         &self,
         trigger: &Resource<flare_model::MessageQueueTriggerSpec>,
     ) -> Result<crate::MqTriggerView> {
-        self.json(self.http.post(self.url("/v1/mqtriggers")).json(trigger))
-            .await
+        self.json(
+            self.http
+                .post(self.scoped("/v1/mqtriggers"))
+                .json(&self.placed(trigger)),
+        )
+        .await
     }
 
     pub async fn update_mq(
         &self,
         trigger: &Resource<flare_model::MessageQueueTriggerSpec>,
     ) -> Result<crate::MqTriggerView> {
-        let url = self.url(&format!("/v1/mqtriggers/{}", trigger.metadata.name));
-        self.json(self.http.put(url).json(trigger)).await
+        let url = self.scoped(&format!("/v1/mqtriggers/{}", trigger.metadata.name));
+        self.json(self.http.put(url).json(&self.placed(trigger)))
+            .await
     }
 
     pub async fn delete_mq(&self, name: &str) -> Result<crate::MqTriggerView> {
         self.json(
             self.http
-                .delete(self.url(&format!("/v1/mqtriggers/{name}"))),
+                .delete(self.scoped(&format!("/v1/mqtriggers/{name}"))),
         )
         .await
     }

@@ -8,6 +8,7 @@ use flare_model::{EnvironmentSpec, Error, FunctionSpec, Kind, Resource, Result};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use crate::crud::Scope;
 use crate::error::ApiResult;
 use crate::{Api, crud};
 
@@ -31,11 +32,14 @@ impl Api {
     }
 }
 
+/// Environments are cluster-wide: the operator offers them to every
+/// namespace, and only an admin changes them (a worker sees every request
+/// of every function it runs).
 fn decode(body: &[u8]) -> Result<Resource<EnvironmentSpec>> {
-    crud::decode(body)
+    crud::decode(body, &Scope::cluster())
 }
 
-/// Functions that run in `environment`.
+/// Functions, of any namespace, that run in `environment`.
 pub(crate) fn users(api: &Api, environment: &str) -> Result<Vec<String>> {
     Ok(api
         .store
@@ -43,7 +47,7 @@ pub(crate) fn users(api: &Api, environment: &str) -> Result<Vec<String>> {
         .into_iter()
         .filter_map(|doc| Resource::<FunctionSpec>::from_document(doc).ok())
         .filter(|f| f.spec.environment.as_deref() == Some(environment))
-        .map(|f| f.metadata.name)
+        .map(|f| f.qualified_name())
         .collect())
 }
 
@@ -61,7 +65,11 @@ pub(crate) async fn get(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<EnvironmentView>> {
-    let env = Resource::from_document(api.store.get(Kind::Environment, &name)?)?;
+    let env = Resource::from_document(api.store.get(
+        Kind::Environment,
+        flare_model::DEFAULT_NAMESPACE,
+        &name,
+    )?)?;
     Ok(Json(api.env_view(env)))
 }
 
@@ -86,7 +94,8 @@ pub(crate) async fn delete(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<EnvironmentView>> {
-    let environment = crud::delete(&api, &name, |api| {
+    let scope = Scope::cluster();
+    let environment = crud::delete(&api, &scope, &name, |api| {
         let users = users(api, &name)?;
         if users.is_empty() {
             Ok(())

@@ -3,21 +3,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use flare_executor::{DeploymentStatus, INVOCATION_HEADER};
 use flare_model::{
-    Document, Error, ErrorCode, FunctionSpec, Kind, PackageRef, Resource, Result, validate_name,
+    DEFAULT_NAMESPACE, Document, Error, ErrorCode, FunctionSpec, Kind, PackageRef, Resource,
+    Result, validate_name,
 };
 use flare_store::Staged;
 use futures::TryStreamExt;
 use http::{HeaderValue, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
-use crate::Api;
+use crate::crud::Scope;
 use crate::error::{ApiError, ApiResult};
+use crate::{Api, crud};
 
 /// A function as the API shows it: the stored resource plus what the
 /// executor reports about it.
@@ -31,12 +33,24 @@ pub struct FunctionView {
 
 impl Api {
     fn view(&self, function: Resource<FunctionSpec>) -> FunctionView {
-        let status = self.executor.status(function.name());
+        let status = self.executor.status(&function.qualified_name());
         FunctionView { function, status }
     }
 
-    fn load(&self, name: &str) -> Result<Resource<FunctionSpec>> {
-        Resource::from_document(self.store.get(Kind::Function, name)?)
+    fn load(&self, scope: &Scope, name: &str) -> Result<Resource<FunctionSpec>> {
+        Resource::from_document(self.store.get(Kind::Function, scope.one()?, name)?)
+    }
+
+    /// The namespace's quotas admit `function` beside its other functions.
+    fn check_quota(&self, function: &Resource<FunctionSpec>) -> Result<()> {
+        let namespace = &function.metadata.namespace;
+        let quota = self.namespace(namespace)?;
+        let others: Vec<FunctionSpec> = crud::all::<FunctionSpec>(&*self.store)?
+            .into_iter()
+            .filter(|f| &f.metadata.namespace == namespace && f.name() != function.name())
+            .map(|f| f.spec)
+            .collect();
+        quota.admit(namespace, function.name(), &function.spec, &others)
     }
 
     /// A process function's environment must exist.
@@ -44,7 +58,10 @@ impl Api {
         let Some(environment) = &spec.environment else {
             return Ok(());
         };
-        match self.store.get(Kind::Environment, environment) {
+        match self
+            .store
+            .get(Kind::Environment, DEFAULT_NAMESPACE, environment)
+        {
             Ok(_) => Ok(()),
             Err(e) if e.code == flare_model::ErrorCode::NotFound => Err(Error::invalid(format!(
                 "environment \"{environment}\" does not exist; create it first (flare env create)"
@@ -64,6 +81,7 @@ impl Api {
 /// The `spec` part, then the optional `code` part, of a multipart upload.
 async fn read_multipart(
     api: &Arc<Api>,
+    scope: &Scope,
     multipart: &mut Multipart,
     check_name: impl FnOnce(&str) -> Result<()>,
 ) -> Result<(Document, Option<Staged>)> {
@@ -78,7 +96,7 @@ async fn read_multipart(
         ));
     }
     let bytes = read_part(spec_field, MAX_SPEC_BYTES, "spec").await?;
-    let doc = parse_spec(&bytes)?;
+    let doc = parse_spec(&bytes, scope)?;
     validate_name("function name", &doc.metadata.name)?;
     check_name(&doc.metadata.name)?;
     let staged = match multipart
@@ -162,9 +180,11 @@ fn is_multipart(request: &Request) -> bool {
         .is_some_and(|v| v.starts_with("multipart/form-data"))
 }
 
-fn parse_spec(bytes: &[u8]) -> Result<Document> {
-    let mut doc: Document = serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid(format!("invalid function document: {e}")))?;
+fn parse_spec(bytes: &[u8], scope: &Scope) -> Result<Document> {
+    let invalid = |e: serde_json::Error| Error::invalid(format!("invalid function document: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    crud::place(&mut value, Kind::Function, scope.one()?)?;
+    let mut doc: Document = serde_json::from_value(value).map_err(invalid)?;
     if doc.kind != Kind::Function {
         return Err(Error::invalid(format!(
             "expected kind Function, got {}",
@@ -184,6 +204,7 @@ fn parse_spec(bytes: &[u8]) -> Result<Document> {
 /// refused before it is streamed.
 async fn read_submission(
     api: &Arc<Api>,
+    scope: &Scope,
     request: Request,
     current: Option<&Resource<FunctionSpec>>,
     check_name: impl FnOnce(&str) -> Result<()>,
@@ -192,7 +213,7 @@ async fn read_submission(
         let mut multipart = Multipart::from_request(request, &())
             .await
             .map_err(|e| Error::invalid(format!("invalid multipart body: {}", e.body_text())))?;
-        let read = read_multipart(api, &mut multipart, check_name).await;
+        let read = read_multipart(api, scope, &mut multipart, check_name).await;
         if read.is_err() {
             drain(&mut multipart).await;
         }
@@ -210,7 +231,7 @@ async fn read_submission(
                 }
             })?
             .to_bytes();
-        let doc = parse_spec(&bytes)?;
+        let doc = parse_spec(&bytes, scope)?;
         validate_name("function name", &doc.metadata.name)?;
         check_name(&doc.metadata.name)?;
         (doc, None)
@@ -259,29 +280,32 @@ async fn read_submission(
     Ok(function)
 }
 
-pub(crate) async fn list(State(api): State<Arc<Api>>) -> ApiResult<Json<Vec<FunctionView>>> {
-    let docs = api.store.list(Kind::Function)?;
-    let views = docs
-        .into_iter()
-        .map(|doc| Ok(api.view(Resource::from_document(doc)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(views))
+pub(crate) async fn list(
+    State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
+) -> ApiResult<Json<Vec<FunctionView>>> {
+    let functions = crud::all_in::<FunctionSpec>(&*api.store, &scope)?;
+    Ok(Json(functions.into_iter().map(|f| api.view(f)).collect()))
 }
 
 pub(crate) async fn get(
     State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<FunctionView>> {
-    Ok(Json(api.view(api.load(&name)?)))
+    Ok(Json(api.view(api.load(&scope, &name)?)))
 }
 
 pub(crate) async fn create(
     State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
     request: Request,
 ) -> ApiResult<(StatusCode, Json<FunctionView>)> {
     let store = api.store.clone();
-    let function = read_submission(&api, request, None, |name| {
-        match store.get(Kind::Function, name) {
+    let namespace = scope.one()?.to_string();
+    api.namespace(&namespace)?;
+    let function = read_submission(&api, &scope, request, None, |name| {
+        match store.get(Kind::Function, &namespace, name) {
             Ok(_) => Err(Error::already_exists("function", name)),
             Err(e) if e.code == flare_model::ErrorCode::NotFound => Ok(()),
             Err(e) => Err(e),
@@ -289,9 +313,11 @@ pub(crate) async fn create(
     })
     .await?;
     let written = {
-        // The environment must not go away between the check and the write.
+        // The environment must not go away between the check and the
+        // write, nor another function take the quota.
         let _guard = api.cross_checks.lock().await;
         api.check_environment(&function.spec)?;
+        api.check_quota(&function)?;
         let doc = function.to_document()?;
         api.write(move |store| store.create(doc)).await?
     };
@@ -302,11 +328,12 @@ pub(crate) async fn create(
 
 pub(crate) async fn update(
     State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
     request: Request,
 ) -> ApiResult<Json<FunctionView>> {
-    let current = api.load(&name)?;
-    let function = read_submission(&api, request, Some(&current), |submitted| {
+    let current = api.load(&scope, &name)?;
+    let function = read_submission(&api, &scope, request, Some(&current), |submitted| {
         if submitted == name {
             Ok(())
         } else {
@@ -319,6 +346,7 @@ pub(crate) async fn update(
     let written = {
         let _guard = api.cross_checks.lock().await;
         api.check_environment(&function.spec)?;
+        api.check_quota(&function)?;
         let doc = function.to_document()?;
         api.write(move |store| store.update(doc)).await?
     };
@@ -328,22 +356,25 @@ pub(crate) async fn update(
 
 pub(crate) async fn delete(
     State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<FunctionView>> {
+    let namespace = scope.one()?.to_string();
     let _guard = api.cross_checks.lock().await;
-    let mut users: Vec<String> = crate::crud::all::<flare_model::HttpTriggerSpec>(&*api.store)?
+    // Triggers run functions of their own namespace.
+    let mut users: Vec<String> = crud::all_in::<flare_model::HttpTriggerSpec>(&*api.store, &scope)?
         .into_iter()
         .filter(|t| t.spec.function == name)
         .map(|t| format!("http trigger {}", t.metadata.name))
         .collect();
     users.extend(
-        crate::crud::all::<flare_model::MessageQueueTriggerSpec>(&*api.store)?
+        crud::all_in::<flare_model::MessageQueueTriggerSpec>(&*api.store, &scope)?
             .into_iter()
             .filter(|t| t.spec.function == name)
             .map(|t| format!("message queue trigger {}", t.metadata.name)),
     );
     users.extend(
-        crate::crud::all::<flare_model::TimerTriggerSpec>(&*api.store)?
+        crud::all_in::<flare_model::TimerTriggerSpec>(&*api.store, &scope)?
             .into_iter()
             .filter(|t| t.spec.function == name)
             .map(|t| format!("timer trigger {}", t.metadata.name)),
@@ -357,7 +388,7 @@ pub(crate) async fn delete(
     }
     let gone = name.clone();
     let written = api
-        .write(move |store| store.delete(Kind::Function, &gone))
+        .write(move |store| store.delete(Kind::Function, &namespace, &gone))
         .await?;
     api.settle(written.revision).await;
     let function = Resource::from_document(written.doc)?;
@@ -400,13 +431,17 @@ pub(crate) async fn upload_package(
 }
 
 /// Runs the function with the request as sent, minus the API prefix:
-/// `/v1/functions/hello/invoke/a?b` reaches `hello` as `/a?b`.
+/// `/v1/functions/hello/invoke/a?b` reaches `hello` as `/a?b`. The query
+/// is the function's, so the namespace is in the name, as on the router:
+/// `/v1/functions/hello.team-a/invoke`.
 pub(crate) async fn invoke(
     State(api): State<Arc<Api>>,
     Path(params): Path<HashMap<String, String>>,
     request: Request,
 ) -> Response {
-    let name = params.get("name").cloned().unwrap_or_default();
+    let name = params.get("name").map(String::as_str).unwrap_or_default();
+    let (name, namespace) = flare_model::split_qualified(name);
+    let name = flare_model::qualified(name, namespace);
     // What follows `/v1/functions/{name}/invoke`, as sent: still
     // percent-encoded, so any path a function can be called with (a space,
     // `%2F`) reaches it unchanged.

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
-use flare_model::Error;
+use axum::{Extension, Json};
+use flare_model::{ALL_NAMESPACES, Error, qualified, split_qualified};
 use flare_store::invocations::{Invocation, InvocationStatus};
 use serde::Deserialize;
 
 use crate::Api;
+use crate::crud::Scope;
 use crate::error::ApiResult;
 
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +21,7 @@ pub(crate) struct ListParams {
 
 pub(crate) async fn list(
     State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<Vec<Invocation>>> {
     let status = match params.status.as_deref() {
@@ -31,16 +33,29 @@ pub(crate) async fn list(
         })?),
     };
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
+    let namespace = (scope.0 != ALL_NAMESPACES).then_some(scope.0.as_str());
+    let function = match (&params.function, namespace) {
+        (Some(function), Some(namespace)) => Some(qualified(function, namespace)),
+        (Some(function), None) => Some(function.clone()),
+        (None, _) => None,
+    };
     Ok(Json(api.queue.store.invocations(
         status,
-        params.function.as_deref(),
+        function.as_deref(),
+        namespace,
         limit,
     )?))
 }
 
 pub(crate) async fn get(
     State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Invocation>> {
-    Ok(Json(api.queue.store.invocation(&id)?))
+    let invocation = api.queue.store.invocation(&id)?;
+    let (_, namespace) = split_qualified(&invocation.request.function);
+    if namespace != scope.one()? {
+        return Err(Error::not_found("invocation", &id).into());
+    }
+    Ok(Json(invocation))
 }

@@ -20,6 +20,7 @@ mod functions;
 mod invocations;
 mod logs;
 mod mqtriggers;
+mod namespaces;
 mod timers;
 mod triggers;
 
@@ -175,6 +176,16 @@ pub fn router(api: Arc<Api>) -> Router {
             get(mqtriggers::get)
                 .put(mqtriggers::update)
                 .delete(mqtriggers::delete),
+        )
+        .route(
+            "/v1/namespaces",
+            get(namespaces::list).post(namespaces::create),
+        )
+        .route(
+            "/v1/namespaces/{name}",
+            get(namespaces::get)
+                .put(namespaces::update)
+                .delete(namespaces::delete),
         )
         .route("/v1/invocations", get(invocations::list))
         .route("/v1/invocations/{id}", get(invocations::get))

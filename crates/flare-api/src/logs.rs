@@ -84,10 +84,12 @@ impl LogParams {
 
 pub(crate) async fn query(
     State(api): State<Arc<Api>>,
+    axum::Extension(scope): axum::Extension<crate::crud::Scope>,
     Path(name): Path<String>,
     Query(params): Query<LogParams>,
 ) -> ApiResult<Response> {
-    let query = params.query(name)?;
+    // Log lines are kept under the function's qualified name.
+    let query = params.query(flare_model::qualified(&name, scope.one()?))?;
     if !params.follow {
         return Ok(Json(api.logs.query(&query)?).into_response());
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use flare_model::{
-    Document, EnvironmentSpec, Error, FunctionSpec, Kind, Resource, Result, RuntimeKind,
+    Document, EnvironmentSpec, Error, FunctionSpec, Kind, Resource, Result, RuntimeKind, qualified,
 };
 use flare_runtime::{Function, Runtime};
 use flare_store::logs::LogSender;
@@ -17,7 +17,10 @@ use tokio::sync::{Semaphore, watch};
 
 /// A function as the executor holds it.
 pub(crate) struct Deployment {
+    /// Its qualified name (`name`, or `name.namespace` outside the default
+    /// namespace): what the executor, logs and metrics call it.
     pub name: Arc<str>,
+    pub namespace: Arc<str>,
     pub generation: u64,
     pub spec: FunctionSpec,
     pub state: State,
@@ -174,9 +177,9 @@ impl Executor {
         self.get(name).map(|d| d.spec.limits.max_body_bytes)
     }
 
-    /// Who may call a deployed function over HTTP.
-    pub fn auth(&self, name: &str) -> Option<flare_model::InvokeAuth> {
-        self.get(name).map(|d| d.spec.auth)
+    /// Who may call a deployed function over HTTP, and its namespace.
+    pub fn auth(&self, name: &str) -> Option<(flare_model::InvokeAuth, Arc<str>)> {
+        self.get(name).map(|d| (d.spec.auth, d.namespace.clone()))
     }
 
     pub fn deployed(&self) -> usize {
@@ -196,7 +199,9 @@ impl Executor {
                 Update::Reload { .. } => self.resync(&*store).await,
                 Update::Change(event) => match (event.kind, event.change) {
                     (Kind::Function, Change::Put(doc)) => self.apply(*doc).await,
-                    (Kind::Function, Change::Deleted) => self.remove(&event.name),
+                    (Kind::Function, Change::Deleted) => {
+                        self.remove(&qualified(&event.name, &event.namespace))
+                    }
                     (Kind::Environment, Change::Put(doc)) => self.apply_environment(*doc),
                     (Kind::Environment, Change::Deleted) => self.remove_environment(&event.name),
                     _ => {}
@@ -236,7 +241,8 @@ impl Executor {
     }
 
     async fn apply(&self, doc: Document) {
-        let name = doc.metadata.name.clone();
+        let name = qualified(&doc.metadata.name, &doc.metadata.namespace);
+        let namespace: Arc<str> = doc.metadata.namespace.as_str().into();
         let generation = doc.metadata.generation;
         if self.get(&name).is_some_and(|d| d.generation == generation) {
             return;
@@ -266,6 +272,7 @@ impl Executor {
         };
         let deployment = Arc::new(Deployment {
             name: name.as_str().into(),
+            namespace,
             generation,
             spec,
             state,
@@ -315,10 +322,12 @@ impl Executor {
     }
 }
 
-/// Names held in `held` that are not among `docs` any more.
+/// (Qualified) names held in `held` that are not among `docs` any more.
 fn stale<V>(held: &RwLock<HashMap<String, V>>, docs: &[Document]) -> Vec<String> {
-    let names: std::collections::HashSet<&str> =
-        docs.iter().map(|d| d.metadata.name.as_str()).collect();
+    let names: std::collections::HashSet<String> = docs
+        .iter()
+        .map(|d| qualified(&d.metadata.name, &d.metadata.namespace))
+        .collect();
     held.read()
         .map(|held| {
             held.keys()

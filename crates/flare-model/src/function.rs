@@ -312,6 +312,16 @@ impl FunctionSpec {
         }
     }
 
+    /// Requests the function may have in flight at once.
+    pub fn max_in_flight(&self) -> u64 {
+        match self.runtime {
+            RuntimeKind::Wasm => u64::from(self.limits.max_concurrency),
+            RuntimeKind::Process => {
+                u64::from(self.limits.instance_concurrency) * u64::from(self.limits.max_scale)
+            }
+        }
+    }
+
     /// Whether outbound HTTP to `authority` (`host` or `host:port`) is allowed.
     pub fn allows_host(allowed: &[String], authority: &str) -> bool {
         let host = authority

@@ -20,6 +20,7 @@ mod failure;
 mod function;
 mod logs;
 mod name;
+mod namespace;
 mod pattern;
 mod resource;
 mod trigger;
@@ -35,8 +36,12 @@ pub use logs::{
     printable, split_long_line,
 };
 pub use name::validate_name;
+pub use namespace::NamespaceSpec;
 pub use pattern::{PathPattern, Segment};
-pub use resource::{API_VERSION, DEFAULT_NAMESPACE, Document, Kind, Metadata, Resource, Spec};
+pub use resource::{
+    API_VERSION, DEFAULT_NAMESPACE, Document, Kind, Metadata, Resource, Spec, qualified,
+    split_qualified,
+};
 pub use trigger::{HttpTriggerSpec, MessageQueueTriggerSpec, MqKind, TimerTriggerSpec};
 
 /// Most headers a function's response may carry, and their total size in

@@ -21,6 +21,8 @@ pub enum Kind {
     MessageQueueTrigger,
     /// An API token: who may do what (see [`crate::TokenSpec`]).
     Token,
+    /// A namespace and its quotas (see [`crate::NamespaceSpec`]).
+    Namespace,
 }
 
 impl Kind {
@@ -32,6 +34,7 @@ impl Kind {
             Kind::TimerTrigger => "TimerTrigger",
             Kind::MessageQueueTrigger => "MessageQueueTrigger",
             Kind::Token => "Token",
+            Kind::Namespace => "Namespace",
         }
     }
 
@@ -44,6 +47,7 @@ impl Kind {
             Kind::TimerTrigger => "timer trigger",
             Kind::MessageQueueTrigger => "message queue trigger",
             Kind::Token => "token",
+            Kind::Namespace => "namespace",
         }
     }
 
@@ -55,9 +59,42 @@ impl Kind {
             "TimerTrigger" => Some(Kind::TimerTrigger),
             "MessageQueueTrigger" => Some(Kind::MessageQueueTrigger),
             "Token" => Some(Kind::Token),
+            "Namespace" => Some(Kind::Namespace),
             _ => None,
         }
     }
+}
+
+impl Kind {
+    /// Whether resources of this kind live in a namespace. The others
+    /// (environments, which the operator offers to every namespace; tokens;
+    /// namespaces themselves) are cluster-wide and stored under
+    /// [`DEFAULT_NAMESPACE`].
+    pub fn namespaced(self) -> bool {
+        matches!(
+            self,
+            Kind::Function | Kind::HttpTrigger | Kind::TimerTrigger | Kind::MessageQueueTrigger
+        )
+    }
+}
+
+/// How a namespaced resource is named where namespaces meet (executor,
+/// logs, metrics, the router's `/fn/{name}.{namespace}`): the bare name in
+/// [`DEFAULT_NAMESPACE`], `name.namespace` elsewhere. A name cannot hold a
+/// dot, so this is unambiguous.
+pub fn qualified(name: &str, namespace: &str) -> String {
+    if namespace == DEFAULT_NAMESPACE {
+        name.to_string()
+    } else {
+        format!("{name}.{namespace}")
+    }
+}
+
+/// The name and namespace of a [`qualified`] name.
+pub fn split_qualified(qualified: &str) -> (&str, &str) {
+    qualified
+        .split_once('.')
+        .unwrap_or((qualified, DEFAULT_NAMESPACE))
 }
 
 impl fmt::Display for Kind {
@@ -158,13 +195,25 @@ impl<S: Spec> Resource<S> {
             )));
         }
         validate_name(&format!("{} name", S::KIND.noun()), &self.metadata.name)?;
-        if self.metadata.namespace != DEFAULT_NAMESPACE {
+        if S::KIND.namespaced() {
+            validate_name("namespace", &self.metadata.namespace)?;
+        } else if self.metadata.namespace != DEFAULT_NAMESPACE {
             return Err(Error::invalid(format!(
-                "namespace \"{}\" is not supported yet; use \"{DEFAULT_NAMESPACE}\"",
-                self.metadata.namespace
+                "a{} {} is not in a namespace; leave metadata.namespace out",
+                if S::KIND.noun().starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "n"
+                } else {
+                    ""
+                },
+                S::KIND.noun()
             )));
         }
         self.spec.validate()
+    }
+
+    /// Its name where namespaces meet; see [`qualified`].
+    pub fn qualified_name(&self) -> String {
+        qualified(&self.metadata.name, &self.metadata.namespace)
     }
 
     /// Encodes this resource as a store document.

@@ -11,9 +11,7 @@ use flare_access::Tokens;
 use flare_executor::accepted;
 use flare_executor::{Executor, INVOCATION_HEADER};
 use flare_executor::{ResponseBody, full_body};
-use flare_model::{
-    DEFAULT_NAMESPACE, Error, ErrorCode, HttpTriggerSpec, InvokeAuth, Kind, Permission, Resource,
-};
+use flare_model::{Error, ErrorCode, HttpTriggerSpec, InvokeAuth, Kind, Permission, Resource};
 use flare_store::invocations::AsyncQueue;
 use flare_store::{Follower, Revision, Store, Update, advance};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -116,11 +114,11 @@ impl Router {
     /// For a function that takes only tokens: checks the bearer's and
     /// drops the header, which is Flare's, not the function's.
     fn authorize(&self, function: &str, headers: &mut http::HeaderMap) -> Result<(), Error> {
-        if self.executor.auth(function) != Some(InvokeAuth::Token) {
+        let Some((InvokeAuth::Token, namespace)) = self.executor.auth(function) else {
             return Ok(());
-        }
+        };
         let grant = self.tokens.authenticate(headers)?;
-        grant.check(Permission::Invoke, DEFAULT_NAMESPACE, true)?;
+        grant.check(Permission::Invoke, &namespace, true)?;
         headers.remove(http::header::AUTHORIZATION);
         Ok(())
     }

@@ -42,7 +42,12 @@ impl RouteTable {
                         pattern.segments().iter().map(|s| s.specificity()).collect(),
                     );
                     Some(Route {
-                        function: trigger.spec.function.as_str().into(),
+                        // The function of the trigger's own namespace.
+                        function: flare_model::qualified(
+                            &trigger.spec.function,
+                            &trigger.metadata.namespace,
+                        )
+                        .into(),
                         spec: trigger.spec,
                         pattern,
                         rank,
@@ -90,8 +95,13 @@ impl RouteTable {
                 rewritten.push('?');
                 rewritten.push_str(query);
             }
+            // `name.default` is `name`.
+            let function: Arc<str> = match name.strip_suffix(".default") {
+                Some(bare) => bare.into(),
+                None => name.into(),
+            };
             return Ok(Resolved {
-                function: name.into(),
+                function,
                 params: Vec::new(),
                 rewritten: Some(rewritten),
             });
@@ -245,6 +255,10 @@ mod tests {
                 .as_deref(),
             Some("/?q")
         );
+        let r = t.resolve("GET", None, "/fn/hello.team-a/x").unwrap();
+        assert_eq!(&*r.function, "hello.team-a");
+        let r = t.resolve("GET", None, "/fn/hello.default/x").unwrap();
+        assert_eq!(&*r.function, "hello");
         assert_eq!(
             t.resolve("GET", None, "/fn/").unwrap_err().code,
             ErrorCode::NotFound

@@ -95,6 +95,7 @@ mod tests {
         Event {
             revision,
             kind: Kind::Function,
+            namespace: "default".into(),
             name: format!("f{revision}"),
             change: Change::Deleted,
         }

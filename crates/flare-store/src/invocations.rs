@@ -265,23 +265,34 @@ impl SqliteStore {
         }
     }
 
-    /// The newest invocations, optionally of one status and function.
+    /// The newest invocations, optionally of one status, one function (its
+    /// qualified name) and one namespace.
     pub fn invocations(
         &self,
         status: Option<InvocationStatus>,
         function: Option<&str>,
+        namespace: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Invocation>> {
         let conn = self.conn()?;
+        // Functions are stored by qualified name: `name` in the default
+        // namespace, `name.namespace` elsewhere.
         let mut stmt = conn
             .prepare_cached(
                 "SELECT * FROM invocations WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR function = ?2)
+                 AND (?4 IS NULL OR (CASE WHEN ?4 = 'default' THEN instr(function, '.') = 0
+                                     ELSE substr(function, -length(?4) - 1) = '.' || ?4 END))
                  ORDER BY created_us DESC LIMIT ?3",
             )
             .map_err(db_err)?;
         let rows = stmt
             .query_map(
-                params![status.map(InvocationStatus::as_str), function, limit as i64],
+                params![
+                    status.map(InvocationStatus::as_str),
+                    function,
+                    limit as i64,
+                    namespace
+                ],
                 row_to_invocation,
             )
             .map_err(db_err)?;
@@ -304,6 +315,30 @@ mod tests {
             callback_url: None,
             max_retries: retries,
         }
+    }
+
+    #[test]
+    fn a_namespace_lists_only_its_functions_invocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.enqueue(&new("a", 0)).unwrap();
+        store.enqueue(&new("b", 0)).unwrap();
+        // Functions are kept by qualified name; a namespace picks its own.
+        let mut other = new("d", 0);
+        other.function = "f.team-a".into();
+        store.enqueue(&other).unwrap();
+        let ids = |namespace| -> Vec<String> {
+            store
+                .invocations(None, None, Some(namespace), 10)
+                .unwrap()
+                .into_iter()
+                .map(|i| i.request.id)
+                .collect()
+        };
+        assert_eq!(ids("team-a"), ["d"]);
+        assert!(!ids("default").contains(&"d".to_string()));
+        assert_eq!(ids("default").len(), 2);
+        assert!(ids("eam-a").is_empty());
     }
 
     #[test]
@@ -349,7 +384,7 @@ mod tests {
             InvocationStatus::Failed
         );
         let failed = store
-            .invocations(Some(InvocationStatus::Failed), None, 10)
+            .invocations(Some(InvocationStatus::Failed), None, None, 10)
             .unwrap();
         assert_eq!(failed.len(), 2);
         assert_eq!(failed[0].result_body.as_deref(), Some("boom"));

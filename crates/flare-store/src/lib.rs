@@ -44,6 +44,7 @@ pub enum Change {
 pub struct Event {
     pub revision: Revision,
     pub kind: Kind,
+    pub namespace: String,
     pub name: String,
     pub change: Change,
 }
@@ -67,9 +68,10 @@ pub trait Store: Send + Sync + 'static {
     /// stored one. Bumps `generation`.
     fn update(&self, doc: Document) -> Result<Written>;
     /// Removes a resource, returning what was stored.
-    fn delete(&self, kind: Kind, name: &str) -> Result<Written>;
-    fn get(&self, kind: Kind, name: &str) -> Result<Document>;
-    /// Every resource of a kind, ordered by name.
+    fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Written>;
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Document>;
+    /// Every resource of a kind in every namespace, ordered by namespace
+    /// and name.
     fn list(&self, kind: Kind) -> Result<Vec<Document>>;
     /// Events of every write committed after this call.
     fn watch(&self) -> broadcast::Receiver<Event>;

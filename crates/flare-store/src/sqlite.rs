@@ -114,6 +114,7 @@ impl SqliteStore {
     fn write(
         &self,
         kind: Kind,
+        namespace: &str,
         name: &str,
         write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<Option<Document>>,
     ) -> Result<(Option<Document>, Revision)> {
@@ -139,6 +140,7 @@ impl SqliteStore {
         let _ = self.events.send(Event {
             revision,
             kind,
+            namespace: namespace.to_string(),
             name: name.to_string(),
             change,
         });
@@ -181,7 +183,8 @@ impl Store for SqliteStore {
     fn create(&self, doc: Document) -> Result<Written> {
         let kind = doc.kind;
         let name = doc.metadata.name.clone();
-        let (doc, revision) = self.write(kind, &name, |tx| {
+        let namespace = doc.metadata.namespace.clone();
+        let (doc, revision) = self.write(kind, &namespace, &name, |tx| {
             if read(tx, kind, &doc.metadata.namespace, &name)?.is_some() {
                 return Err(Error::already_exists(kind, &name));
             }
@@ -208,7 +211,8 @@ impl Store for SqliteStore {
     fn update(&self, doc: Document) -> Result<Written> {
         let kind = doc.kind;
         let name = doc.metadata.name.clone();
-        let (doc, revision) = self.write(kind, &name, |tx| {
+        let namespace = doc.metadata.namespace.clone();
+        let (doc, revision) = self.write(kind, &namespace, &name, |tx| {
             let Some(current) = read(tx, kind, &doc.metadata.namespace, &name)? else {
                 return Err(Error::not_found(kind, &name));
             };
@@ -241,15 +245,15 @@ impl Store for SqliteStore {
         Ok(Written { doc, revision })
     }
 
-    fn delete(&self, kind: Kind, name: &str) -> Result<Written> {
+    fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Written> {
         let mut removed = None;
-        let (_, revision) = self.write(kind, name, |tx| {
-            let Some(current) = read(tx, kind, flare_model::DEFAULT_NAMESPACE, name)? else {
+        let (_, revision) = self.write(kind, namespace, name, |tx| {
+            let Some(current) = read(tx, kind, namespace, name)? else {
                 return Err(Error::not_found(kind, name));
             };
             tx.execute(
                 "DELETE FROM resources WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
-                params![kind.as_str(), flare_model::DEFAULT_NAMESPACE, name],
+                params![kind.as_str(), namespace, name],
             )
             .map_err(db_err)?;
             removed = Some(current);
@@ -259,10 +263,9 @@ impl Store for SqliteStore {
         Ok(Written { doc, revision })
     }
 
-    fn get(&self, kind: Kind, name: &str) -> Result<Document> {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Document> {
         let conn = self.conn()?;
-        read(&conn, kind, flare_model::DEFAULT_NAMESPACE, name)?
-            .ok_or_else(|| Error::not_found(kind, name))
+        read(&conn, kind, namespace, name)?.ok_or_else(|| Error::not_found(kind, name))
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<Document>> {
@@ -344,17 +347,20 @@ mod tests {
         // Same stale generation again: conflict, nothing changed.
         assert_eq!(store.update(next).unwrap_err().code, ErrorCode::Conflict);
         assert_eq!(
-            store.get(Kind::HttpTrigger, "a").unwrap().spec,
+            store.get(Kind::HttpTrigger, "default", "a").unwrap().spec,
             json!({"v": 2})
         );
 
         assert_eq!(
-            store.get(Kind::Function, "a").unwrap_err().code,
+            store.get(Kind::Function, "default", "a").unwrap_err().code,
             ErrorCode::NotFound
         );
-        store.delete(Kind::HttpTrigger, "a").unwrap();
+        store.delete(Kind::HttpTrigger, "default", "a").unwrap();
         assert_eq!(
-            store.delete(Kind::HttpTrigger, "a").unwrap_err().code,
+            store
+                .delete(Kind::HttpTrigger, "default", "a")
+                .unwrap_err()
+                .code,
             ErrorCode::NotFound
         );
 

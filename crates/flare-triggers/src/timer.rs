@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use flare_executor::Executor;
-use flare_model::{Cron, Document, Kind, Resource, TimerTriggerSpec};
+use flare_model::{Cron, Document, Kind, Resource, TimerTriggerSpec, qualified};
 use flare_store::{Change, Follower, Revision, Store, Update, advance};
 use tokio::sync::watch;
 
@@ -62,7 +62,9 @@ impl Timers {
     /// Builds a timer; `starting` decides whether a slot missed since the
     /// last firing fires now.
     fn timer(&self, doc: Document, now: DateTime<Utc>, starting: bool) -> Option<(String, Timer)> {
-        let name = doc.metadata.name.clone();
+        // Timers, their records and events go by qualified names: the
+        // same name may be taken in two namespaces.
+        let name = qualified(&doc.metadata.name, &doc.metadata.namespace);
         let created = doc
             .metadata
             .created_at
@@ -97,7 +99,7 @@ impl Timers {
         Some((
             name,
             Timer {
-                function: trigger.spec.function,
+                function: qualified(&trigger.spec.function, &trigger.metadata.namespace),
                 cron,
                 tz,
                 generation,
@@ -156,7 +158,7 @@ impl Timers {
                             match event.change {
                                 Change::Put(doc) => {
                                     let unchanged = timers
-                                        .get(&event.name)
+                                        .get(&qualified(&event.name, &event.namespace))
                                         .is_some_and(|t| t.generation == doc.metadata.generation);
                                     if !unchanged
                                         && let Some((name, timer)) = self.timer(*doc, Utc::now(), false)
@@ -165,7 +167,7 @@ impl Timers {
                                     }
                                 }
                                 Change::Deleted => {
-                                    timers.remove(&event.name);
+                                    timers.remove(&qualified(&event.name, &event.namespace));
                                 }
                             }
                         }

@@ -50,6 +50,9 @@ enum Command {
     Login(commands::context::LoginArgs),
     /// The servers and tokens `flare login` saved (like kubectl contexts).
     Context(commands::context::ContextArgs),
+    /// Namespaces and their quotas (changes: admin only).
+    #[command(name = "ns", visible_alias = "namespace")]
+    Namespace(commands::namespace::NamespaceArgs),
     /// API tokens: who may do what (admin only).
     Token(commands::token::TokenArgs),
     /// Show the token in use: its name, role and namespace.
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
             Command::Login(args) => commands::context::login(args).await,
             Command::Context(args) => commands::context::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
+            Command::Namespace(args) => commands::namespace::run(args).await,
             Command::Whoami(args) => commands::token::whoami(args).await,
             Command::Audit(args) => commands::token::audit(args).await,
         }

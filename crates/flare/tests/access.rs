@@ -109,6 +109,7 @@ enum Needs {
 fn no_role_does_more_than_its_row_allows() {
     let server = Server::start();
     server.create("hello", "hello_rust", &[]);
+    server.ok(&["ns", "create", "team-a"]);
     let url = |path: &str| format!("{}{path}", server.api);
     let env_doc = r#"{"apiVersion":"flare.dev/v1","kind":"Environment","metadata":{"name":"x"},"spec":{"runtime":"nope"}}"#;
     let function: serde_json::Value = server
@@ -139,7 +140,7 @@ fn no_role_does_more_than_its_row_allows() {
             Needs::Read,
             200,
         ),
-        ("GET", "/v1/environments", String::new(), Needs::Read, 200),
+        ("GET", "/v1/environments", String::new(), Needs::Token, 200),
         ("GET", "/v1/httptriggers", String::new(), Needs::Read, 200),
         ("GET", "/v1/timertriggers", String::new(), Needs::Read, 200),
         ("GET", "/v1/mqtriggers", String::new(), Needs::Read, 200),
@@ -149,7 +150,7 @@ fn no_role_does_more_than_its_row_allows() {
             "POST",
             "/v1/environments",
             env_doc.into(),
-            Needs::Write,
+            Needs::Admin,
             400,
         ),
         (
@@ -495,6 +496,7 @@ fn a_function_with_token_auth_serves_only_invokers_of_its_namespace() {
         "--function",
         "closed",
     ]);
+    server.ok(&["ns", "create", "team-a"]);
     let invoker = token(&server, "inv", "invoker", &[]);
     let viewer = token(&server, "view", "viewer", &[]);
     let other = token(&server, "inv-a", "invoker", &["-n", "team-a"]);
@@ -730,4 +732,322 @@ fn tls_on_both_ports_with_a_certificate_the_test_makes() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot read a private key"), "{stderr}");
+}
+
+#[test]
+fn namespaces_keep_teams_apart_within_their_quotas() {
+    let server = Server::start();
+    let hello = common::guest("hello_rust");
+    let hello = hello.to_str().unwrap();
+    server.ok(&[
+        "ns",
+        "create",
+        "team-a",
+        "--max-functions",
+        "2",
+        "--max-memory",
+        "256",
+        "--max-minscale",
+        "1",
+    ]);
+    server.ok(&["ns", "create", "team-b"]);
+    let dev_a = token(&server, "dev-a", "developer", &["-n", "team-a"]);
+    let dev_b = token(&server, "dev-b", "developer", &["-n", "team-b"]);
+    let as_a = |args: &[&str]| server.cli_as(&dev_a, args);
+    let ok = |out: std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let refused = |out: std::process::Output| {
+        assert!(
+            !out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+
+    // The same name in two namespaces: two functions, two URLs.
+    ok(as_a(&[
+        "-n", "team-a", "fn", "create", "--name", "api", "--code", hello,
+    ]));
+    server.create("api", "echo", &[]);
+    let served = |path: &str| server.get(path).status().as_u16();
+    assert_eq!(served("/fn/api.team-a"), 200);
+    assert_eq!(served("/fn/api.default/x"), 200);
+    let echoed = server.get("/fn/api/x").text().unwrap();
+    assert!(
+        echoed.contains("\"path\""),
+        "default's api is the echo: {echoed}"
+    );
+    assert_eq!(served("/fn/api.team-b"), 404);
+
+    // A token sees only its namespace: lists are refused, names not found.
+    let listed = ok(as_a(&["-n", "team-a", "fn", "list"]));
+    assert!(listed.contains("api.team-a"), "{listed}");
+    assert!(refused(as_a(&["fn", "list"])).contains("bound to namespace \"team-a\""));
+    assert!(refused(as_a(&["fn", "get", "--name", "api"])).contains("not found"));
+    let other = server.cli_as(&dev_b, &["-n", "team-a", "fn", "get", "--name", "api"]);
+    assert!(refused(other).contains("not found"));
+    let every = server.ok(&["-n", "*", "fn", "list", "-o", "json"]);
+    assert_eq!(
+        every.matches("\"kind\": \"Function\"").count(),
+        2,
+        "{every}"
+    );
+    assert!(refused(as_a(&["-n", "*", "fn", "list"])).contains("bound to namespace"));
+
+    // Quotas: refused with the reason, nothing stored.
+    ok(as_a(&[
+        "-n", "team-a", "fn", "create", "--name", "two", "--code", hello,
+    ]));
+    let over = refused(as_a(&[
+        "-n", "team-a", "fn", "create", "--name", "three", "--code", hello,
+    ]));
+    assert!(over.contains("may hold 2 functions"), "{over}");
+    let big = refused(as_a(&[
+        "-n", "team-a", "fn", "update", "--name", "two", "--memory", "512",
+    ]));
+    assert!(big.contains("512 MiB"), "{big}");
+    let warm = refused(as_a(&[
+        "-n",
+        "team-a",
+        "fn",
+        "update",
+        "--name",
+        "two",
+        "--minscale",
+        "2",
+    ]));
+    assert!(warm.contains("instances warm"), "{warm}");
+    let kept: serde_json::Value = serde_json::from_str(&ok(as_a(&[
+        "-n", "team-a", "fn", "get", "--name", "two", "-o", "json",
+    ])))
+    .unwrap();
+    assert_eq!(kept["metadata"]["generation"], 1, "{kept}");
+    assert_eq!(
+        ok(as_a(&["-n", "team-a", "fn", "list", "-o", "json"]))
+            .matches("\"kind\"")
+            .count(),
+        2
+    );
+
+    // Routes are global; triggers run functions of their own namespace.
+    ok(as_a(&[
+        "-n",
+        "team-a",
+        "ht",
+        "create",
+        "--name",
+        "r",
+        "--url",
+        "/shared",
+        "--function",
+        "api",
+    ]));
+    assert_eq!(served("/shared"), 200);
+    let clash = server.fails(&[
+        "ht",
+        "create",
+        "--name",
+        "r",
+        "--url",
+        "/shared",
+        "--function",
+        "api",
+    ]);
+    assert!(
+        clash.contains("clashes with http trigger \"r.team-a\""),
+        "{clash}"
+    );
+    let elsewhere = refused(server.cli_as(
+        &dev_b,
+        &[
+            "-n",
+            "team-b",
+            "ht",
+            "create",
+            "--name",
+            "s",
+            "--url",
+            "/b",
+            "--function",
+            "api",
+        ],
+    ));
+    assert!(
+        elsewhere.contains("does not exist in namespace \"team-b\""),
+        "{elsewhere}"
+    );
+
+    // Asynchronous invocations and their records stay in the namespace.
+    let queued = http()
+        .post(format!("{}/async/fn/api.team-a", server.router))
+        .send()
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let mine = ok(as_a(&["-n", "team-a", "invocations", "list", "-o", "json"]));
+    assert!(mine.contains("api.team-a"), "{mine}");
+    let theirs = server.ok(&["invocations", "list", "-o", "json"]);
+    assert!(!theirs.contains("api.team-a"), "{theirs}");
+
+    // Bad input: clear errors, nothing stored.
+    let bad = server.fails(&["ns", "create", "Team"]);
+    assert!(bad.contains("invalid namespace name"), "{bad}");
+    assert!(
+        server
+            .fails(&["ns", "create", "team-a"])
+            .contains("already exists")
+    );
+    let nowhere = server.fails(&["-n", "nope", "fn", "create", "--name", "x", "--code", hello]);
+    assert!(
+        nowhere.contains("namespace \"nope\" does not exist"),
+        "{nowhere}"
+    );
+    let doc = r#"{"apiVersion":"flare.dev/v1","kind":"HttpTrigger","metadata":{"name":"t","namespace":"team-b"},"spec":{"path":"/t","function":"api"}}"#;
+    let mixed = server
+        .api_client()
+        .post(format!("{}/v1/httptriggers?namespace=team-a", server.api))
+        .header("content-type", "application/json")
+        .body(doc)
+        .send()
+        .unwrap();
+    assert_eq!(mixed.status(), 400);
+    assert!(
+        error_of(&mixed.text().unwrap())
+            .1
+            .contains("the request is for \"team-a\"")
+    );
+    for (path, body, why) in [
+        (
+            "/v1/namespaces",
+            r#"{"kind":"Namespace","metadata":{"name":"arr"},"spec":[null,null]}"#,
+            "spec must be an object",
+        ),
+        (
+            "/v1/httptriggers?namespace=*",
+            r#"{"kind":"HttpTrigger","metadata":{"name":"t"},"spec":{"path":"/t","function":"api"}}"#,
+            "namespace * is for listing",
+        ),
+    ] {
+        let response = server
+            .api_client()
+            .post(format!("{}{path}", server.api))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let (_, message) = error_of(&response.text().unwrap());
+        assert!(message.contains(why), "{path}: {message}");
+    }
+    assert!(!server.ok(&["ns", "list"]).contains("arr"));
+    assert!(
+        server
+            .fails(&["ns", "delete", "default"])
+            .contains("always exists")
+    );
+    assert!(refused(as_a(&["ns", "create", "team-c"])).contains("may not manage"));
+
+    // A namespace goes only when nothing lives in it or is bound to it.
+    let held = server.fails(&["ns", "delete", "team-a"]);
+    assert!(
+        held.contains("function api") && held.contains("token dev-a"),
+        "{held}"
+    );
+    server.ok(&["-n", "team-a", "ht", "delete", "--name", "r"]);
+    server.ok(&["-n", "team-a", "fn", "delete", "--name", "api"]);
+    server.ok(&["-n", "team-a", "fn", "delete", "--name", "two"]);
+    server.ok(&["token", "revoke", "--name", "dev-a"]);
+    server.ok(&["ns", "delete", "team-a"]);
+    assert_eq!(served("/fn/api.team-a"), 404);
+    let names = server.ok(&["ns", "list"]);
+    assert!(names.contains("default") && names.contains("team-b") && !names.contains("team-a"));
+}
+
+/// The store's tables as Flare wrote them before tokens and namespaces
+/// (commit e6675c1), frozen here: an upgrade must start from these.
+const SCHEMA_BEFORE_ACCESS: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta (key, value) VALUES ('revision', 2);
+CREATE TABLE resources (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    generation INTEGER NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE logs (
+    id INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL, function TEXT NOT NULL,
+    invocation TEXT NOT NULL, stream TEXT NOT NULL, line TEXT NOT NULL
+);
+CREATE INDEX logs_by_function ON logs (function, ts_us);
+CREATE INDEX logs_by_invocation ON logs (invocation);
+CREATE TABLE invocations (
+    id TEXT PRIMARY KEY, function TEXT NOT NULL, status TEXT NOT NULL,
+    request TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_us INTEGER NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
+    result_status INTEGER, result_body BLOB, error TEXT
+);
+CREATE INDEX invocations_due ON invocations (status, next_attempt_us);
+";
+
+#[test]
+fn a_data_dir_from_before_tokens_starts_with_everything_in_default() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    // The package, where that Flare kept it.
+    let wasm = std::fs::read(common::guest("hello_rust")).unwrap();
+    let hex = hex::encode(sha2::Sha256::digest(&wasm));
+    std::fs::create_dir_all(dir.path().join("packages")).unwrap();
+    std::fs::write(dir.path().join(format!("packages/sha256-{hex}")), &wasm).unwrap();
+    // A function and a trigger, as documents of that day.
+    let db = rusqlite::Connection::open(dir.path().join("flare.db")).unwrap();
+    db.execute_batch(SCHEMA_BEFORE_ACCESS).unwrap();
+    let function = serde_json::json!({
+        "apiVersion": "flare.dev/v1", "kind": "Function",
+        "metadata": {"name": "old", "namespace": "default", "uid": "u1", "generation": 1,
+                     "created_at": "2026-11-01T00:00:00Z"},
+        "spec": {"runtime": "wasm", "package": {"digest": format!("sha256:{hex}"), "size": wasm.len()}}
+    });
+    let trigger = serde_json::json!({
+        "apiVersion": "flare.dev/v1", "kind": "HttpTrigger",
+        "metadata": {"name": "legacy", "namespace": "default", "uid": "u2", "generation": 1,
+                     "created_at": "2026-11-01T00:00:00Z"},
+        "spec": {"path": "/legacy", "function": "old"}
+    });
+    for (kind, name, doc) in [
+        ("Function", "old", &function),
+        ("HttpTrigger", "legacy", &trigger),
+    ] {
+        db.execute(
+            "INSERT INTO resources VALUES (?1, 'default', ?2, 1, ?3)",
+            rusqlite::params![kind, name, doc.to_string()],
+        )
+        .unwrap();
+    }
+    drop(db);
+    assert!(!dir.path().join("admin.token").exists());
+
+    let server = Server::start_in(dir.path(), &[]);
+    assert!(server.token.starts_with("flr_"), "an admin token was made");
+    assert_eq!(server.get("/fn/old").status(), 200);
+    assert_eq!(server.get("/fn/old.default").status(), 200);
+    assert_eq!(server.get("/legacy").status(), 200);
+    let old: serde_json::Value =
+        serde_json::from_str(&server.ok(&["fn", "get", "--name", "old", "-o", "json"])).unwrap();
+    assert_eq!(old["metadata"]["namespace"], "default");
+    assert_eq!(old["metadata"]["generation"], 1);
+    assert!(server.ok(&["ns", "list"]).contains("default"));
+    assert!(server.ok(&["ht", "list"]).contains("legacy"));
+    // Without the token, nothing of it is readable.
+    let refused = http()
+        .get(format!("{}/v1/functions", server.api))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
 }

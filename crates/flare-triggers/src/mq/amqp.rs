@@ -63,7 +63,7 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let deliveries = channel
         .basic_consume(
             spec.topic.as_str().into(),
-            format!("flare-{}", context.name).as_str().into(),
+            format!("flare-{}", context.broker_name()).as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

@@ -27,7 +27,7 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
         .trim_end_matches('/');
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("flare-{}", context.name))
+        .set("group.id", format!("flare-{}", context.broker_name()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")

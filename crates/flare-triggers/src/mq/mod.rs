@@ -37,7 +37,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use flare_executor::Executor;
-use flare_model::{Document, ErrorCode, Kind, MessageQueueTriggerSpec, MqKind, Resource};
+use flare_model::{
+    Document, ErrorCode, Kind, MessageQueueTriggerSpec, MqKind, Resource, qualified,
+};
 use flare_store::{Change, Follower, Revision, Store, Update, advance};
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use http_body_util::{BodyExt, Limited};
@@ -134,12 +136,26 @@ pub struct MqStatus {
 
 /// Shared by a trigger's connector and the component.
 pub(crate) struct Context {
+    /// The trigger's qualified name (`name.namespace` outside the default
+    /// namespace).
     pub name: String,
+    /// The qualified name of the function it runs.
+    pub function: String,
     pub spec: MessageQueueTriggerSpec,
     executor: Arc<Executor>,
     status: Arc<Mutex<HashMap<String, MqStatus>>>,
     /// Deliveries seen per message identity, until it is settled.
     deliveries: Mutex<HashMap<String, u64>>,
+}
+
+impl Context {
+    /// What names the trigger at its broker (consumer groups, durable
+    /// consumers, client ids): its name, with `__` for the dot of a
+    /// namespace (which NATS does not allow). Unchanged in the default
+    /// namespace, so existing consumers keep their place.
+    pub(crate) fn broker_name(&self) -> String {
+        self.name.replace('.', "__")
+    }
 }
 
 pub(crate) const MAX_RESPONSE: usize = 16 << 20;
@@ -233,7 +249,7 @@ impl Context {
             if let Ok(subject) = http::HeaderValue::from_str(&message.key) {
                 request.headers_mut().insert("ce-subject", subject);
             }
-            let invoked = self.executor.invoke(&self.spec.function, request).await;
+            let invoked = self.executor.invoke(&self.function, request).await;
             let (retry, error) = match invoked.result {
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -446,7 +462,8 @@ impl MqTriggers {
         let generation = doc.metadata.generation;
         let trigger = Resource::<MessageQueueTriggerSpec>::from_document(doc).ok()?;
         let context = Arc::new(Context {
-            name: trigger.metadata.name.clone(),
+            name: trigger.qualified_name(),
+            function: qualified(&trigger.spec.function, &trigger.metadata.namespace),
             spec: trigger.spec,
             executor: self.executor.clone(),
             status: self.status.clone(),
@@ -476,8 +493,10 @@ impl MqTriggers {
                     let _ = deployed.wait_for(|r| *r >= revision).await;
                     match self.store.list(Kind::MessageQueueTrigger) {
                         Ok(docs) => {
-                            let names: HashSet<String> =
-                                docs.iter().map(|d| d.metadata.name.clone()).collect();
+                            let names: HashSet<String> = docs
+                                .iter()
+                                .map(|d| qualified(&d.metadata.name, &d.metadata.namespace))
+                                .collect();
                             let gone: Vec<String> = tasks
                                 .keys()
                                 .filter(|name| !names.contains(*name))
@@ -496,7 +515,9 @@ impl MqTriggers {
                 Update::Change(event) if event.kind == Kind::MessageQueueTrigger => {
                     match event.change {
                         Change::Put(doc) => self.put(&mut tasks, *doc),
-                        Change::Deleted => self.stop(&mut tasks, &event.name),
+                        Change::Deleted => {
+                            self.stop(&mut tasks, &qualified(&event.name, &event.namespace))
+                        }
                     }
                 }
                 Update::Change(_) => {}
@@ -508,7 +529,7 @@ impl MqTriggers {
     /// Starts the connector of a new or changed trigger (replacing the old
     /// one); an unchanged trigger keeps its connector.
     fn put(&self, tasks: &mut HashMap<String, (u64, JoinHandle<()>)>, doc: Document) {
-        let name = doc.metadata.name.clone();
+        let name = qualified(&doc.metadata.name, &doc.metadata.namespace);
         if tasks
             .get(&name)
             .is_some_and(|(g, _)| *g == doc.metadata.generation)
@@ -551,6 +572,7 @@ mod tests {
         .unwrap();
         let context = Context {
             name: "t".into(),
+            function: "f".into(),
             spec,
             executor: flare_executor::Executor::new(
                 Vec::new(),

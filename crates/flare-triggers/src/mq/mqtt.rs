@@ -116,7 +116,7 @@ const MAX_HELD_BYTES: usize = 64 << 20;
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let spec = &context.spec;
     let (host, port) = endpoint(spec.broker_url())?;
-    let mut options = MqttOptions::new(format!("flare-{}", context.name), host, port);
+    let mut options = MqttOptions::new(format!("flare-{}", context.broker_name()), host, port);
     options.set_clean_session(false);
     options.set_manual_acks(true);
     options.set_keep_alive(Duration::from_secs(15));

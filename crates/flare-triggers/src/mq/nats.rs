@@ -30,7 +30,10 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let stream = match js.stream_by_subject(&spec.topic).await {
         Ok(name) => js.get_stream(name).await.map_err(|e| e.to_string())?,
         Err(_) => {
-            let name = format!("FLARE_{}", context.name.to_uppercase().replace('-', "_"));
+            let name = format!(
+                "FLARE_{}",
+                context.broker_name().to_uppercase().replace('-', "_")
+            );
             js.get_or_create_stream(stream::Config {
                 name,
                 subjects: vec![spec.topic.clone()],
@@ -40,7 +43,7 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
             .map_err(|e| format!("cannot create a stream for {}: {e}", spec.topic))?
         }
     };
-    let durable = format!("flare-{}", context.name);
+    let durable = format!("flare-{}", context.broker_name());
     let consumer = stream
         .get_or_create_consumer(
             &durable,

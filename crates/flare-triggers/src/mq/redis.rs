@@ -21,7 +21,7 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", spec.broker_url()))?;
-    let group = format!("flare-{}", context.name);
+    let group = format!("flare-{}", context.broker_name());
     let created: redis::RedisResult<()> =
         conn.xgroup_create_mkstream(&spec.topic, &group, "$").await;
     if let Err(e) = created

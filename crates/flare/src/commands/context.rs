@@ -119,6 +119,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
         api: api.clone(),
         token: Some(token.clone()),
         ca_cert: ca_cert.clone(),
+        namespace: None,
     };
     let me = resolved
         .client()?

@@ -306,7 +306,7 @@ fn show(output: OutputFlag, views: &[FunctionView], single: bool) -> anyhow::Res
                     None => "not deployed".into(),
                 };
                 vec![
-                    f.metadata.name.clone(),
+                    f.qualified_name(),
                     f.spec.environment.clone().unwrap_or_else(|| "wasm".into()),
                     f.spec.package.digest.chars().take(19).collect(),
                     format!("{}MiB", f.spec.limits.memory_mb),

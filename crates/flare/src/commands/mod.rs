@@ -4,6 +4,7 @@ pub mod function;
 pub mod httptrigger;
 pub mod invocations;
 pub mod mqtrigger;
+pub mod namespace;
 pub mod server;
 pub mod timetrigger;
 pub mod token;
@@ -34,6 +35,15 @@ pub struct ApiFlag {
     /// context's, for its own API]
     #[arg(long = "ca-cert", env = "FLARE_CA_CERT", global = true)]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// The namespace to work in ('*' lists every namespace); for `token
+    /// create`, the one the token is bound to. [default: default]
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        env = "FLARE_NAMESPACE",
+        global = true
+    )]
+    pub namespace: Option<String>,
 }
 
 impl ApiFlag {
@@ -64,6 +74,7 @@ impl ApiFlag {
             api,
             token,
             ca_cert,
+            namespace: self.namespace.clone(),
         })
     }
 
@@ -77,6 +88,7 @@ pub struct Resolved {
     pub api: String,
     pub token: Option<String>,
     pub ca_cert: Option<std::path::PathBuf>,
+    pub namespace: Option<String>,
 }
 
 impl Resolved {
@@ -89,11 +101,10 @@ impl Resolved {
             ),
             None => None,
         };
-        Ok(flare_api::Client::build(
-            &self.api,
-            self.token.as_deref(),
-            pem.as_deref(),
-        )?)
+        Ok(
+            flare_api::Client::build(&self.api, self.token.as_deref(), pem.as_deref())?
+                .in_namespace(self.namespace.clone()),
+        )
     }
 }
 

@@ -28,16 +28,15 @@ enum Role {
 
 #[derive(Subcommand, Debug)]
 enum TokenCommand {
-    /// Make a token; its secret is printed once and never again.
+    /// Make a token bound to --namespace (-n; '*' for every namespace);
+    /// its secret is printed once and never again.
     Create {
         #[arg(long)]
         name: String,
         #[arg(long, value_enum)]
         role: Role,
-        /// The namespace the token is bound to, or '*' for all.
-        /// [default: default; admin tokens are always '*']
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
+        // The namespace it is bound to is the global --namespace (-n):
+        // '*' for all; default: default, and admin tokens are always '*'.
         /// How long it works (30d, 12h); forever when left out.
         #[arg(long)]
         expires: Option<String>,
@@ -85,10 +84,10 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         TokenCommand::Create {
             name,
             role,
-            namespace,
             expires,
             output,
         } => {
+            let namespace = args.api.namespace.clone();
             let role = format!("{role:?}").to_lowercase();
             let new = NewToken {
                 name,

@@ -1,0 +1,135 @@
+//! `/v1/namespaces`: where teams' functions and triggers live, and their
+//! quotas. Only an admin creates, changes or deletes one; any token sees
+//! the namespaces it reaches. `default` always exists: storing it only
+//! gives it quotas.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use flare_model::{
+    ALL_NAMESPACES, DEFAULT_NAMESPACE, Error, ErrorCode, Grant, Kind, NamespaceSpec, Resource,
+    Result, TokenSpec,
+};
+use http::StatusCode;
+
+use crate::crud::Scope;
+use crate::error::ApiResult;
+use crate::{Api, crud};
+
+type Namespace = Resource<NamespaceSpec>;
+
+/// Every namespace: the stored ones, and `default` whether stored or not.
+fn every(api: &Api) -> Result<Vec<Namespace>> {
+    let mut namespaces = crud::all::<NamespaceSpec>(&*api.store)?;
+    if !namespaces.iter().any(|n| n.name() == DEFAULT_NAMESPACE) {
+        namespaces.insert(
+            0,
+            Resource::new(DEFAULT_NAMESPACE, NamespaceSpec::default()),
+        );
+    }
+    Ok(namespaces)
+}
+
+fn reaches(grant: &Grant, namespace: &str) -> bool {
+    grant.namespace == ALL_NAMESPACES || grant.namespace == namespace
+}
+
+pub(crate) async fn list(
+    State(api): State<Arc<Api>>,
+    Extension(grant): Extension<Grant>,
+) -> ApiResult<Json<Vec<Namespace>>> {
+    let namespaces = every(&api)?
+        .into_iter()
+        .filter(|n| reaches(&grant, n.name()))
+        .collect();
+    Ok(Json(namespaces))
+}
+
+pub(crate) async fn get(
+    State(api): State<Arc<Api>>,
+    Extension(grant): Extension<Grant>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Namespace>> {
+    every(&api)?
+        .into_iter()
+        .find(|n| n.name() == name && reaches(&grant, &name))
+        .map(Json)
+        .ok_or_else(|| Error::not_found(Kind::Namespace, &name).into())
+}
+
+pub(crate) async fn create(
+    State(api): State<Arc<Api>>,
+    body: bytes::Bytes,
+) -> ApiResult<(StatusCode, Json<Namespace>)> {
+    let namespace: Namespace = crud::decode(&body, &Scope::cluster())?;
+    let created = crud::create(&api, namespace, |_, _| Ok(())).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+pub(crate) async fn update(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    body: bytes::Bytes,
+) -> ApiResult<Json<Namespace>> {
+    let namespace: Namespace = crud::decode(&body, &Scope::cluster())?;
+    Ok(Json(
+        crud::update(&api, &name, namespace, |_, _| Ok(())).await?,
+    ))
+}
+
+/// What still lives in `namespace` or is bound to it.
+fn holdings(api: &Api, namespace: &str) -> Result<Vec<String>> {
+    let scope = Scope(namespace.to_string());
+    let store = &*api.store;
+    let mut held = Vec::new();
+    let mut add = |kind: Kind, names: Vec<String>| {
+        held.extend(names.into_iter().map(|n| format!("{kind} {n}")));
+    };
+    let names = |docs: Vec<flare_model::Document>| -> Vec<String> {
+        docs.into_iter()
+            .filter(|d| scope.holds(&d.metadata.namespace))
+            .map(|d| d.metadata.name)
+            .collect()
+    };
+    for kind in [
+        Kind::Function,
+        Kind::HttpTrigger,
+        Kind::TimerTrigger,
+        Kind::MessageQueueTrigger,
+    ] {
+        add(kind, names(store.list(kind)?));
+    }
+    let tokens = crud::all::<TokenSpec>(store)?
+        .into_iter()
+        .filter(|t| t.spec.namespace == namespace)
+        .map(|t| t.metadata.name)
+        .collect();
+    add(Kind::Token, tokens);
+    Ok(held)
+}
+
+pub(crate) async fn delete(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Namespace>> {
+    if name == DEFAULT_NAMESPACE {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            "the default namespace always exists; update it to change its quotas",
+        )
+        .into());
+    }
+    let deleted = crud::delete(&api, &Scope::cluster(), &name, |api| {
+        let held = holdings(api, &name)?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        Err(Error::conflict(format!(
+            "namespace \"{name}\" still holds {}; delete (or revoke) them first",
+            held.join(", ")
+        )))
+    })
+    .await?;
+    Ok(Json(deleted))
+}
