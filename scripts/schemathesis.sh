@@ -91,7 +91,9 @@ EXPLAINED = [
     r'^since: .* is neither a duration',  # a time in free text (logs, audit)
     r'^the document is in namespace .* but the request is for',  # metadata.namespace vs ?namespace=
     r' is not in a namespace; leave metadata.namespace out',  # cluster-wide kinds
-    r'does not exist in namespace',  # a trigger's function, in the trigger's namespace
+    r'does not exist in namespace',  # a trigger's function, a function's secrets, in its namespace
+    r'is not base64$|is in both data and stringData$',  # a secret's values
+    r'^invalid (secret|config) key ',  # keys: 3.0 has no propertyNames
 ]
 
 

@@ -9,6 +9,7 @@
 // invocation through AsyncLocalStorage. Standard library only.
 
 const net = require('net');
+const fs = require('fs');
 const path = require('path');
 const { AsyncLocalStorage } = require('async_hooks');
 
@@ -73,6 +74,18 @@ function finish(logs) {
   }
   if (logs.dropped) sendFrame({ op: 'log', id: logs.id, stream: 'stderr', dropped: logs.dropped });
   logs.dropped = 0;
+}
+
+// Sets the function's environment variables and writes its secrets
+// (read-only files under /secrets) before its code is loaded.
+function prepare(header) {
+  for (const [name, value] of Object.entries(header.env || {})) process.env[name] = value;
+  for (const entry of header.files || []) {
+    const file = path.normalize(entry.path);
+    if (!file.startsWith('/secrets/')) throw new Error(`a file outside /secrets: ${file}`);
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(file, Buffer.from(entry.data, 'base64'), { mode: 0o400 });
+  }
 }
 
 function load(header) {
@@ -161,6 +174,7 @@ function main() {
       case 'specialize':
         if (fn) return send({ op: 'error', message: 'already specialized' });
         try {
+          prepare(header);
           fn = load(header);
           send({ op: 'specialized' });
         } catch (e) {

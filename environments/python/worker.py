@@ -9,6 +9,7 @@ req has .method, .path, .query (dict of first values), .headers (dict,
 lower-case names), .body (bytes) and .json().
 Standard library only.
 """
+import base64
 import importlib
 import importlib.util
 import inspect
@@ -206,6 +207,21 @@ class Output(io.TextIOBase):
         pass
 
 
+def prepare(header):
+    """Sets the function's environment variables and writes its secrets
+    (read-only files under /secrets) before its code is loaded."""
+    for name, value in (header.get("env") or {}).items():
+        os.environ[name] = value
+    for entry in header.get("files") or []:
+        path = os.path.normpath(entry["path"])
+        if not path.startswith("/secrets/"):
+            raise ValueError(f"a file outside /secrets: {path}")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(entry["data"]))
+
+
 def load(code, file, entrypoint):
     sys.path.insert(0, code)
     if file:
@@ -292,6 +308,7 @@ def main():
                 write_frame(sock, {"op": "error", "message": "already specialized"})
                 continue
             try:
+                prepare(header)
                 function = load(header["code"], header.get("file"), header.get("entrypoint"))
                 write_frame(sock, {"op": "specialized"})
             except BaseException as e:  # report anything, keep serving the protocol

@@ -6,6 +6,8 @@
 //! table follows the store like every component's state, so a revoked
 //! token stops working as soon as the store has the revoke.
 
+pub mod seal;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 

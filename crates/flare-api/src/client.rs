@@ -460,6 +460,92 @@ impl Client {
         .await
     }
 
+    pub async fn list_secrets(&self) -> Result<Vec<crate::SecretView>> {
+        self.json(self.http.get(self.scoped("/v1/secrets"))).await
+    }
+
+    pub async fn get_secret(&self, name: &str) -> Result<crate::SecretView> {
+        self.json(self.http.get(self.scoped(&format!("/v1/secrets/{name}"))))
+            .await
+    }
+
+    /// Creates (or with `replace`, replaces) secret `name` with `values`.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        values: &std::collections::BTreeMap<String, Vec<u8>>,
+        replace: bool,
+    ) -> Result<crate::SecretView> {
+        use base64::Engine;
+        let data: serde_json::Map<String, serde_json::Value> = values
+            .iter()
+            .map(|(k, v)| {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(v);
+                (k.clone(), serde_json::Value::String(encoded))
+            })
+            .collect();
+        let mut metadata = serde_json::json!({ "name": name });
+        if let Some(namespace) = self
+            .namespace
+            .as_ref()
+            .filter(|n| *n != flare_model::ALL_NAMESPACES)
+        {
+            metadata["namespace"] = namespace.clone().into();
+        }
+        let body = serde_json::json!({
+            "apiVersion": flare_model::API_VERSION,
+            "kind": "Secret",
+            "metadata": metadata,
+            "data": data,
+        });
+        let request = if replace {
+            self.http.put(self.scoped(&format!("/v1/secrets/{name}")))
+        } else {
+            self.http.post(self.scoped("/v1/secrets"))
+        };
+        self.json(request.json(&body)).await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<crate::SecretView> {
+        self.json(
+            self.http
+                .delete(self.scoped(&format!("/v1/secrets/{name}"))),
+        )
+        .await
+    }
+
+    pub async fn list_configs(&self) -> Result<Vec<Resource<flare_model::ConfigSpec>>> {
+        self.json(self.http.get(self.scoped("/v1/configs"))).await
+    }
+
+    pub async fn get_config(&self, name: &str) -> Result<Resource<flare_model::ConfigSpec>> {
+        self.json(self.http.get(self.scoped(&format!("/v1/configs/{name}"))))
+            .await
+    }
+
+    /// Creates (or with `replace`, replaces) a config.
+    pub async fn put_config(
+        &self,
+        config: &Resource<flare_model::ConfigSpec>,
+        replace: bool,
+    ) -> Result<Resource<flare_model::ConfigSpec>> {
+        let request = if replace {
+            let url = self.scoped(&format!("/v1/configs/{}", config.metadata.name));
+            self.http.put(url)
+        } else {
+            self.http.post(self.scoped("/v1/configs"))
+        };
+        self.json(request.json(&self.placed(config))).await
+    }
+
+    pub async fn delete_config(&self, name: &str) -> Result<Resource<flare_model::ConfigSpec>> {
+        self.json(
+            self.http
+                .delete(self.scoped(&format!("/v1/configs/{name}"))),
+        )
+        .await
+    }
+
     pub async fn list_environments(&self) -> Result<Vec<EnvironmentView>> {
         self.json(self.http.get(self.url("/v1/environments"))).await
     }

@@ -56,14 +56,18 @@ impl Scope {
 /// Puts a document of `kind` in `namespace`, or refuses it when it names
 /// another.
 pub(crate) fn place(value: &mut Value, kind: Kind, namespace: &str) -> Result<()> {
-    if !kind.namespaced() {
-        return Ok(());
-    }
     let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) else {
         return Ok(());
     };
+    // null is the same as left out.
+    if metadata.get("namespace").is_some_and(Value::is_null) {
+        metadata.remove("namespace");
+    }
+    if !kind.namespaced() {
+        return Ok(());
+    }
     match metadata.get("namespace") {
-        None | Some(Value::Null) => {
+        None => {
             metadata.insert("namespace".into(), Value::String(namespace.into()));
             Ok(())
         }

@@ -318,6 +318,7 @@ pub(crate) async fn create(
         let _guard = api.cross_checks.lock().await;
         api.check_environment(&function.spec)?;
         api.check_quota(&function)?;
+        crate::secrets::check_references(&api, &function)?;
         let doc = function.to_document()?;
         api.write(move |store| store.create(doc)).await?
     };
@@ -347,6 +348,7 @@ pub(crate) async fn update(
         let _guard = api.cross_checks.lock().await;
         api.check_environment(&function.spec)?;
         api.check_quota(&function)?;
+        crate::secrets::check_references(&api, &function)?;
         let doc = function.to_document()?;
         api.write(move |store| store.update(doc)).await?
     };

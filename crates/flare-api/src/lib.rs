@@ -21,6 +21,7 @@ mod invocations;
 mod logs;
 mod mqtriggers;
 mod namespaces;
+mod secrets;
 mod timers;
 mod triggers;
 
@@ -40,6 +41,7 @@ pub use environments::EnvironmentView;
 pub use error::ApiError;
 pub use functions::FunctionView;
 pub use mqtriggers::MqTriggerView;
+pub use secrets::SecretView;
 
 /// The OpenAPI 3 description of this API, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -62,6 +64,7 @@ pub struct Api {
     pub(crate) cross_checks: Mutex<()>,
     pub(crate) max_package_bytes: u64,
     pub(crate) tokens: Arc<flare_access::Tokens>,
+    pub(crate) sealer: Arc<flare_access::seal::Sealer>,
 }
 
 /// The components the API is built on.
@@ -78,6 +81,8 @@ pub struct ApiParts {
     pub max_package_bytes: u64,
     /// The valid tokens; `applied` should include its revision.
     pub tokens: Arc<flare_access::Tokens>,
+    /// Seals secret values before they are stored.
+    pub sealer: Arc<flare_access::seal::Sealer>,
 }
 
 impl Api {
@@ -105,6 +110,7 @@ impl Api {
             cross_checks: Mutex::new(()),
             max_package_bytes: parts.max_package_bytes,
             tokens: parts.tokens,
+            sealer: parts.sealer,
         })
     }
 
@@ -186,6 +192,26 @@ pub fn router(api: Arc<Api>) -> Router {
             get(namespaces::get)
                 .put(namespaces::update)
                 .delete(namespaces::delete),
+        )
+        .route(
+            "/v1/secrets",
+            get(secrets::list_secrets).post(secrets::create_secret),
+        )
+        .route(
+            "/v1/secrets/{name}",
+            get(secrets::get_secret)
+                .put(secrets::update_secret)
+                .delete(secrets::delete_secret),
+        )
+        .route(
+            "/v1/configs",
+            get(secrets::list_configs).post(secrets::create_config),
+        )
+        .route(
+            "/v1/configs/{name}",
+            get(secrets::get_config)
+                .put(secrets::update_config)
+                .delete(secrets::delete_config),
         )
         .route("/v1/invocations", get(invocations::list))
         .route("/v1/invocations/{id}", get(invocations::get))

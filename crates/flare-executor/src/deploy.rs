@@ -7,9 +7,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use flare_model::{
-    Document, EnvironmentSpec, Error, FunctionSpec, Kind, Resource, Result, RuntimeKind, qualified,
+    ConfigSpec, Document, EnvironmentSpec, Error, FunctionSpec, Kind, Resource, Result,
+    RuntimeKind, SecretSpec, is_env_name, qualified, split_qualified,
 };
-use flare_runtime::{Function, Runtime};
+use flare_runtime::{Function, Injected, Runtime};
 use flare_store::logs::LogSender;
 use flare_store::{Change, Follower, PackageStore, Revision, Store, Update, advance};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,9 @@ pub(crate) struct Deployment {
     pub name: Arc<str>,
     pub namespace: Arc<str>,
     pub generation: u64,
+    /// The generations of the secrets and configs it was prepared with:
+    /// a change to one of them prepares it again.
+    pub inputs: Vec<u64>,
     pub spec: FunctionSpec,
     pub state: State,
 }
@@ -80,6 +84,8 @@ pub struct Executor {
     pub(crate) invocation_counter: AtomicU64,
     /// How long a client may take to send a request body.
     pub(crate) body_timeout: std::time::Duration,
+    /// Opens the secrets functions use (set once, at start).
+    sealer: std::sync::OnceLock<Arc<flare_access::seal::Sealer>>,
 }
 
 /// How long a client may take to send a request body, unless the server
@@ -106,7 +112,14 @@ impl Executor {
             invocation_prefix: rand::random(),
             invocation_counter: AtomicU64::new(0),
             body_timeout,
+            sealer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The key that opens secrets; functions that use secrets fail to
+    /// deploy without one.
+    pub fn set_sealer(&self, sealer: Arc<flare_access::seal::Sealer>) {
+        let _ = self.sealer.set(sealer);
     }
 
     /// The store revision every deployment reflects.
@@ -198,12 +211,16 @@ impl Executor {
             match update {
                 Update::Reload { .. } => self.resync(&*store).await,
                 Update::Change(event) => match (event.kind, event.change) {
-                    (Kind::Function, Change::Put(doc)) => self.apply(*doc).await,
+                    (Kind::Function, Change::Put(doc)) => self.apply(&*store, *doc).await,
                     (Kind::Function, Change::Deleted) => {
                         self.remove(&qualified(&event.name, &event.namespace))
                     }
                     (Kind::Environment, Change::Put(doc)) => self.apply_environment(*doc),
                     (Kind::Environment, Change::Deleted) => self.remove_environment(&event.name),
+                    (Kind::Secret | Kind::Config, _) => {
+                        self.refresh(&*store, event.kind, &event.namespace, &event.name)
+                            .await
+                    }
                     _ => {}
                 },
             }
@@ -236,17 +253,92 @@ impl Executor {
             self.remove(&name);
         }
         for doc in docs {
-            self.apply(doc).await;
+            self.apply(store, doc).await;
         }
     }
 
-    async fn apply(&self, doc: Document) {
+    /// Prepares again the functions of `namespace` that use the secret or
+    /// config that changed (new instances get the new values; running
+    /// ones finish what they do).
+    async fn refresh(&self, store: &dyn Store, kind: Kind, namespace: &str, name: &str) {
+        let users: Vec<String> = self
+            .deployments
+            .read()
+            .map(|d| {
+                d.values()
+                    .filter(|d| &*d.namespace == namespace)
+                    .filter(|d| match kind {
+                        Kind::Secret => d.spec.secrets.iter().any(|s| s == name),
+                        _ => d.spec.configs.iter().any(|c| c == name),
+                    })
+                    .map(|d| split_qualified(&d.name).0.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for user in users {
+            match store.get(Kind::Function, namespace, &user) {
+                Ok(doc) => self.apply(store, doc).await,
+                Err(e) => tracing::error!("cannot read function \"{user}\": {e}"),
+            }
+        }
+    }
+
+    /// The generations of a function's secrets and configs (0 for one that
+    /// is gone).
+    fn inputs(store: &dyn Store, namespace: &str, spec: &FunctionSpec) -> Vec<u64> {
+        let secrets = spec.secrets.iter().map(|s| (Kind::Secret, s));
+        let configs = spec.configs.iter().map(|c| (Kind::Config, c));
+        secrets
+            .chain(configs)
+            .map(|(kind, name)| {
+                store
+                    .get(kind, namespace, name)
+                    .map_or(0, |doc| doc.metadata.generation)
+            })
+            .collect()
+    }
+
+    /// The values of a function's configs and secrets.
+    fn resolve(&self, store: &dyn Store, namespace: &str, spec: &FunctionSpec) -> Result<Injected> {
+        let mut injected = Injected::default();
+        for name in &spec.configs {
+            let config =
+                Resource::<ConfigSpec>::from_document(store.get(Kind::Config, namespace, name)?)?;
+            for (key, value) in config.spec.data {
+                if is_env_name(&key) {
+                    injected.env.push((key, value));
+                }
+            }
+        }
+        if spec.secrets.is_empty() {
+            return Ok(injected);
+        }
+        let sealer = self
+            .sealer
+            .get()
+            .ok_or_else(|| Error::internal("secrets cannot be opened: no key"))?;
+        for name in &spec.secrets {
+            let secret =
+                Resource::<SecretSpec>::from_document(store.get(Kind::Secret, namespace, name)?)?;
+            for (key, sealed) in secret.spec.sealed {
+                let value = sealer.open(namespace, name, &key, &sealed)?;
+                if is_env_name(&key)
+                    && let Ok(text) = std::str::from_utf8(&value)
+                {
+                    injected.env.push((key.clone(), text.to_string()));
+                }
+                injected
+                    .files
+                    .push((format!("/secrets/{name}/{key}"), value));
+            }
+        }
+        Ok(injected)
+    }
+
+    async fn apply(&self, store: &dyn Store, doc: Document) {
         let name = qualified(&doc.metadata.name, &doc.metadata.namespace);
         let namespace: Arc<str> = doc.metadata.namespace.as_str().into();
         let generation = doc.metadata.generation;
-        if self.get(&name).is_some_and(|d| d.generation == generation) {
-            return;
-        }
         let function = match Resource::<FunctionSpec>::from_document(doc) {
             Ok(function) => function,
             Err(e) => {
@@ -255,10 +347,25 @@ impl Executor {
             }
         };
         let spec = function.spec;
+        let inputs = Self::inputs(store, &namespace, &spec);
+        if self
+            .get(&name)
+            .is_some_and(|d| d.generation == generation && d.inputs == inputs)
+        {
+            return;
+        }
         let path: PathBuf = self.packages.path(&spec.package);
-        let prepared = match self.runtime(spec.runtime) {
-            Ok(runtime) => runtime.clone().prepare(&name, &spec, &path).await,
-            Err(e) => Err(e),
+        let prepared = match (
+            self.runtime(spec.runtime),
+            self.resolve(store, &namespace, &spec),
+        ) {
+            (Ok(runtime), Ok(injected)) => {
+                runtime
+                    .clone()
+                    .prepare(&name, &spec, &path, &injected)
+                    .await
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let state = match prepared {
             Ok(function) => State::Ready(Ready {
@@ -274,6 +381,7 @@ impl Executor {
             name: name.as_str().into(),
             namespace,
             generation,
+            inputs,
             spec,
             state,
         });

@@ -294,6 +294,14 @@ pub struct FunctionSpec {
     /// Who may call it over HTTP. Default: anyone.
     #[serde(default, skip_serializing_if = "InvokeAuth::is_none")]
     pub auth: InvokeAuth,
+    /// Secrets of its namespace it gets: each key as an environment
+    /// variable (when the key is a valid name) and, for process
+    /// functions, as the file `/secrets/<secret>/<key>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Configs of its namespace it gets as environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<String>,
 }
 
 impl FunctionSpec {
@@ -309,6 +317,8 @@ impl FunctionSpec {
             env: BTreeMap::new(),
             allowed_hosts: Vec::new(),
             auth: InvokeAuth::None,
+            secrets: Vec::new(),
+            configs: Vec::new(),
         }
     }
 
@@ -378,6 +388,12 @@ impl Spec for FunctionSpec {
                     "invalid entrypoint \"{entrypoint}\" (use a name like main or module.function)"
                 )));
             }
+        }
+        for name in &self.secrets {
+            validate_name("secret name", name)?;
+        }
+        for name in &self.configs {
+            validate_name("config name", name)?;
         }
         for (key, value) in &self.env {
             let valid = key

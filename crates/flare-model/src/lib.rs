@@ -23,6 +23,7 @@ mod name;
 mod namespace;
 mod pattern;
 mod resource;
+mod secret;
 mod trigger;
 
 pub use access::{ALL_NAMESPACES, Grant, Permission, Role, TokenSpec};
@@ -42,6 +43,7 @@ pub use resource::{
     API_VERSION, DEFAULT_NAMESPACE, Document, Kind, Metadata, Resource, Spec, qualified,
     split_qualified,
 };
+pub use secret::{ConfigSpec, MAX_VALUES_BYTES, SecretSpec, is_env_name, validate_key};
 pub use trigger::{HttpTriggerSpec, MessageQueueTriggerSpec, MqKind, TimerTriggerSpec};
 
 /// Most headers a function's response may carry, and their total size in

@@ -23,6 +23,11 @@ pub enum Kind {
     Token,
     /// A namespace and its quotas (see [`crate::NamespaceSpec`]).
     Namespace,
+    /// Values a function gets without anyone seeing them again (see
+    /// [`crate::SecretSpec`]).
+    Secret,
+    /// Plain settings a function gets (see [`crate::ConfigSpec`]).
+    Config,
 }
 
 impl Kind {
@@ -35,6 +40,8 @@ impl Kind {
             Kind::MessageQueueTrigger => "MessageQueueTrigger",
             Kind::Token => "Token",
             Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+            Kind::Config => "Config",
         }
     }
 
@@ -48,6 +55,8 @@ impl Kind {
             Kind::MessageQueueTrigger => "message queue trigger",
             Kind::Token => "token",
             Kind::Namespace => "namespace",
+            Kind::Secret => "secret",
+            Kind::Config => "config",
         }
     }
 
@@ -60,6 +69,8 @@ impl Kind {
             "MessageQueueTrigger" => Some(Kind::MessageQueueTrigger),
             "Token" => Some(Kind::Token),
             "Namespace" => Some(Kind::Namespace),
+            "Secret" => Some(Kind::Secret),
+            "Config" => Some(Kind::Config),
             _ => None,
         }
     }
@@ -73,7 +84,12 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         matches!(
             self,
-            Kind::Function | Kind::HttpTrigger | Kind::TimerTrigger | Kind::MessageQueueTrigger
+            Kind::Function
+                | Kind::HttpTrigger
+                | Kind::TimerTrigger
+                | Kind::MessageQueueTrigger
+                | Kind::Secret
+                | Kind::Config
         )
     }
 }

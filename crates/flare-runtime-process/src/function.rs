@@ -33,6 +33,10 @@ pub struct ProcessFunction {
     /// Its package, unpacked (shared with functions of the same digest).
     pub(crate) code: Arc<Code>,
     pub(crate) entrypoint: Option<String>,
+    /// Environment variables (its spec's, its config's, its secrets').
+    pub(crate) env: Vec<(String, String)>,
+    /// Files under `/secrets`, written by the worker when it specializes.
+    pub(crate) files: Vec<(String, Vec<u8>)>,
     /// The egress proxy's rules, for a function that may call out.
     pub(crate) egress: Option<Arc<flare_egress::proxy::Rules>>,
     pub(crate) limits: Limits,

@@ -258,8 +258,12 @@ impl ProcessRuntime {
         match worker
             .specialize(
                 function.name.clone(),
-                function.code.file.as_deref(),
-                function.entrypoint.as_deref(),
+                crate::worker::Specialization {
+                    file: function.code.file.as_deref(),
+                    entrypoint: function.entrypoint.as_deref(),
+                    env: &function.env,
+                    files: &function.files,
+                },
                 memory,
                 Duration::from_secs(30),
             )

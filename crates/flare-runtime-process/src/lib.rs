@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use flare_model::{EnvironmentSpec, Error, Failure, FunctionSpec, KeepAlive, Result, RuntimeKind};
-use flare_runtime::{Call, Function, Instances, ResponseBody, Runtime, full_body};
+use flare_runtime::{Call, Function, Injected, Instances, ResponseBody, Runtime, full_body};
 use flare_scaling::{AdaptiveKeepAlive, Autoscaler, AutoscalerConfig};
 use flare_store::logs::LogSender;
 use tokio::sync::Notify;
@@ -247,6 +247,7 @@ impl ProcessRuntime {
         name: &str,
         spec: &FunctionSpec,
         package: &Path,
+        injected: Injected,
     ) -> Result<Arc<ProcessFunction>> {
         let environment = spec
             .environment
@@ -258,6 +259,14 @@ impl ProcessRuntime {
             environment,
             code,
             entrypoint: spec.entrypoint.clone(),
+            // What the worker sets up before it loads the code.
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(injected.env)
+                .collect(),
+            files: injected.files,
             egress: (spec.network || !spec.allowed_hosts.is_empty()).then(|| {
                 Arc::new(flare_egress::proxy::Rules {
                     policy: self.inner.config.egress.clone(),
@@ -330,10 +339,12 @@ impl Runtime for ProcessRuntime {
         name: &str,
         spec: &FunctionSpec,
         package: &Path,
+        injected: &Injected,
     ) -> Result<Arc<dyn Function>> {
         let (name, spec, package) = (name.to_string(), spec.clone(), package.to_path_buf());
+        let injected = injected.clone();
         let function = self
-            .blocking(move |runtime| runtime.function(&name, &spec, &package))
+            .blocking(move |runtime| runtime.function(&name, &spec, &package, injected))
             .await?;
         // Reserved instances are warm before the function is served.
         self.reserve(&function).await;

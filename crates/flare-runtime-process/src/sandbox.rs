@@ -15,6 +15,9 @@ use flare_model::Result;
 /// Size of a worker's private /tmp.
 pub const TMP_BYTES: u64 = 64 << 20;
 
+/// Size of a worker's `/secrets` (the secrets of one function).
+pub const SECRETS_BYTES: u64 = 8 << 20;
+
 /// The unprivileged user and group workers run as (`nobody`).
 pub const SANDBOX_UID: u32 = 65534;
 
@@ -391,6 +394,12 @@ impl SandboxCommand<'_> {
             TMP_BYTES.to_string(),
             "--tmpfs".into(),
             "/tmp".into(),
+            // Where a specialized worker writes the function's secrets
+            // (read-only files), apart from /tmp.
+            "--size".into(),
+            SECRETS_BYTES.to_string(),
+            "--tmpfs".into(),
+            "/secrets".into(),
             "--ro-bind".into(),
             self.code.to_string_lossy().into_owned(),
             "/code".into(),

@@ -96,6 +96,45 @@ impl Shared {
     }
 }
 
+/// What a worker becomes: the code to load, and what it sets up first.
+pub struct Specialization<'a> {
+    pub file: Option<&'a str>,
+    pub entrypoint: Option<&'a str>,
+    /// Environment variables set before the code is loaded.
+    pub env: &'a [(String, String)],
+    /// Files written (read-only) before the code is loaded, under
+    /// `/secrets`.
+    pub files: &'a [(String, Vec<u8>)],
+}
+
+impl Specialization<'_> {
+    /// The `specialize` frame (environments/PROTOCOL.md); file contents go
+    /// as base64.
+    fn header(&self) -> serde_json::Value {
+        use base64::Engine;
+        let env: serde_json::Map<String, serde_json::Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let files: Vec<serde_json::Value> = self
+            .files
+            .iter()
+            .map(|(path, data)| {
+                json!({"path": path, "data": base64::engine::general_purpose::STANDARD.encode(data)})
+            })
+            .collect();
+        json!({
+            "op": "specialize",
+            "code": "/code",
+            "file": self.file,
+            "entrypoint": self.entrypoint,
+            "env": env,
+            "files": files,
+        })
+    }
+}
+
 /// A running worker.
 pub struct Worker {
     shared: Arc<Shared>,
@@ -327,8 +366,7 @@ impl Worker {
     pub async fn specialize(
         &self,
         function: Arc<str>,
-        file: Option<&str>,
-        entrypoint: Option<&str>,
+        what: Specialization<'_>,
         memory_bytes: u64,
         timeout: Duration,
     ) -> Result<(), WorkerError> {
@@ -340,12 +378,7 @@ impl Worker {
         if let Ok(mut attribution) = self.shared.attribution.lock() {
             attribution.function = Some(function);
         }
-        let answer = self
-            .control(
-                Frame::new(json!({"op": "specialize", "code": "/code", "file": file, "entrypoint": entrypoint})),
-                timeout,
-            )
-            .await?;
+        let answer = self.control(Frame::new(what.header()), timeout).await?;
         match answer.op() {
             "specialized" => Ok(()),
             _ => Err(WorkerError::Function(

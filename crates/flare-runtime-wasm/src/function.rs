@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flare_model::{Error, Failure, FunctionSpec, Limits, PackageRef, Result, RuntimeKind};
-use flare_runtime::{Call, Function, ResponseBody, Runtime};
+use flare_runtime::{Call, Function, Injected, ResponseBody, Runtime};
 
 use crate::{Prepared, WasmRuntime};
 
@@ -52,6 +52,7 @@ impl Runtime for WasmRuntime {
         name: &str,
         spec: &FunctionSpec,
         package: &Path,
+        injected: &Injected,
     ) -> Result<Arc<dyn Function>> {
         let prepared = self
             .clone()
@@ -66,6 +67,7 @@ impl Runtime for WasmRuntime {
                 .env
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(injected.env.iter().cloned())
                 .collect(),
             allowed_hosts: spec.allowed_hosts.iter().cloned().collect(),
         }))

@@ -65,6 +65,32 @@ pub struct Call {
     pub guard: Box<dyn Send>,
 }
 
+/// What the executor resolves for a function beyond its spec: the values
+/// of the secrets and config it names. Held in memory while it is
+/// deployed; never stored, logged or shown.
+#[derive(Clone, Default)]
+pub struct Injected {
+    /// Environment variables, applied after the spec's own (config, then
+    /// secrets: a secret wins over a config key of the same name).
+    pub env: Vec<(String, String)>,
+    /// Files the function finds in its sandbox (`/secrets/<secret>/<key>`),
+    /// for runtimes that give it a file system.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Injected {
+    /// Names only: values are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injected")
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 /// A way of running functions.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -83,6 +109,7 @@ pub trait Runtime: Send + Sync + 'static {
         name: &str,
         spec: &FunctionSpec,
         package: &Path,
+        injected: &Injected,
     ) -> Result<Arc<dyn Function>>;
 
     /// An environment was created or changed (`Some`) or removed (`None`).

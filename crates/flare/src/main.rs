@@ -53,6 +53,11 @@ enum Command {
     /// Namespaces and their quotas (changes: admin only).
     #[command(name = "ns", visible_alias = "namespace")]
     Namespace(commands::namespace::NamespaceArgs),
+    /// Secrets: values functions get as environment variables and files,
+    /// sealed at rest, never shown again.
+    Secret(commands::secret::SecretArgs),
+    /// Configs: plain settings functions get as environment variables.
+    Config(commands::secret::ConfigArgs),
     /// API tokens: who may do what (admin only).
     Token(commands::token::TokenArgs),
     /// Show the token in use: its name, role and namespace.
@@ -86,6 +91,8 @@ fn main() -> std::process::ExitCode {
             Command::Context(args) => commands::context::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
             Command::Namespace(args) => commands::namespace::run(args).await,
+            Command::Secret(args) => commands::secret::run(args).await,
+            Command::Config(args) => commands::secret::run_config(args).await,
             Command::Whoami(args) => commands::token::whoami(args).await,
             Command::Audit(args) => commands::token::audit(args).await,
         }

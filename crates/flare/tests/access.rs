@@ -108,89 +108,150 @@ enum Needs {
 #[test]
 fn no_role_does_more_than_its_row_allows() {
     let server = Server::start();
-    server.create("hello", "hello_rust", &[]);
     server.ok(&["ns", "create", "team-a"]);
+    // The same resources in two namespaces: the caller's own and another.
+    for namespace in ["default", "team-a"] {
+        let ns = ["-n", namespace];
+        server.create("hello", "hello_rust", &ns);
+        for args in [
+            &["secret", "create", "--name", "s", "--from-literal", "K=v"][..],
+            &["config", "create", "--name", "c", "--from-literal", "K=v"],
+            &[
+                "tt",
+                "create",
+                "--name",
+                "t",
+                "--function",
+                "hello",
+                "--cron",
+                "0 0 1 1 *",
+            ],
+        ] {
+            server.ok(&[&ns[..], args].concat());
+        }
+    }
     let url = |path: &str| format!("{}{path}", server.api);
     let env_doc = r#"{"apiVersion":"flare.dev/v1","kind":"Environment","metadata":{"name":"x"},"spec":{"runtime":"nope"}}"#;
-    let function: serde_json::Value = server
-        .api_client()
-        .get(url("/v1/functions/hello"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let mut function = function.clone();
-    function["metadata"]["generation"] = 0.into();
-    let function = function.to_string();
+    let ns_doc = r#"{"kind":"Namespace","metadata":{"name":"Bad"},"spec":{}}"#;
+    let bad_secret = r#"{"metadata":{"name":"x"},"data":{"K":"not base64!"}}"#;
+    let function = |namespace: &str| {
+        let mut doc: serde_json::Value = server
+            .api_client()
+            .get(url(&format!("/v1/functions/hello?namespace={namespace}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        doc["metadata"]["generation"] = 0.into();
+        doc.to_string()
+    };
 
-    // (method, path, body, what it needs, the status when allowed)
-    let endpoints: Vec<(&str, &str, String, Needs, u16)> = vec![
-        ("GET", "/v1/functions", String::new(), Needs::Read, 200),
-        (
+    // (method, path, body, what it needs, namespace it is about, the
+    // status when allowed). Writes that an allowed caller makes are either
+    // idempotent or refused after the wall by the request's own fault, so
+    // every caller meets the same state.
+    let mut endpoints: Vec<(&str, String, String, Needs, &str, u16)> = Vec::new();
+    for namespace in ["default", "team-a"] {
+        let q = format!("?namespace={namespace}");
+        let p = |path: &str| format!("{path}{q}");
+        let mut add = |method, path: String, body: String, needs, status| {
+            endpoints.push((method, path, body, needs, namespace, status));
+        };
+        add("GET", p("/v1/functions"), String::new(), Needs::Read, 200);
+        add(
             "GET",
-            "/v1/functions/hello",
+            p("/v1/functions/hello"),
             String::new(),
             Needs::Read,
             200,
-        ),
-        (
+        );
+        add(
             "GET",
-            "/v1/functions/hello/logs",
+            p("/v1/functions/hello/logs"),
             String::new(),
             Needs::Read,
             200,
-        ),
-        ("GET", "/v1/environments", String::new(), Needs::Token, 200),
-        ("GET", "/v1/httptriggers", String::new(), Needs::Read, 200),
-        ("GET", "/v1/timertriggers", String::new(), Needs::Read, 200),
-        ("GET", "/v1/mqtriggers", String::new(), Needs::Read, 200),
-        ("GET", "/v1/invocations", String::new(), Needs::Read, 200),
-        ("PUT", "/v1/functions/hello", function, Needs::Write, 200),
-        (
+        );
+        add(
+            "GET",
+            p("/v1/httptriggers"),
+            String::new(),
+            Needs::Read,
+            200,
+        );
+        add(
+            "GET",
+            p("/v1/timertriggers"),
+            String::new(),
+            Needs::Read,
+            200,
+        );
+        add(
+            "GET",
+            p("/v1/timertriggers/t"),
+            String::new(),
+            Needs::Read,
+            200,
+        );
+        add("GET", p("/v1/mqtriggers"), String::new(), Needs::Read, 200);
+        add("GET", p("/v1/invocations"), String::new(), Needs::Read, 200);
+        add("GET", p("/v1/secrets"), String::new(), Needs::Read, 200);
+        add("GET", p("/v1/secrets/s"), String::new(), Needs::Read, 200);
+        add("GET", p("/v1/configs/c"), String::new(), Needs::Read, 200);
+        add(
+            "PUT",
+            p("/v1/functions/hello"),
+            function(namespace),
+            Needs::Write,
+            200,
+        );
+        add(
             "POST",
-            "/v1/environments",
-            env_doc.into(),
-            Needs::Admin,
+            p("/v1/secrets"),
+            bad_secret.into(),
+            Needs::Write,
             400,
-        ),
-        (
+        );
+        add(
             "DELETE",
-            "/v1/httptriggers/nope",
+            p("/v1/httptriggers/nope"),
             String::new(),
             Needs::Write,
             404,
-        ),
+        );
         // Not a package: allowed callers get past the wall to the check.
-        ("POST", "/v1/packages", "bytes".into(), Needs::Write, 400),
-        (
-            "POST",
-            "/v1/functions/hello/invoke",
-            String::new(),
-            Needs::Invoke,
-            200,
-        ),
-        (
+        add("POST", p("/v1/packages"), "bytes".into(), Needs::Write, 400);
+        let invoke = match namespace {
+            "default" => "/v1/functions/hello/invoke".to_string(),
+            other => format!("/v1/functions/hello.{other}/invoke"),
+        };
+        add("POST", invoke.clone(), String::new(), Needs::Invoke, 200);
+        add(
             "GET",
-            "/v1/functions/hello/invoke/x",
+            format!("{invoke}/x"),
             String::new(),
             Needs::Invoke,
             200,
-        ),
-        ("GET", "/metrics", String::new(), Needs::ReadAll, 200),
-        ("GET", "/v1/tokens", String::new(), Needs::Admin, 200),
-        ("GET", "/v1/audit", String::new(), Needs::Admin, 200),
-        (
-            "DELETE",
-            "/v1/tokens/nope",
-            String::new(),
-            Needs::Admin,
-            404,
-        ),
-        ("GET", "/v1/whoami", String::new(), Needs::Token, 200),
-    ];
+        );
+    }
+    let cluster = "*";
+    for (method, path, body, needs, status) in [
+        ("GET", "/metrics", "", Needs::ReadAll, 200),
+        ("GET", "/v1/tokens", "", Needs::Admin, 200),
+        ("DELETE", "/v1/tokens/nope", "", Needs::Admin, 404),
+        ("GET", "/v1/audit", "", Needs::Admin, 200),
+        ("GET", "/v1/whoami", "", Needs::Token, 200),
+        ("GET", "/v1/environments", "", Needs::Token, 200),
+        ("POST", "/v1/environments", env_doc, Needs::Admin, 400),
+        ("GET", "/v1/namespaces", "", Needs::Token, 200),
+        ("POST", "/v1/namespaces", ns_doc, Needs::Admin, 400),
+        ("DELETE", "/v1/namespaces/nope", "", Needs::Admin, 404),
+        ("GET", "/v1/functions?namespace=*", "", Needs::ReadAll, 200),
+    ] {
+        endpoints.push((method, path.into(), body.into(), needs, cluster, status));
+    }
 
-    // (who, token, role, namespace); the namespace of everything here is
-    // "default".
+    // (who, token, role, namespace)
     let mut callers: Vec<(&str, String, Option<&str>, &str)> = vec![
         ("admin", server.token.clone(), Some("admin"), "*"),
         (
@@ -215,6 +276,12 @@ fn no_role_does_more_than_its_row_allows() {
             "developer of team-a",
             token(&server, "dev-a", "developer", &["-n", "team-a"]),
             Some("developer"),
+            "team-a",
+        ),
+        (
+            "invoker of team-a",
+            token(&server, "inv-a", "invoker", &["-n", "team-a"]),
+            Some("invoker"),
             "team-a",
         ),
         (
@@ -245,8 +312,9 @@ fn no_role_does_more_than_its_row_allows() {
     });
     callers.push(("an expired token", expiring, None, ""));
 
-    for (who, secret, role, namespace) in &callers {
-        for (method, path, body, needs, allowed_status) in &endpoints {
+    let mut checked = 0;
+    for (who, secret, role, reach) in &callers {
+        for (method, path, body, needs, about, allowed_status) in &endpoints {
             let client = if secret.is_empty() {
                 http()
             } else {
@@ -275,11 +343,11 @@ fn no_role_does_more_than_its_row_allows() {
                 (Some(other), _) => panic!("no row for {other}"),
             };
             let reaches = match needs {
-                Needs::ReadAll | Needs::Admin => *namespace == "*",
+                Needs::ReadAll | Needs::Admin => *reach == "*",
                 Needs::Token => true,
-                _ => *namespace == "*" || *namespace == "default",
+                _ => *reach == "*" || reach == about,
             };
-            let named = path.matches('/').count() > 2 && !path.starts_with("/v1/tokens");
+            let named = path.split('?').next().unwrap().matches('/').count() > 2;
             let expected = match role_allows {
                 None => 401,
                 Some(false) => 403,
@@ -288,11 +356,23 @@ fn no_role_does_more_than_its_row_allows() {
                 Some(true) => 403,
             };
             assert_eq!(status, expected, "{who}: {method} {path}");
+            checked += 1;
         }
     }
+    assert_eq!(checked, callers.len() * endpoints.len());
     // What the refused ones would have changed is not there.
-    let environments = server.ok(&["env", "list", "-o", "json"]);
-    assert_eq!(environments.trim(), "[]");
+    assert_eq!(server.ok(&["env", "list", "-o", "json"]).trim(), "[]");
+    for namespace in ["default", "team-a"] {
+        let listed = server.ok(&["-n", namespace, "secret", "list", "-o", "json"]);
+        assert_eq!(listed.matches("\"name\"").count(), 1, "{listed}");
+    }
+    assert_eq!(
+        server
+            .ok(&["ns", "list", "-o", "json"])
+            .matches("\"name\"")
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -1050,4 +1130,204 @@ fn a_data_dir_from_before_tokens_starts_with_everything_in_default() {
         .send()
         .unwrap();
     assert_eq!(refused.status(), 401);
+}
+
+#[test]
+fn secrets_reach_functions_and_nothing_else() {
+    let server = Server::start();
+    let value = format!("s3cret-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("tls.key");
+    std::fs::write(&key_file, b"\x00\xffbinary key").unwrap();
+    server.ok(&[
+        "secret",
+        "create",
+        "--name",
+        "db",
+        "--from-literal",
+        &format!("PASSWORD={value}"),
+        "--from-file",
+        key_file.to_str().unwrap(),
+    ]);
+    server.ok(&[
+        "config",
+        "create",
+        "--name",
+        "app",
+        "--from-literal",
+        "MODE=prod",
+    ]);
+    server.python_env("1");
+    server.create_python(
+        "py",
+        "secrets.py",
+        &["--secret", "db", "--config", "app", "--env", "PLAIN=1"],
+    );
+    server.create("wasm", "misbehave", &["--secret", "db", "--config", "app"]);
+
+    // Delivered: environment variables (wasm and process), files (process).
+    let env = |name: &str| -> serde_json::Value {
+        server
+            .get(&format!("/fn/py/env?name={name}"))
+            .json()
+            .unwrap()
+    };
+    assert_eq!(env("PASSWORD")["value"], value.as_str());
+    assert_eq!(env("MODE")["value"], "prod");
+    // The function's own variables reach process functions too.
+    assert_eq!(env("PLAIN")["value"], "1");
+    let file: serde_json::Value = server
+        .get("/fn/py/file?path=/secrets/db/tls.key")
+        .json()
+        .unwrap();
+    assert_eq!(file["hex"], hex::encode(b"\x00\xffbinary key"));
+    assert_eq!(file["mode"], "0o400");
+    let file: serde_json::Value = server
+        .get("/fn/py/file?path=/secrets/db/PASSWORD")
+        .json()
+        .unwrap();
+    assert_eq!(file["hex"], hex::encode(value.as_bytes()));
+    let wasm_env = server.get("/fn/wasm/env").text().unwrap();
+    assert!(
+        wasm_env.contains(&format!("PASSWORD={value}")),
+        "{wasm_env}"
+    );
+    assert!(wasm_env.contains("MODE=prod"), "{wasm_env}");
+
+    // Changed: new instances see the new value once the update returns.
+    let newer = format!("{value}-2");
+    server.ok(&[
+        "secret",
+        "update",
+        "--name",
+        "db",
+        "--from-literal",
+        &format!("PASSWORD={newer}"),
+    ]);
+    eventually(Duration::from_secs(20), || {
+        (env("PASSWORD")["value"] == newer.as_str()).then_some(())
+    });
+    let gone: serde_json::Value = server
+        .get("/fn/py/file?path=/secrets/db/tls.key")
+        .json()
+        .unwrap_or(serde_json::Value::Null);
+    assert!(
+        gone["hex"].is_null(),
+        "a key dropped by the update stays gone: {gone}"
+    );
+
+    // Shown: keys only, by the CLI and every API answer.
+    let shown = server.ok(&["secret", "get", "--name", "db", "-o", "json"]);
+    assert!(
+        shown.contains("PASSWORD") && !shown.contains(&newer),
+        "{shown}"
+    );
+    for path in [
+        "/v1/secrets",
+        "/v1/secrets/db",
+        "/v1/functions/py",
+        "/v1/functions",
+        "/v1/audit",
+    ] {
+        let body = server
+            .api_client()
+            .get(format!("{}{path}", server.api))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            !body.contains(&value) && !body.contains(&newer),
+            "{path}: {body}"
+        );
+    }
+    // Not in logs, invocation records or error bodies either.
+    let failed = server.get("/fn/py/fail");
+    assert_eq!(failed.status(), 500);
+    assert!(!failed.text().unwrap().contains(&newer));
+    // A queued call of a function that uses the secret (and does not
+    // print it): its record holds no value.
+    let queued = http()
+        .post(format!("{}/async/fn/py/", server.router))
+        .header("authorization", "Bearer not-a-flare-token")
+        .send()
+        .unwrap();
+    let id = queued.headers()["x-flare-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let record = eventually(Duration::from_secs(30), || {
+        let record = server.ok(&["invocations", "get", "--id", &id, "-o", "json"]);
+        record.contains("succeeded").then_some(record)
+    });
+    assert!(
+        !record.contains(&value) && !record.contains(&newer),
+        "{record}"
+    );
+    assert!(!record.contains("not-a-flare-token"), "{record}");
+    for name in ["py", "wasm"] {
+        let logs = server.ok(&["fn", "logs", "--name", name, "-o", "json"]);
+        assert!(!logs.contains(&value) && !logs.contains(&newer), "{logs}");
+    }
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(&server.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            stored.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(
+        !stored.contains(&value) && !stored.contains(&newer),
+        "a value is stored in clear"
+    );
+
+    // Bad input: clear errors, nothing stored.
+    let unknown = server.fails(&["fn", "update", "--name", "py", "--secret", "nope"]);
+    assert!(
+        unknown.contains("secret \"nope\" does not exist"),
+        "{unknown}"
+    );
+    let unknown = server.fails(&["fn", "update", "--name", "py", "--config", "nope"]);
+    assert!(
+        unknown.contains("config \"nope\" does not exist"),
+        "{unknown}"
+    );
+    let bad = server.fails(&["secret", "create", "--name", "x", "--from-literal", "a/b=1"]);
+    assert!(bad.contains("invalid secret key"), "{bad}");
+    let bad = server.fails(&["secret", "create", "--name", "x"]);
+    assert!(bad.contains("--from-literal"), "{bad}");
+    let used = server.fails(&["secret", "delete", "--name", "db"]);
+    assert!(used.contains("used by function(s) py, wasm"), "{used}");
+    let raw = server
+        .api_client()
+        .post(format!("{}/v1/secrets", server.api))
+        .header("content-type", "application/json")
+        .body(r#"{"metadata":{"name":"raw"},"data":{"K":"not base64!"}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    let listed = server.ok(&["secret", "list"]);
+    assert!(
+        !listed.contains("raw") && !listed.contains(" x "),
+        "{listed}"
+    );
+    // Another namespace's function cannot name this namespace's secret.
+    server.ok(&["ns", "create", "team-a"]);
+    let elsewhere = server.fails(&[
+        "-n",
+        "team-a",
+        "fn",
+        "create",
+        "--name",
+        "w",
+        "--code",
+        common::guest("misbehave").to_str().unwrap(),
+        "--secret",
+        "db",
+    ]);
+    assert!(
+        elsewhere.contains("does not exist in namespace \"team-a\""),
+        "{elsewhere}"
+    );
 }

@@ -85,6 +85,16 @@ struct SpecFlags {
     /// admin token (`Authorization: Bearer`). [default: none]
     #[arg(long, value_enum)]
     auth: Option<Auth>,
+    /// A secret of the namespace the function gets: each key as an
+    /// environment variable (when it is a valid name) and, for process
+    /// functions, as /secrets/<secret>/<key> (repeatable; on update the
+    /// given set replaces the old one).
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+    /// A config of the namespace the function gets as environment variables
+    /// (repeatable; on update the given set replaces the old one).
+    #[arg(long = "config", value_name = "NAME")]
+    configs: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -275,6 +285,12 @@ impl SpecFlags {
         }
         if !self.allow_hosts.is_empty() {
             spec.insert("allowedHosts".into(), json!(self.allow_hosts));
+        }
+        if !self.secrets.is_empty() {
+            spec.insert("secrets".into(), json!(self.secrets));
+        }
+        if !self.configs.is_empty() {
+            spec.insert("configs".into(), json!(self.configs));
         }
         match self.auth {
             Some(Auth::Token) => {

@@ -374,6 +374,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         log_sender,
         settings.body_timeout,
     );
+    // The key secrets are sealed with, made on the first start.
+    let sealer = Arc::new(flare_access::seal::Sealer::open_dir(data_dir)?);
+    executor.set_sealer(sealer.clone());
     let queue = AsyncQueue::new(sqlite.clone());
     let tokens = flare_access::Tokens::new();
     let router = Router::new(executor.clone(), Some(queue.clone()), tokens.clone());
@@ -421,6 +424,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         applied,
         max_package_bytes: settings.max_package_bytes,
         tokens,
+        sealer,
     });
     // Tests and scripts read these two lines to find ports chosen by the OS.
     println!(

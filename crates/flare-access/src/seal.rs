@@ -1,0 +1,172 @@
+//! Secrets at rest: each value sealed with ChaCha20-Poly1305 (ring) under
+//! a key kept in the data dir (`secrets.key`, 0600, made on the first
+//! start). The nonce is random per value; the associated data names where
+//! the value belongs (namespace, secret, key), so a sealed value moved to
+//! another secret or key does not open.
+
+use std::path::Path;
+
+use flare_model::{Error, Result};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// The key file, in the data dir.
+pub const KEY_FILE: &str = "secrets.key";
+
+/// What every sealed value starts with (the format's version).
+const PREFIX: &str = "v1:";
+
+/// Seals and opens secret values.
+pub struct Sealer {
+    key: LessSafeKey,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer")
+    }
+}
+
+fn aad(namespace: &str, secret: &str, key: &str) -> String {
+    format!("{namespace}/{secret}/{key}")
+}
+
+impl Sealer {
+    /// The sealer of `data_dir`, making its key on the first start.
+    pub fn open_dir(data_dir: &Path) -> Result<Sealer> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join(KEY_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                SystemRandom::new()
+                    .fill(&mut key)
+                    .map_err(|_| Error::internal("no randomness for the secrets key"))?;
+                let partial = data_dir.join(format!("{KEY_FILE}.partial"));
+                let _ = std::fs::remove_file(&partial);
+                let written = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&partial)
+                    .and_then(|mut file| {
+                        file.write_all(&key)?;
+                        file.sync_all()
+                    })
+                    .and_then(|()| std::fs::rename(&partial, &path));
+                written.map_err(|e| {
+                    Error::internal(format!("cannot write {}: {e}", path.display()))
+                })?;
+                key.to_vec()
+            }
+            Err(e) => {
+                return Err(Error::internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Sealer::new(&bytes)
+    }
+
+    pub fn new(key: &[u8]) -> Result<Sealer> {
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key)
+            .map_err(|_| Error::internal("the secrets key is not 32 bytes"))?;
+        Ok(Sealer {
+            key: LessSafeKey::new(key),
+            random: SystemRandom::new(),
+        })
+    }
+
+    /// `value`, sealed for `key` of `secret` in `namespace`.
+    pub fn seal(&self, namespace: &str, secret: &str, key: &str, value: &[u8]) -> Result<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| Error::internal("no randomness for a nonce"))?;
+        let mut sealed = value.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(namespace, secret, key).as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| Error::internal("cannot seal a secret"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(format!("{PREFIX}{}", hex::encode(out)))
+    }
+
+    /// The value sealed for `key` of `secret` in `namespace`.
+    pub fn open(&self, namespace: &str, secret: &str, key: &str, sealed: &str) -> Result<Vec<u8>> {
+        let broken = || {
+            Error::internal(format!(
+                "secret \"{secret}\" key \"{key}\" does not open with this data dir's key"
+            ))
+        };
+        let bytes = sealed
+            .strip_prefix(PREFIX)
+            .and_then(|hex| hex::decode(hex).ok())
+            .filter(|b| b.len() >= NONCE_LEN)
+            .ok_or_else(broken)?;
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| broken())?;
+        let mut sealed = sealed.to_vec();
+        let opened = self
+            .key
+            .open_in_place(
+                nonce,
+                Aad::from(aad(namespace, secret, key).as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| broken())?;
+        Ok(opened.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_only_where_it_was_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::open_dir(dir.path()).unwrap();
+        let sealed = sealer.seal("default", "db", "PASSWORD", b"s3cret").unwrap();
+        assert!(!sealed.contains("s3cret"));
+        assert_ne!(
+            sealed,
+            sealer.seal("default", "db", "PASSWORD", b"s3cret").unwrap()
+        );
+        assert_eq!(
+            sealer.open("default", "db", "PASSWORD", &sealed).unwrap(),
+            b"s3cret"
+        );
+        // Moved to another key, secret or namespace: it does not open.
+        assert!(sealer.open("default", "db", "USER", &sealed).is_err());
+        assert!(
+            sealer
+                .open("default", "other", "PASSWORD", &sealed)
+                .is_err()
+        );
+        assert!(sealer.open("team-a", "db", "PASSWORD", &sealed).is_err());
+        assert!(sealer.open("default", "db", "PASSWORD", "v1:00").is_err());
+        // The key persists, 0600; another data dir's key opens nothing.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Sealer::open_dir(dir.path()).unwrap();
+        assert_eq!(
+            again.open("default", "db", "PASSWORD", &sealed).unwrap(),
+            b"s3cret"
+        );
+        let other = Sealer::open_dir(tempfile::tempdir().unwrap().path()).unwrap();
+        assert!(other.open("default", "db", "PASSWORD", &sealed).is_err());
+    }
+}
