@@ -306,8 +306,9 @@ impl Executor {
                 Resource::<ConfigSpec>::from_document(store.get(Kind::Config, namespace, name)?)?;
             for (key, value) in config.spec.data {
                 if is_env_name(&key) {
-                    injected.env.push((key, value));
+                    injected.env.push((key.clone(), value.clone()));
                 }
+                injected.config.push((key, value));
             }
         }
         if spec.secrets.is_empty() {
@@ -322,10 +323,11 @@ impl Executor {
                 Resource::<SecretSpec>::from_document(store.get(Kind::Secret, namespace, name)?)?;
             for (key, sealed) in secret.spec.sealed {
                 let value = sealer.open(namespace, name, &key, &sealed)?;
-                if is_env_name(&key)
-                    && let Ok(text) = std::str::from_utf8(&value)
-                {
-                    injected.env.push((key.clone(), text.to_string()));
+                if let Ok(text) = std::str::from_utf8(&value) {
+                    if is_env_name(&key) {
+                        injected.env.push((key.clone(), text.to_string()));
+                    }
+                    injected.config.push((key.clone(), text.to_string()));
                 }
                 injected
                     .files

@@ -16,6 +16,7 @@ struct WasmFunction {
     name: Arc<str>,
     limits: Limits,
     env: Arc<[(String, String)]>,
+    config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     allowed_hosts: Arc<[String]>,
 }
 
@@ -69,6 +70,7 @@ impl Runtime for WasmRuntime {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .chain(injected.env.iter().cloned())
                 .collect(),
+            config: Arc::new(injected.config.iter().cloned().collect()),
             allowed_hosts: spec.allowed_hosts.iter().cloned().collect(),
         }))
     }
@@ -86,6 +88,7 @@ impl Function for WasmFunction {
             request: call.request,
             limits: self.limits,
             env: self.env.clone(),
+            config: self.config.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
             guard: Some(call.guard),
         };

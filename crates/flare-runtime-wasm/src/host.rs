@@ -14,6 +14,8 @@ use wasmtime_wasi_http::{
 pub(crate) struct Host {
     pub table: ResourceTable,
     pub wasi: WasiCtx,
+    /// `wasi:config/store`: the function's configs and secrets.
+    pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     pub http: WasiHttpCtx,
     pub hooks: OutboundPolicy,
     pub limits: StoreLimits,

@@ -30,6 +30,8 @@ pub struct Call {
     pub request: http::Request<Bytes>,
     pub limits: Limits,
     pub env: Arc<[(String, String)]>,
+    /// What `wasi:config/store` answers (its configs' and secrets' keys).
+    pub config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     pub allowed_hosts: Arc<[String]>,
     /// Held until the guest has finished, response body included: the
     /// caller's concurrency permit.
@@ -69,6 +71,7 @@ impl WasmRuntime {
         let host = Host {
             table: wasmtime::component::ResourceTable::new(),
             wasi: wasi.build(),
+            config: call.config.clone(),
             http: WasiHttpCtx::new(),
             hooks: OutboundPolicy {
                 allowed_hosts: call.allowed_hosts.clone(),

@@ -161,6 +161,10 @@ impl WasmRuntime {
             .map_err(|e| StartError(format!("linking WASI: {e}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| StartError(format!("linking wasi:http: {e}")))?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |host: &mut host::Host| {
+            wasmtime_wasi_config::WasiConfig::from(&*host.config)
+        })
+        .map_err(|e| StartError(format!("linking wasi:config: {e}")))?;
         let ticker = EpochTicker::start(engine.clone())?;
         Ok(WasmRuntime {
             engine,

@@ -89,6 +89,7 @@ impl Fixture {
             request,
             limits,
             env: Arc::from(vec![("GREETING".to_string(), "hi".to_string())]),
+            config: Arc::default(),
             allowed_hosts: Arc::from(Vec::<String>::new()),
             guard: None,
         };

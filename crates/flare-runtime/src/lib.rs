@@ -76,6 +76,9 @@ pub struct Injected {
     /// Files the function finds in its sandbox (`/secrets/<secret>/<key>`),
     /// for runtimes that give it a file system.
     pub files: Vec<(String, Vec<u8>)>,
+    /// Every key of its configs and secrets (text values), for runtimes
+    /// that offer `wasi:config/store`.
+    pub config: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Injected {

@@ -1193,6 +1193,15 @@ fn secrets_reach_functions_and_nothing_else() {
         "{wasm_env}"
     );
     assert!(wasm_env.contains("MODE=prod"), "{wasm_env}");
+    // And through wasi:config/store: every text value, by key.
+    let got = server.get("/fn/wasm/config?key=PASSWORD").text().unwrap();
+    assert_eq!(got, format!("Ok(Some({value:?}))"));
+    let all = server.get("/fn/wasm/config").text().unwrap();
+    assert_eq!(
+        all,
+        format!("MODE=prod\nPASSWORD={value}"),
+        "binary tls.key is not text"
+    );
 
     // Changed: new instances see the new value once the update returns.
     let newer = format!("{value}-2");

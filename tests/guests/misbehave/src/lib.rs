@@ -6,6 +6,8 @@
 //! - `/sleep?ms=N`: blocks in a host call for N ms
 //! - `/log?n=N`: writes N lines to stdout and one to stderr
 //! - `/env`: lists the environment it sees
+//! - `/config`: lists what `wasi:config/store` answers (`get-all`), and
+//!   `/config?key=K` what `get` answers for K
 //! - `/fs`: tries to read the host's files
 //! - `/fetch?url=http://host:port/path`: outbound HTTP GET
 //! - `/state`: counts its calls in a global and marks an 8 MiB global
@@ -21,6 +23,26 @@ use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
     Scheme,
 };
+
+// wasi:config/store, which the wasip2 crate does not bind.
+mod config {
+    wit_bindgen::generate!({
+        inline: "
+            package flare:misbehave;
+            package wasi:config@0.2.0-rc.1 {
+                interface store {
+                    variant error { upstream(string), io(string) }
+                    get: func(key: string) -> result<option<string>, error>;
+                    get-all: func() -> result<list<tuple<string, string>>, error>;
+                }
+            }
+            world guest { import wasi:config/store@0.2.0-rc.1; }
+        ",
+        world: "flare:misbehave/guest",
+        generate_all,
+    });
+    pub use self::wasi::config::store::{get, get_all};
+}
 
 struct Misbehave;
 
@@ -127,6 +149,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 }
                 eprintln!("to stderr");
                 respond(out, 200, "logged");
+            }
+            "/config" => {
+                let answer = match query_param(query, "key") {
+                    Some(key) => format!("{:?}", config::get(key).map_err(|_| "error")),
+                    None => match config::get_all() {
+                        Ok(mut all) => {
+                            all.sort();
+                            all.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n")
+                        }
+                        Err(_) => "error".into(),
+                    },
+                };
+                respond(out, 200, &answer);
             }
             "/env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
