@@ -33,6 +33,8 @@ start_flare() {
   if [ -f "$data/admin.token" ]; then
     FLARE_TOKEN=$(cat "$data/admin.token")
     export FLARE_TOKEN
+  else
+    unset FLARE_TOKEN
   fi
 }
 

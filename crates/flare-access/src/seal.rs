@@ -1,12 +1,13 @@
 //! Secrets at rest: each value sealed with ChaCha20-Poly1305 (ring) under
 //! a key kept in the data dir (`secrets.key`, 0600, made on the first
 //! start). The nonce is random per value; the associated data names where
-//! the value belongs (namespace, secret, key), so a sealed value moved to
-//! another secret or key does not open.
+//! the value belongs (kind, namespace, name, key), so a sealed value moved
+//! to another secret, key or kind (a secret's value into a config, which
+//! is shown) does not open.
 
 use std::path::Path;
 
-use flare_model::{Error, Result};
+use flare_model::{Error, Kind, Result};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -28,8 +29,25 @@ impl std::fmt::Debug for Sealer {
     }
 }
 
-fn aad(namespace: &str, secret: &str, key: &str) -> String {
-    format!("{namespace}/{secret}/{key}")
+/// Where a value belongs.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub kind: Kind,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub key: &'a str,
+}
+
+impl Place<'_> {
+    fn aad(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.kind.as_str(),
+            self.namespace,
+            self.name,
+            self.key
+        )
+    }
 }
 
 impl Sealer {
@@ -81,8 +99,8 @@ impl Sealer {
         })
     }
 
-    /// `value`, sealed for `key` of `secret` in `namespace`.
-    pub fn seal(&self, namespace: &str, secret: &str, key: &str, value: &[u8]) -> Result<String> {
+    /// `value`, sealed for its place.
+    pub fn seal(&self, place: Place<'_>, value: &[u8]) -> Result<String> {
         let mut nonce = [0u8; NONCE_LEN];
         self.random
             .fill(&mut nonce)
@@ -91,7 +109,7 @@ impl Sealer {
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(namespace, secret, key).as_bytes()),
+                Aad::from(place.aad().as_bytes()),
                 &mut sealed,
             )
             .map_err(|_| Error::internal("cannot seal a secret"))?;
@@ -100,11 +118,12 @@ impl Sealer {
         Ok(format!("{PREFIX}{}", hex::encode(out)))
     }
 
-    /// The value sealed for `key` of `secret` in `namespace`.
-    pub fn open(&self, namespace: &str, secret: &str, key: &str, sealed: &str) -> Result<Vec<u8>> {
+    /// The value sealed for `place`.
+    pub fn open(&self, place: Place<'_>, sealed: &str) -> Result<Vec<u8>> {
         let broken = || {
             Error::internal(format!(
-                "secret \"{secret}\" key \"{key}\" does not open with this data dir's key"
+                "{} \"{}\" key \"{}\" does not open with this data dir's key",
+                place.kind, place.name, place.key
             ))
         };
         let bytes = sealed
@@ -117,11 +136,7 @@ impl Sealer {
         let mut sealed = sealed.to_vec();
         let opened = self
             .key
-            .open_in_place(
-                nonce,
-                Aad::from(aad(namespace, secret, key).as_bytes()),
-                &mut sealed,
-            )
+            .open_in_place(nonce, Aad::from(place.aad().as_bytes()), &mut sealed)
             .map_err(|_| broken())?;
         Ok(opened.to_vec())
     }
@@ -131,29 +146,34 @@ impl Sealer {
 mod tests {
     use super::*;
 
+    fn at<'a>(kind: Kind, namespace: &'a str, name: &'a str, key: &'a str) -> Place<'a> {
+        Place {
+            kind,
+            namespace,
+            name,
+            key,
+        }
+    }
+
     #[test]
     fn a_sealed_value_opens_only_where_it_was_sealed() {
         let dir = tempfile::tempdir().unwrap();
         let sealer = Sealer::open_dir(dir.path()).unwrap();
-        let sealed = sealer.seal("default", "db", "PASSWORD", b"s3cret").unwrap();
+        let here = at(Kind::Secret, "default", "db", "PASSWORD");
+        let sealed = sealer.seal(here, b"s3cret").unwrap();
         assert!(!sealed.contains("s3cret"));
-        assert_ne!(
-            sealed,
-            sealer.seal("default", "db", "PASSWORD", b"s3cret").unwrap()
-        );
-        assert_eq!(
-            sealer.open("default", "db", "PASSWORD", &sealed).unwrap(),
-            b"s3cret"
-        );
-        // Moved to another key, secret or namespace: it does not open.
-        assert!(sealer.open("default", "db", "USER", &sealed).is_err());
-        assert!(
-            sealer
-                .open("default", "other", "PASSWORD", &sealed)
-                .is_err()
-        );
-        assert!(sealer.open("team-a", "db", "PASSWORD", &sealed).is_err());
-        assert!(sealer.open("default", "db", "PASSWORD", "v1:00").is_err());
+        assert_ne!(sealed, sealer.seal(here, b"s3cret").unwrap());
+        assert_eq!(sealer.open(here, &sealed).unwrap(), b"s3cret");
+        // Moved to another key, secret, namespace or kind: it does not open.
+        for elsewhere in [
+            at(Kind::Secret, "default", "db", "USER"),
+            at(Kind::Secret, "default", "other", "PASSWORD"),
+            at(Kind::Secret, "team-a", "db", "PASSWORD"),
+            at(Kind::Config, "default", "db", "PASSWORD"),
+        ] {
+            assert!(sealer.open(elsewhere, &sealed).is_err(), "{elsewhere:?}");
+        }
+        assert!(sealer.open(here, "v1:00").is_err());
         // The key persists, 0600; another data dir's key opens nothing.
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(KEY_FILE))
@@ -162,11 +182,8 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = Sealer::open_dir(dir.path()).unwrap();
-        assert_eq!(
-            again.open("default", "db", "PASSWORD", &sealed).unwrap(),
-            b"s3cret"
-        );
+        assert_eq!(again.open(here, &sealed).unwrap(), b"s3cret");
         let other = Sealer::open_dir(tempfile::tempdir().unwrap().path()).unwrap();
-        assert!(other.open("default", "db", "PASSWORD", &sealed).is_err());
+        assert!(other.open(here, &sealed).is_err());
     }
 }

@@ -146,6 +146,23 @@ async fn read_part(
 /// finish sending and read the error instead of seeing a reset connection.
 const DRAIN_LIMIT: usize = 1 << 30;
 
+/// `error`, once the request's body has been read and thrown away (up to
+/// [`DRAIN_LIMIT`], for 30 s): a client still sending code then reads the
+/// refusal instead of a broken connection.
+async fn drained(request: Request, error: Error) -> Error {
+    use http_body_util::BodyExt;
+    let mut body = request.into_body();
+    let mut drained = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        drained += frame.data_ref().map_or(0, |d| d.len());
+        if drained > DRAIN_LIMIT {
+            break;
+        }
+    }
+    error
+}
+
 async fn drain(multipart: &mut Multipart) {
     let mut drained = 0usize;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -302,8 +319,13 @@ pub(crate) async fn create(
     request: Request,
 ) -> ApiResult<(StatusCode, Json<FunctionView>)> {
     let store = api.store.clone();
-    let namespace = scope.one()?.to_string();
-    api.namespace(&namespace)?;
+    let namespace = match scope
+        .one()
+        .and_then(|n| api.namespace(n).map(|_| n.to_string()))
+    {
+        Ok(namespace) => namespace,
+        Err(e) => return Err(drained(request, e).await.into()),
+    };
     let function = read_submission(&api, &scope, request, None, |name| {
         match store.get(Kind::Function, &namespace, name) {
             Ok(_) => Err(Error::already_exists("function", name)),
@@ -333,7 +355,10 @@ pub(crate) async fn update(
     Path(name): Path<String>,
     request: Request,
 ) -> ApiResult<Json<FunctionView>> {
-    let current = api.load(&scope, &name)?;
+    let current = match api.load(&scope, &name) {
+        Ok(current) => current,
+        Err(e) => return Err(drained(request, e).await.into()),
+    };
     let function = read_submission(&api, &scope, request, Some(&current), |submitted| {
         if submitted == name {
             Ok(())

@@ -1,14 +1,16 @@
-//! `/v1/secrets` and `/v1/configs`. A secret's values are sealed here,
-//! before anything is stored, and no answer carries them again: a secret
-//! reads as its keys. A config's values are plain settings.
+//! `/v1/secrets` and `/v1/configs`. Values of both are sealed here, before
+//! anything is stored. No answer carries a secret's values again: a secret
+//! reads as its keys. A config's values are plain settings, opened for
+//! whoever reads them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
+use flare_access::seal::Place;
 use flare_model::{
-    ConfigSpec, Error, FunctionSpec, Kind, Metadata, Resource, Result, SecretSpec, Spec,
+    ConfigSpec, Error, FunctionSpec, Kind, Metadata, Resource, Result, SecretSpec, check_values,
 };
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -86,20 +88,17 @@ impl Api {
             }
         }
         // Checked before sealing, so a refusal cannot depend on the cipher.
-        let plain = SecretSpec {
-            sealed: values
-                .iter()
-                .map(|(k, v)| (k.clone(), "x".repeat(v.len())))
-                .collect(),
-        };
-        plain.validate()?;
+        check_values(Kind::Secret, values.iter().map(|(k, v)| (k, v.len())))?;
         let metadata = request.metadata;
         let mut sealed = BTreeMap::new();
         for (key, value) in &values {
-            let value = self
-                .sealer
-                .seal(&metadata.namespace, &metadata.name, key, value)?;
-            sealed.insert(key.clone(), value);
+            let place = Place {
+                kind: Kind::Secret,
+                namespace: &metadata.namespace,
+                name: &metadata.name,
+                key,
+            };
+            sealed.insert(key.clone(), self.sealer.seal(place, value)?);
         }
         let secret = Resource {
             api_version: request
@@ -194,11 +193,51 @@ pub(crate) async fn delete_secret(
 
 type Config = Resource<ConfigSpec>;
 
+impl Api {
+    /// A config with each value sealed (`seal`) or opened (`!seal`).
+    fn crypt_config(&self, mut config: Config, seal: bool) -> Result<Config> {
+        let (namespace, name) = (&config.metadata.namespace, &config.metadata.name);
+        let mut data = BTreeMap::new();
+        for (key, value) in &config.spec.data {
+            let place = Place {
+                kind: Kind::Config,
+                namespace,
+                name,
+                key,
+            };
+            let value = if seal {
+                self.sealer.seal(place, value.as_bytes())?
+            } else {
+                String::from_utf8(self.sealer.open(place, value)?).map_err(|_| {
+                    Error::internal(format!("config \"{name}\" key \"{key}\" is not text"))
+                })?
+            };
+            data.insert(key.clone(), value);
+        }
+        config.spec.data = data;
+        Ok(config)
+    }
+
+    /// Decodes a config in `scope`, checks it, and seals its values.
+    fn sealed_config(&self, body: &[u8], scope: &Scope) -> Result<Config> {
+        let config: Config = crud::decode(body, scope)?;
+        check_values(
+            Kind::Config,
+            config.spec.data.iter().map(|(k, v)| (k, v.len())),
+        )?;
+        self.crypt_config(config, true)
+    }
+}
+
 pub(crate) async fn list_configs(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
 ) -> ApiResult<Json<Vec<Config>>> {
-    Ok(Json(crud::all_in(&*api.store, &scope)?))
+    let configs = crud::all_in::<ConfigSpec>(&*api.store, &scope)?
+        .into_iter()
+        .map(|c| api.crypt_config(c, false))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Json(configs))
 }
 
 pub(crate) async fn get_config(
@@ -206,7 +245,9 @@ pub(crate) async fn get_config(
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Config>> {
-    Ok(Json(crud::get(&api, &scope, &name)?))
+    Ok(Json(
+        api.crypt_config(crud::get(&api, &scope, &name)?, false)?,
+    ))
 }
 
 pub(crate) async fn create_config(
@@ -214,9 +255,9 @@ pub(crate) async fn create_config(
     Extension(scope): Extension<Scope>,
     body: bytes::Bytes,
 ) -> ApiResult<(StatusCode, Json<Config>)> {
-    let config: Config = crud::decode(&body, &scope)?;
+    let config = api.sealed_config(&body, &scope)?;
     let created = crud::create(&api, config, |_, _| Ok(())).await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, Json(api.crypt_config(created, false)?)))
 }
 
 pub(crate) async fn update_config(
@@ -225,10 +266,9 @@ pub(crate) async fn update_config(
     Path(name): Path<String>,
     body: bytes::Bytes,
 ) -> ApiResult<Json<Config>> {
-    let config: Config = crud::decode(&body, &scope)?;
-    Ok(Json(
-        crud::update(&api, &name, config, |_, _| Ok(())).await?,
-    ))
+    let config = api.sealed_config(&body, &scope)?;
+    let updated = crud::update(&api, &name, config, |_, _| Ok(())).await?;
+    Ok(Json(api.crypt_config(updated, false)?))
 }
 
 pub(crate) async fn delete_config(
@@ -236,12 +276,11 @@ pub(crate) async fn delete_config(
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Config>> {
-    Ok(Json(
-        crud::delete::<ConfigSpec>(&api, &scope, &name, |api| {
-            unused(api, &scope, Kind::Config, &name)
-        })
-        .await?,
-    ))
+    let deleted = crud::delete::<ConfigSpec>(&api, &scope, &name, |api| {
+        unused(api, &scope, Kind::Config, &name)
+    })
+    .await?;
+    Ok(Json(api.crypt_config(deleted, false)?))
 }
 
 /// A function's secrets and configs must exist in its namespace.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
+use flare_access::seal::Place;
 use flare_model::{
     ConfigSpec, Document, EnvironmentSpec, Error, FunctionSpec, Kind, Resource, Result,
     RuntimeKind, SecretSpec, is_env_name, qualified, split_qualified,
@@ -301,28 +302,40 @@ impl Executor {
     /// The values of a function's configs and secrets.
     fn resolve(&self, store: &dyn Store, namespace: &str, spec: &FunctionSpec) -> Result<Injected> {
         let mut injected = Injected::default();
-        for name in &spec.configs {
-            let config =
-                Resource::<ConfigSpec>::from_document(store.get(Kind::Config, namespace, name)?)?;
-            for (key, value) in config.spec.data {
-                if is_env_name(&key) {
-                    injected.env.push((key.clone(), value.clone()));
-                }
-                injected.config.push((key, value));
-            }
-        }
-        if spec.secrets.is_empty() {
+        if spec.configs.is_empty() && spec.secrets.is_empty() {
             return Ok(injected);
         }
         let sealer = self
             .sealer
             .get()
-            .ok_or_else(|| Error::internal("secrets cannot be opened: no key"))?;
+            .ok_or_else(|| Error::internal("secrets and configs cannot be opened: no key"))?;
+        let open = |kind: Kind, name: &str, key: &str, sealed: &str| {
+            let place = Place {
+                kind,
+                namespace,
+                name,
+                key,
+            };
+            sealer.open(place, sealed)
+        };
+        for name in &spec.configs {
+            let config =
+                Resource::<ConfigSpec>::from_document(store.get(Kind::Config, namespace, name)?)?;
+            for (key, sealed) in config.spec.data {
+                let value = open(Kind::Config, name, &key, &sealed)?;
+                if let Ok(text) = String::from_utf8(value) {
+                    if is_env_name(&key) {
+                        injected.env.push((key.clone(), text.clone()));
+                    }
+                    injected.config.push((key, text));
+                }
+            }
+        }
         for name in &spec.secrets {
             let secret =
                 Resource::<SecretSpec>::from_document(store.get(Kind::Secret, namespace, name)?)?;
             for (key, sealed) in secret.spec.sealed {
-                let value = sealer.open(namespace, name, &key, &sealed)?;
+                let value = open(Kind::Secret, name, &key, &sealed)?;
                 if let Ok(text) = std::str::from_utf8(&value) {
                     if is_env_name(&key) {
                         injected.env.push((key.clone(), text.to_string()));

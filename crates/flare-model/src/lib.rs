@@ -43,7 +43,9 @@ pub use resource::{
     API_VERSION, DEFAULT_NAMESPACE, Document, Kind, Metadata, Resource, Spec, qualified,
     split_qualified,
 };
-pub use secret::{ConfigSpec, MAX_VALUES_BYTES, SecretSpec, is_env_name, validate_key};
+pub use secret::{
+    ConfigSpec, MAX_VALUES_BYTES, SecretSpec, check_values, is_env_name, validate_key,
+};
 pub use trigger::{HttpTriggerSpec, MessageQueueTriggerSpec, MqKind, TimerTriggerSpec};
 
 /// Most headers a function's response may carry, and their total size in

@@ -2,9 +2,10 @@
 //! environment variables (and, for secrets, as files under
 //! `/secrets/<name>/<key>` in a process function's sandbox).
 //!
-//! A secret's values are stored sealed (encrypted by the API with a key in
-//! the data dir) and never shown again: reads list its keys. A config's
-//! values are plain settings, shown to whoever may read the namespace.
+//! Both are stored sealed (encrypted by the API with a key in the data
+//! dir). A secret's values are never shown again: reads list its keys. A
+//! config's values are plain settings, shown to whoever may read the
+//! namespace.
 
 use std::collections::BTreeMap;
 
@@ -45,17 +46,27 @@ pub fn is_env_name(key: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn validate_values(kind: Kind, values: &BTreeMap<String, String>) -> Result<()> {
-    if values.len() > MAX_KEYS {
+/// Checks keys and their count.
+fn check_keys<'a>(kind: Kind, keys: impl ExactSizeIterator<Item = &'a String>) -> Result<()> {
+    if keys.len() > MAX_KEYS {
         return Err(Error::invalid(format!(
             "a {kind} holds at most {MAX_KEYS} keys"
         )));
     }
-    let mut bytes = 0;
-    for (key, value) in values {
+    for key in keys {
         validate_key(kind, key)?;
-        bytes += key.len() + value.len();
     }
+    Ok(())
+}
+
+/// Checks the values of a secret or config as they are sent (before they
+/// are sealed): keys, count and total size.
+pub fn check_values<'a>(
+    kind: Kind,
+    values: impl ExactSizeIterator<Item = (&'a String, usize)> + Clone,
+) -> Result<()> {
+    check_keys(kind, values.clone().map(|(k, _)| k))?;
+    let bytes: usize = values.map(|(k, len)| k.len() + len).sum();
     if bytes > MAX_VALUES_BYTES {
         return Err(Error::new(
             crate::ErrorCode::PayloadTooLarge,
@@ -77,12 +88,15 @@ pub struct SecretSpec {
 impl Spec for SecretSpec {
     const KIND: Kind = Kind::Secret;
 
+    /// Keys only: the sizes were checked before sealing
+    /// ([`check_values`]).
     fn validate(&self) -> Result<()> {
-        validate_values(Kind::Secret, &self.sealed)
+        check_keys(Kind::Secret, self.sealed.keys())
     }
 }
 
-/// A config: plain values.
+/// A config: plain settings as the API shows them; sealed like a secret's
+/// values in the store (so the data dir holds neither in clear).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigSpec {
@@ -93,8 +107,9 @@ pub struct ConfigSpec {
 impl Spec for ConfigSpec {
     const KIND: Kind = Kind::Config;
 
+    /// Keys only: the sizes are checked before sealing ([`check_values`]).
     fn validate(&self) -> Result<()> {
-        validate_values(Kind::Config, &self.data)
+        check_keys(Kind::Config, self.data.keys())
     }
 }
 
@@ -112,9 +127,10 @@ mod tests {
         }
         assert!(is_env_name("DB_PASSWORD") && is_env_name("_x1"));
         assert!(!is_env_name("tls.key") && !is_env_name("1A") && !is_env_name("a-b"));
-        let big = ConfigSpec {
-            data: [("k".to_string(), "v".repeat(MAX_VALUES_BYTES))].into(),
-        };
-        assert!(big.validate().is_err());
+        let key = "k".to_string();
+        assert!(check_values(Kind::Config, [(&key, MAX_VALUES_BYTES)].into_iter()).is_err());
+        assert!(check_values(Kind::Config, [(&key, 10)].into_iter()).is_ok());
+        let many: Vec<String> = (0..=MAX_KEYS).map(|i| format!("k{i}")).collect();
+        assert!(check_values(Kind::Secret, many.iter().map(|k| (k, 1))).is_err());
     }
 }

@@ -989,6 +989,10 @@ fn namespaces_keep_teams_apart_within_their_quotas() {
         nowhere.contains("namespace \"nope\" does not exist"),
         "{nowhere}"
     );
+    // Refused before its code is read: the code is read (and dropped)
+    // anyway, so the client sees the reason, not a broken connection.
+    let ghost = server.fails(&["fn", "update", "--name", "ghost", "--code", hello]);
+    assert!(ghost.contains("function \"ghost\" not found"), "{ghost}");
     let doc = r#"{"apiVersion":"flare.dev/v1","kind":"HttpTrigger","metadata":{"name":"t","namespace":"team-b"},"spec":{"path":"/t","function":"api"}}"#;
     let mixed = server
         .api_client()
@@ -1136,6 +1140,7 @@ fn a_data_dir_from_before_tokens_starts_with_everything_in_default() {
 fn secrets_reach_functions_and_nothing_else() {
     let server = Server::start();
     let value = format!("s3cret-{}", std::process::id());
+    let mode = format!("prod-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("tls.key");
     std::fs::write(&key_file, b"\x00\xffbinary key").unwrap();
@@ -1155,7 +1160,7 @@ fn secrets_reach_functions_and_nothing_else() {
         "--name",
         "app",
         "--from-literal",
-        "MODE=prod",
+        &format!("MODE={mode}"),
     ]);
     server.python_env("1");
     server.create_python(
@@ -1173,7 +1178,7 @@ fn secrets_reach_functions_and_nothing_else() {
             .unwrap()
     };
     assert_eq!(env("PASSWORD")["value"], value.as_str());
-    assert_eq!(env("MODE")["value"], "prod");
+    assert_eq!(env("MODE")["value"], mode.as_str());
     // The function's own variables reach process functions too.
     assert_eq!(env("PLAIN")["value"], "1");
     let file: serde_json::Value = server
@@ -1192,14 +1197,14 @@ fn secrets_reach_functions_and_nothing_else() {
         wasm_env.contains(&format!("PASSWORD={value}")),
         "{wasm_env}"
     );
-    assert!(wasm_env.contains("MODE=prod"), "{wasm_env}");
+    assert!(wasm_env.contains(&format!("MODE={mode}")), "{wasm_env}");
     // And through wasi:config/store: every text value, by key.
     let got = server.get("/fn/wasm/config?key=PASSWORD").text().unwrap();
     assert_eq!(got, format!("Ok(Some({value:?}))"));
     let all = server.get("/fn/wasm/config").text().unwrap();
     assert_eq!(
         all,
-        format!("MODE=prod\nPASSWORD={value}"),
+        format!("MODE={mode}\nPASSWORD={value}"),
         "binary tls.key is not text"
     );
 
