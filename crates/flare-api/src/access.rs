@@ -385,17 +385,29 @@ pub(crate) async fn whoami(
 }
 
 /// On a store with no token at all (a first start, or a data dir from
-/// before tokens), makes an admin token and writes its secret to
-/// `<data_dir>/admin.token` (0600). The file is written first, so a crash
-/// in between leaves a file the next start replaces, never a stored token
-/// nobody holds. Returns the file's path when it made one.
-pub fn bootstrap_admin(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+/// before tokens), or when `again` (the operator lost theirs), makes an
+/// admin token and writes its secret to `<data_dir>/admin.token` (0600).
+/// The file is written first, so a crash in between leaves a file the next
+/// start replaces, never a stored token nobody holds. Returns the file's
+/// path when it made one.
+pub fn bootstrap_admin(
+    store: &dyn Store,
+    data_dir: &Path,
+    again: bool,
+) -> anyhow::Result<Option<PathBuf>> {
     use anyhow::Context;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    if !store.list(Kind::Token)?.is_empty() {
+    let tokens = store.list(Kind::Token)?;
+    if !tokens.is_empty() && !again {
         return Ok(None);
     }
+    // "admin", or the first "admin-N" not taken.
+    let taken = |name: &str| tokens.iter().any(|t| t.metadata.name == name);
+    let name = std::iter::once("admin".to_string())
+        .chain((2..).map(|n| format!("admin-{n}")))
+        .find(|name| !taken(name))
+        .unwrap_or_default();
     let secret = new_secret()?;
     let path = data_dir.join(flare_access::ADMIN_TOKEN_FILE);
     let partial = data_dir.join(format!("{}.partial", flare_access::ADMIN_TOKEN_FILE));
@@ -411,7 +423,7 @@ pub fn bootstrap_admin(store: &dyn Store, data_dir: &Path) -> anyhow::Result<Opt
         .with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
     let admin = NewToken {
-        name: "admin".into(),
+        name,
         role: "admin".into(),
         namespace: None,
         expires: None,

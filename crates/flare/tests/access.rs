@@ -78,6 +78,21 @@ fn the_first_start_writes_an_admin_token_and_nothing_works_without_one() {
             .count(),
         1
     );
+
+    // An operator who lost the file asks for a new one; the old stays.
+    let old = again.token.clone();
+    drop(again);
+    let recovered = Server::start_in(tmp.path(), &["--new-admin-token"]);
+    assert_ne!(recovered.token, old);
+    recovered.ok(&["whoami"]);
+    let listed = recovered.ok(&["token", "list"]);
+    assert!(listed.contains("admin-2"), "{listed}");
+    let status = client_with_token(&old)
+        .get(format!("{}/v1/whoami", recovered.api))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
 }
 
 /// The CLI with its own config home and nothing from the environment.

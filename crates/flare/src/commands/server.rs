@@ -81,6 +81,11 @@ pub struct ServerArgs {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "FLARE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Make a new admin token and write it to <data-dir>/admin.token, for an
+    /// operator who lost theirs (the others stay valid; revoke them with
+    /// `flare token revoke`).
+    #[arg(long)]
+    new_admin_token: bool,
     /// A TOML file with any of the settings above (addr, api_addr, data_dir,
     /// max_package_bytes, max_instances, log_retention, invocation_retention,
     /// package_retention, audit_retention, gc_interval, tls_cert, tls_key);
@@ -316,6 +321,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let args_new_admin_token = args.new_admin_token;
     let settings = args.settings()?;
     let data_dir = &settings.data_dir;
 
@@ -403,7 +409,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         settings.gc_interval,
     ));
 
-    let admin_token = flare_api::access::bootstrap_admin(&*store, data_dir)?;
+    let admin_token = flare_api::access::bootstrap_admin(&*store, data_dir, args_new_admin_token)?;
 
     // Serve only once everything stored before the start is deployed.
     let revision = store.revision();
@@ -438,7 +444,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "first start: the admin token is in {path} (readable only by this user); use it with\n  flare login --api {scheme}://{api} --token \"$(cat {path})\"",
+            "a new admin token is in {path} (readable only by this user); use it with\n  flare login --api {scheme}://{api} --token \"$(cat {path})\"",
             path = path.display(),
             api = api_listener.local_addr()?,
         );
