@@ -8,6 +8,11 @@
 //! components the API waits for after a write, so a revoked token stops
 //! working as soon as the revoke is answered.
 //!
+//! `/healthz` answers without a token on loopback only (local probes and
+//! supervisors); from elsewhere any valid token will do (a Kubernetes
+//! probe sends it in `httpHeaders`). `/v1/openapi.json` is open: it holds
+//! no data, and editors and clients read it first.
+//!
 //! `/metrics` needs a token that reads every namespace (an admin, or a
 //! viewer made with `--namespace '*'`): metrics name every tenant's
 //! functions, and "loopback only" would let every local user and anything
@@ -36,11 +41,20 @@ use crate::crud::Scope;
 use crate::error::{ApiError, ApiResult};
 use crate::{Api, crud};
 
+/// The address a request came from, set by the server for each
+/// connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
-    /// Nothing: health and the API description.
+    /// Nothing: the API description.
     Open,
+    /// Nothing from loopback, a token from anywhere else: health, which
+    /// says only "ok", for local probes and supervisors without
+    /// credentials.
+    Health,
     /// Any valid token (who am I).
     Token,
     /// This permission, in the namespace the request is about.
@@ -53,7 +67,8 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     let reads = matches!(*method, Method::GET | Method::HEAD);
     match path {
-        "/healthz" | "/v1/openapi.json" => Need::Open,
+        "/v1/openapi.json" => Need::Open,
+        "/healthz" => Need::Health,
         "/v1/whoami" => Need::Token,
         // Cluster-wide: anyone with a token may see them (a namespace
         // outside the token's reach is not found); only an admin changes
@@ -107,6 +122,15 @@ fn scope_of(request: &Request, path: &str) -> Result<Scope> {
     Ok(Scope(namespace.to_string()))
 }
 
+/// What `/healthz` needs from a request from `peer` (unknown: not local).
+fn health(peer: Option<&Peer>) -> Need {
+    if peer.is_some_and(|peer| peer.0.is_loopback()) {
+        Need::Open
+    } else {
+        Need::Token
+    }
+}
+
 /// Bytes of a refused request's body read (and dropped) before the answer,
 /// so a client still sending reads the refusal rather than a reset.
 const DRAIN: usize = 1 << 20;
@@ -131,7 +155,10 @@ pub(crate) async fn authorize(
         return next.run(request).await;
     };
     let path = path.as_str();
-    let need = need(request.method(), path);
+    let mut need = need(request.method(), path);
+    if need == Need::Health {
+        need = health(request.extensions().get::<Peer>());
+    }
     // Open routes, and methods no route but invoke takes (axum answers
     // 405 for those, before anything is read or written).
     let invoke = need == Need::In(Permission::Invoke);
@@ -157,7 +184,7 @@ pub(crate) async fn authorize(
         match need {
             Need::In(permission) => grant.check(permission, &scope.0, named)?,
             Need::Everywhere(permission) => grant.check(permission, ALL_NAMESPACES, false)?,
-            Need::Open | Need::Token => {}
+            Need::Open | Need::Health | Need::Token => {}
         }
         Ok((grant, scope))
     });
@@ -439,7 +466,7 @@ mod tests {
     #[test]
     fn every_route_needs_a_token_but_health_and_the_description() {
         let get = Method::GET;
-        assert_eq!(need(&get, "/healthz"), Need::Open);
+        assert_eq!(need(&get, "/healthz"), Need::Health);
         assert_eq!(need(&get, "/v1/openapi.json"), Need::Open);
         assert_eq!(need(&get, "/v1/whoami"), Need::Token);
         assert_eq!(need(&get, "/metrics"), Need::Everywhere(Permission::Read));
@@ -463,6 +490,16 @@ mod tests {
             need(&Method::POST, "/v1/packages"),
             Need::In(Permission::Write)
         );
+    }
+
+    #[test]
+    fn health_is_open_on_loopback_only() {
+        let peer = |ip: &str| Peer(ip.parse().unwrap());
+        assert_eq!(health(Some(&peer("127.0.0.1"))), Need::Open);
+        assert_eq!(health(Some(&peer("::1"))), Need::Open);
+        assert_eq!(health(Some(&peer("10.1.2.3"))), Need::Token);
+        assert_eq!(health(Some(&peer("192.0.2.1"))), Need::Token);
+        assert_eq!(health(None), Need::Token);
     }
 
     #[test]

@@ -463,8 +463,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tls.clone(),
         shutdown_signal(),
         move |stream| {
-            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let app = app.clone();
             async move {
+                // Each request learns where it came from (health answers
+                // loopback without a token).
+                let peer = stream
+                    .peer_addr()
+                    .ok()
+                    .map(|a| flare_api::access::Peer(a.ip()));
+                let service = hyper::service::service_fn(
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
+                        if let Some(peer) = peer {
+                            request.extensions_mut().insert(peer);
+                        }
+                        tower_service::Service::call(&mut app.clone(), request)
+                    },
+                );
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
