@@ -178,8 +178,14 @@ pub(crate) async fn authorize(
     let method = request.method().clone();
     let uri_path: String = request.uri().path().chars().take(MAX_AUDIT_PATH).collect();
     let grant = api.tokens.authenticate(request.headers());
+    let scope = scope_of(&request, path);
+    // What the audit entry names: the namespace of a namespaced route.
+    let about = match (&scope, need) {
+        (Ok(scope), Need::In(_)) => scope.0.clone(),
+        _ => String::new(),
+    };
     let checked = grant.clone().and_then(|grant| {
-        let scope = scope_of(&request, path)?;
+        let scope = scope?;
         let named = path.contains("{name}") || path.contains("{id}");
         match need {
             Need::In(permission) => grant.check(permission, &scope.0, named)?,
@@ -207,7 +213,8 @@ pub(crate) async fn authorize(
             method.as_str(),
             &uri_path,
             response.status().as_u16(),
-        );
+        )
+        .in_namespace(&about);
         let recorded = api
             .queue
             .blocking(move |store| store.record_audit(&entry))

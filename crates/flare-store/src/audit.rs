@@ -18,10 +18,21 @@ CREATE TABLE IF NOT EXISTS audit (
     token  TEXT NOT NULL,
     method TEXT NOT NULL,
     path   TEXT NOT NULL,
-    status INTEGER NOT NULL
+    status INTEGER NOT NULL,
+    namespace TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (ts_us);
 ";
+
+/// Adds what a table made by an earlier build lacks.
+pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<()> {
+    let has_namespace = conn.prepare("SELECT namespace FROM audit LIMIT 0").is_ok();
+    if !has_namespace {
+        conn.execute_batch("ALTER TABLE audit ADD COLUMN namespace TEXT NOT NULL DEFAULT ''")
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
 
 /// One request that would change something.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +45,9 @@ pub struct AuditEntry {
     pub method: String,
     /// The request's path (no query).
     pub path: String,
+    /// The namespace it was about; empty for cluster-wide resources.
+    #[serde(default)]
+    pub namespace: String,
     /// The status it was answered with.
     pub status: u16,
 }
@@ -43,13 +57,14 @@ impl SqliteStore {
     pub fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
         self.conn()?
             .execute(
-                "INSERT INTO audit (ts_us, token, method, path, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO audit (ts_us, token, method, path, status, namespace) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     entry.ts_us,
                     entry.token,
                     entry.method,
                     entry.path,
-                    entry.status
+                    entry.status,
+                    entry.namespace
                 ],
             )
             .map_err(db_err)?;
@@ -61,7 +76,7 @@ impl SqliteStore {
         let conn = self.conn()?;
         let mut statement = conn
             .prepare(
-                "SELECT ts_us, token, method, path, status FROM
+                "SELECT ts_us, token, method, path, status, namespace FROM
                    (SELECT * FROM audit WHERE ts_us >= ?1 ORDER BY id DESC LIMIT ?2)
                  ORDER BY id",
             )
@@ -76,6 +91,7 @@ impl SqliteStore {
                         method: r.get(2)?,
                         path: r.get(3)?,
                         status: r.get(4)?,
+                        namespace: r.get(5)?,
                     })
                 },
             )
@@ -93,7 +109,14 @@ impl AuditEntry {
             method: method.to_string(),
             path: path.to_string(),
             status,
+            namespace: String::new(),
         }
+    }
+
+    /// This entry, about `namespace`.
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_string();
+        self
     }
 }
 
@@ -125,5 +148,27 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.audit(0, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_table_from_before_namespaces_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("flare.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE audit (id INTEGER PRIMARY KEY, ts_us INTEGER NOT NULL,
+               token TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+               status INTEGER NOT NULL);
+             INSERT INTO audit (ts_us, token, method, path, status)
+               VALUES (1, 'admin', 'POST', '/v1/tokens', 201);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let entry = AuditEntry::now("admin", "POST", "/v1/functions", 201).in_namespace("team-a");
+        store.record_audit(&entry).unwrap();
+        let all = store.audit(0, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].namespace, "");
+        assert_eq!(all[1].namespace, "team-a");
     }
 }

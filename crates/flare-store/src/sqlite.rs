@@ -84,6 +84,7 @@ impl SqliteStore {
         conn.execute_batch(crate::invocations::SCHEMA)
             .map_err(db_err)?;
         conn.execute_batch(crate::audit::SCHEMA).map_err(db_err)?;
+        crate::audit::migrate(&conn)?;
         let revision: u64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
                 r.get(0)

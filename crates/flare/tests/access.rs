@@ -676,13 +676,15 @@ fn the_audit_trail_says_who_changed_what_allowed_or_not() {
             .status
             .success()
     );
+    server.ok(&["ns", "create", "team-a"]);
+    server.create("echo", "echo", &["-n", "team-a"]);
     // Reads and invocations are not changes.
     server.ok(&["fn", "list"]);
     server.ok(&["fn", "test", "--name", "echo"]);
 
     let entries: serde_json::Value =
         serde_json::from_str(&server.ok(&["audit", "--since", "1h", "-o", "json"])).unwrap();
-    let seen: Vec<(String, String, String, u64)> = entries
+    let seen: Vec<(String, String, String, u64, String)> = entries
         .as_array()
         .unwrap()
         .iter()
@@ -692,18 +694,29 @@ fn the_audit_trail_says_who_changed_what_allowed_or_not() {
                 e["method"].as_str().unwrap().to_string(),
                 e["path"].as_str().unwrap().to_string(),
                 e["status"].as_u64().unwrap(),
+                e["namespace"].as_str().unwrap().to_string(),
             )
         })
         .collect();
     let expected = [
-        ("admin", "POST", "/v1/tokens", 201),
-        ("admin", "POST", "/v1/tokens", 201),
-        ("admin", "POST", "/v1/functions", 201),
-        ("dev", "PUT", "/v1/functions/echo", 200),
-        ("view", "DELETE", "/v1/functions/echo", 403),
-        ("", "DELETE", "/v1/environments/python", 401),
+        ("admin", "POST", "/v1/tokens", 201, ""),
+        ("admin", "POST", "/v1/tokens", 201, ""),
+        ("admin", "POST", "/v1/functions", 201, "default"),
+        ("dev", "PUT", "/v1/functions/echo", 200, "default"),
+        ("view", "DELETE", "/v1/functions/echo", 403, "default"),
+        ("", "DELETE", "/v1/environments/python", 401, ""),
+        ("admin", "POST", "/v1/namespaces", 201, ""),
+        ("admin", "POST", "/v1/functions", 201, "team-a"),
     ]
-    .map(|(t, m, p, s)| (t.to_string(), m.to_string(), p.to_string(), s));
+    .map(|(t, m, p, s, n)| {
+        (
+            t.to_string(),
+            m.to_string(),
+            p.to_string(),
+            s,
+            n.to_string(),
+        )
+    });
     assert_eq!(seen, expected);
     let table = server.ok(&["audit"]);
     assert!(table.starts_with("TIME"), "{table}");

@@ -153,7 +153,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     crate::output::print(
         args.output.format,
         &entries,
-        &["TIME", "TOKEN", "METHOD", "PATH", "STATUS"],
+        &["TIME", "TOKEN", "NAMESPACE", "METHOD", "PATH", "STATUS"],
         || {
             entries
                 .iter()
@@ -167,9 +167,15 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                             })
                             .unwrap_or_else(|| e.ts_us.to_string());
                     let token = if e.token.is_empty() { "-" } else { &e.token };
+                    let namespace = if e.namespace.is_empty() {
+                        "-"
+                    } else {
+                        &e.namespace
+                    };
                     vec![
                         at,
                         token.to_string(),
+                        namespace.to_string(),
                         e.method.clone(),
                         e.path.clone(),
                         e.status.to_string(),
