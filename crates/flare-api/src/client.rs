@@ -460,11 +460,11 @@ impl Client {
         .await
     }
 
-    pub async fn list_secrets(&self) -> Result<Vec<crate::SecretView>> {
+    pub async fn list_secrets(&self) -> Result<Vec<crate::KeysView>> {
         self.json(self.http.get(self.scoped("/v1/secrets"))).await
     }
 
-    pub async fn get_secret(&self, name: &str) -> Result<crate::SecretView> {
+    pub async fn get_secret(&self, name: &str) -> Result<crate::KeysView> {
         self.json(self.http.get(self.scoped(&format!("/v1/secrets/{name}"))))
             .await
     }
@@ -475,7 +475,7 @@ impl Client {
         name: &str,
         values: &std::collections::BTreeMap<String, Vec<u8>>,
         replace: bool,
-    ) -> Result<crate::SecretView> {
+    ) -> Result<crate::KeysView> {
         use base64::Engine;
         let data: serde_json::Map<String, serde_json::Value> = values
             .iter()
@@ -506,7 +506,7 @@ impl Client {
         self.json(request.json(&body)).await
     }
 
-    pub async fn delete_secret(&self, name: &str) -> Result<crate::SecretView> {
+    pub async fn delete_secret(&self, name: &str) -> Result<crate::KeysView> {
         self.json(
             self.http
                 .delete(self.scoped(&format!("/v1/secrets/{name}"))),
@@ -514,11 +514,11 @@ impl Client {
         .await
     }
 
-    pub async fn list_configs(&self) -> Result<Vec<Resource<flare_model::ConfigSpec>>> {
+    pub async fn list_configs(&self) -> Result<Vec<crate::KeysView>> {
         self.json(self.http.get(self.scoped("/v1/configs"))).await
     }
 
-    pub async fn get_config(&self, name: &str) -> Result<Resource<flare_model::ConfigSpec>> {
+    pub async fn get_config(&self, name: &str) -> Result<crate::KeysView> {
         self.json(self.http.get(self.scoped(&format!("/v1/configs/{name}"))))
             .await
     }
@@ -528,7 +528,7 @@ impl Client {
         &self,
         config: &Resource<flare_model::ConfigSpec>,
         replace: bool,
-    ) -> Result<Resource<flare_model::ConfigSpec>> {
+    ) -> Result<crate::KeysView> {
         let request = if replace {
             let url = self.scoped(&format!("/v1/configs/{}", config.metadata.name));
             self.http.put(url)
@@ -538,7 +538,7 @@ impl Client {
         self.json(request.json(&self.placed(config))).await
     }
 
-    pub async fn delete_config(&self, name: &str) -> Result<Resource<flare_model::ConfigSpec>> {
+    pub async fn delete_config(&self, name: &str) -> Result<crate::KeysView> {
         self.json(
             self.http
                 .delete(self.scoped(&format!("/v1/configs/{name}"))),

@@ -41,7 +41,7 @@ pub use environments::EnvironmentView;
 pub use error::ApiError;
 pub use functions::FunctionView;
 pub use mqtriggers::MqTriggerView;
-pub use secrets::SecretView;
+pub use secrets::KeysView;
 
 /// The OpenAPI 3 description of this API, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");

@@ -1,7 +1,7 @@
 //! `/v1/secrets` and `/v1/configs`. Values of both are sealed here, before
-//! anything is stored. No answer carries a secret's values again: a secret
-//! reads as its keys. A config's values are plain settings, opened for
-//! whoever reads them.
+//! anything is stored, and no answer carries them again: both read as
+//! their keys. They differ in delivery: a secret's keys are also files in
+//! a process function's sandbox.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,23 +35,34 @@ struct SecretRequest {
     string_data: BTreeMap<String, String>,
 }
 
-/// A secret as the API shows it: its keys, never its values.
+/// A secret or config as the API shows it: its keys, never its values.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretView {
+pub struct KeysView {
     pub api_version: String,
     pub kind: Kind,
     pub metadata: Metadata,
     pub keys: Vec<String>,
 }
 
-impl From<Resource<SecretSpec>> for SecretView {
+impl From<Resource<SecretSpec>> for KeysView {
     fn from(secret: Resource<SecretSpec>) -> Self {
-        SecretView {
+        KeysView {
             api_version: secret.api_version,
             kind: secret.kind,
             metadata: secret.metadata,
             keys: secret.spec.sealed.into_keys().collect(),
+        }
+    }
+}
+
+impl From<Resource<ConfigSpec>> for KeysView {
+    fn from(config: Resource<ConfigSpec>) -> Self {
+        KeysView {
+            api_version: config.api_version,
+            kind: config.kind,
+            metadata: config.metadata,
+            keys: config.spec.data.into_keys().collect(),
         }
     }
 }
@@ -140,16 +151,16 @@ fn unused(api: &Api, scope: &Scope, kind: Kind, name: &str) -> Result<()> {
 pub(crate) async fn list_secrets(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
-) -> ApiResult<Json<Vec<SecretView>>> {
+) -> ApiResult<Json<Vec<KeysView>>> {
     let secrets = crud::all_in::<SecretSpec>(&*api.store, &scope)?;
-    Ok(Json(secrets.into_iter().map(SecretView::from).collect()))
+    Ok(Json(secrets.into_iter().map(KeysView::from).collect()))
 }
 
 pub(crate) async fn get_secret(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
-) -> ApiResult<Json<SecretView>> {
+) -> ApiResult<Json<KeysView>> {
     Ok(Json(crud::get::<SecretSpec>(&api, &scope, &name)?.into()))
 }
 
@@ -157,7 +168,7 @@ pub(crate) async fn create_secret(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
     body: bytes::Bytes,
-) -> ApiResult<(StatusCode, Json<SecretView>)> {
+) -> ApiResult<(StatusCode, Json<KeysView>)> {
     let secret = api.seal(&body, &scope)?;
     let created = crud::create(&api, secret, |_, _| Ok(())).await?;
     Ok((StatusCode::CREATED, Json(created.into())))
@@ -170,7 +181,7 @@ pub(crate) async fn update_secret(
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
     body: bytes::Bytes,
-) -> ApiResult<Json<SecretView>> {
+) -> ApiResult<Json<KeysView>> {
     let secret = api.seal(&body, &scope)?;
     Ok(Json(
         crud::update(&api, &name, secret, |_, _| Ok(()))
@@ -183,7 +194,7 @@ pub(crate) async fn delete_secret(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
-) -> ApiResult<Json<SecretView>> {
+) -> ApiResult<Json<KeysView>> {
     let deleted = crud::delete::<SecretSpec>(&api, &scope, &name, |api| {
         unused(api, &scope, Kind::Secret, &name)
     })
@@ -194,10 +205,15 @@ pub(crate) async fn delete_secret(
 type Config = Resource<ConfigSpec>;
 
 impl Api {
-    /// A config with each value sealed (`seal`) or opened (`!seal`).
-    fn crypt_config(&self, mut config: Config, seal: bool) -> Result<Config> {
+    /// Decodes a config in `scope`, checks it, and seals its values.
+    fn sealed_config(&self, body: &[u8], scope: &Scope) -> Result<Config> {
+        let mut config: Config = crud::decode(body, scope)?;
+        check_values(
+            Kind::Config,
+            config.spec.data.iter().map(|(k, v)| (k, v.len())),
+        )?;
         let (namespace, name) = (&config.metadata.namespace, &config.metadata.name);
-        let mut data = BTreeMap::new();
+        let mut sealed = BTreeMap::new();
         for (key, value) in &config.spec.data {
             let place = Place {
                 kind: Kind::Config,
@@ -205,59 +221,37 @@ impl Api {
                 name,
                 key,
             };
-            let value = if seal {
-                self.sealer.seal(place, value.as_bytes())?
-            } else {
-                String::from_utf8(self.sealer.open(place, value)?).map_err(|_| {
-                    Error::internal(format!("config \"{name}\" key \"{key}\" is not text"))
-                })?
-            };
-            data.insert(key.clone(), value);
+            sealed.insert(key.clone(), self.sealer.seal(place, value.as_bytes())?);
         }
-        config.spec.data = data;
+        config.spec.data = sealed;
         Ok(config)
-    }
-
-    /// Decodes a config in `scope`, checks it, and seals its values.
-    fn sealed_config(&self, body: &[u8], scope: &Scope) -> Result<Config> {
-        let config: Config = crud::decode(body, scope)?;
-        check_values(
-            Kind::Config,
-            config.spec.data.iter().map(|(k, v)| (k, v.len())),
-        )?;
-        self.crypt_config(config, true)
     }
 }
 
 pub(crate) async fn list_configs(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
-) -> ApiResult<Json<Vec<Config>>> {
-    let configs = crud::all_in::<ConfigSpec>(&*api.store, &scope)?
-        .into_iter()
-        .map(|c| api.crypt_config(c, false))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Json(configs))
+) -> ApiResult<Json<Vec<KeysView>>> {
+    let configs = crud::all_in::<ConfigSpec>(&*api.store, &scope)?;
+    Ok(Json(configs.into_iter().map(KeysView::from).collect()))
 }
 
 pub(crate) async fn get_config(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Config>> {
-    Ok(Json(
-        api.crypt_config(crud::get(&api, &scope, &name)?, false)?,
-    ))
+) -> ApiResult<Json<KeysView>> {
+    Ok(Json(crud::get::<ConfigSpec>(&api, &scope, &name)?.into()))
 }
 
 pub(crate) async fn create_config(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
     body: bytes::Bytes,
-) -> ApiResult<(StatusCode, Json<Config>)> {
+) -> ApiResult<(StatusCode, Json<KeysView>)> {
     let config = api.sealed_config(&body, &scope)?;
     let created = crud::create(&api, config, |_, _| Ok(())).await?;
-    Ok((StatusCode::CREATED, Json(api.crypt_config(created, false)?)))
+    Ok((StatusCode::CREATED, Json(created.into())))
 }
 
 pub(crate) async fn update_config(
@@ -265,22 +259,22 @@ pub(crate) async fn update_config(
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
     body: bytes::Bytes,
-) -> ApiResult<Json<Config>> {
+) -> ApiResult<Json<KeysView>> {
     let config = api.sealed_config(&body, &scope)?;
     let updated = crud::update(&api, &name, config, |_, _| Ok(())).await?;
-    Ok(Json(api.crypt_config(updated, false)?))
+    Ok(Json(updated.into()))
 }
 
 pub(crate) async fn delete_config(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Config>> {
+) -> ApiResult<Json<KeysView>> {
     let deleted = crud::delete::<ConfigSpec>(&api, &scope, &name, |api| {
         unused(api, &scope, Kind::Config, &name)
     })
     .await?;
-    Ok(Json(api.crypt_config(deleted, false)?))
+    Ok(Json(deleted.into()))
 }
 
 /// A function's secrets and configs must exist in its namespace.

@@ -3,9 +3,7 @@
 //! `/secrets/<name>/<key>` in a process function's sandbox).
 //!
 //! Both are stored sealed (encrypted by the API with a key in the data
-//! dir). A secret's values are never shown again: reads list its keys. A
-//! config's values are plain settings, shown to whoever may read the
-//! namespace.
+//! dir) and never shown again: reads list their keys.
 
 use std::collections::BTreeMap;
 
@@ -95,8 +93,8 @@ impl Spec for SecretSpec {
     }
 }
 
-/// A config: plain settings as the API shows them; sealed like a secret's
-/// values in the store (so the data dir holds neither in clear).
+/// A config: settings, sent in clear and stored sealed like a secret's
+/// values (a config's keys are not files, a secret's are).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigSpec {

@@ -118,6 +118,8 @@ enum Needs {
     ReadAll,
     /// Any valid token.
     Token,
+    /// Nothing at all (the API description, health from loopback).
+    Nothing,
 }
 
 #[test]
@@ -213,6 +215,21 @@ fn no_role_does_more_than_its_row_allows() {
         add("GET", p("/v1/secrets"), String::new(), Needs::Read, 200);
         add("GET", p("/v1/secrets/s"), String::new(), Needs::Read, 200);
         add("GET", p("/v1/configs/c"), String::new(), Needs::Read, 200);
+        add("GET", p("/v1/configs"), String::new(), Needs::Read, 200);
+        add(
+            "GET",
+            p("/v1/mqtriggers/nope"),
+            String::new(),
+            Needs::Read,
+            404,
+        );
+        add(
+            "GET",
+            p("/v1/invocations/nope"),
+            String::new(),
+            Needs::Read,
+            404,
+        );
         add(
             "PUT",
             p("/v1/functions/hello"),
@@ -257,6 +274,9 @@ fn no_role_does_more_than_its_row_allows() {
         ("GET", "/v1/audit", "", Needs::Admin, 200),
         ("GET", "/v1/whoami", "", Needs::Token, 200),
         ("GET", "/v1/environments", "", Needs::Token, 200),
+        ("GET", "/v1/environments/nope", "", Needs::Token, 404),
+        ("GET", "/healthz", "", Needs::Nothing, 200),
+        ("GET", "/v1/openapi.json", "", Needs::Nothing, 200),
         ("POST", "/v1/environments", env_doc, Needs::Admin, 400),
         ("GET", "/v1/namespaces", "", Needs::Token, 200),
         ("POST", "/v1/namespaces", ns_doc, Needs::Admin, 400),
@@ -347,6 +367,7 @@ fn no_role_does_more_than_its_row_allows() {
             }
             let status = request.send().unwrap().status().as_u16();
             let role_allows = match (role, needs) {
+                (_, Needs::Nothing) => Some(true),
                 (None, _) => None,
                 (Some(_), Needs::Token) => Some(true),
                 (Some("admin"), _) => Some(true),
@@ -359,7 +380,7 @@ fn no_role_does_more_than_its_row_allows() {
             };
             let reaches = match needs {
                 Needs::ReadAll | Needs::Admin => *reach == "*",
-                Needs::Token => true,
+                Needs::Token | Needs::Nothing => true,
                 _ => *reach == "*" || reach == about,
             };
             let named = path.split('?').next().unwrap().matches('/').count() > 2;
@@ -1267,6 +1288,8 @@ fn secrets_reach_functions_and_nothing_else() {
     for path in [
         "/v1/secrets",
         "/v1/secrets/db",
+        "/v1/configs",
+        "/v1/configs/app",
         "/v1/functions/py",
         "/v1/functions",
         "/v1/audit",

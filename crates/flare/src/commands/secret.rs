@@ -108,18 +108,19 @@ enum SecretCommand {
     },
 }
 
-fn show_secrets(
+/// Secrets and configs: names and keys, never values.
+fn show_keys(
     output: OutputFlag,
-    secrets: &[flare_api::SecretView],
+    items: &[flare_api::KeysView],
     single: bool,
 ) -> anyhow::Result<()> {
     let rows = || {
-        secrets
+        items
             .iter()
             .map(|s| vec![s.metadata.name.clone(), s.keys.join(",")])
             .collect()
     };
-    print_resources(output.format, secrets, single, &["NAME", "KEYS"], rows)
+    print_resources(output.format, items, single, &["NAME", "KEYS"], rows)
 }
 
 pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
@@ -131,7 +132,7 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
             output,
         } => {
             let created = client.put_secret(&name, &sources.values()?, false).await?;
-            show_secrets(output, &[created], true)
+            show_keys(output, &[created], true)
         }
         SecretCommand::Update {
             name,
@@ -139,14 +140,12 @@ pub async fn run(args: SecretArgs) -> anyhow::Result<()> {
             output,
         } => {
             let updated = client.put_secret(&name, &sources.values()?, true).await?;
-            show_secrets(output, &[updated], true)
+            show_keys(output, &[updated], true)
         }
         SecretCommand::Get { name, output } => {
-            show_secrets(output, &[client.get_secret(&name).await?], true)
+            show_keys(output, &[client.get_secret(&name).await?], true)
         }
-        SecretCommand::List { output } => {
-            show_secrets(output, &client.list_secrets().await?, false)
-        }
+        SecretCommand::List { output } => show_keys(output, &client.list_secrets().await?, false),
         SecretCommand::Delete { name } => {
             client.delete_secret(&name).await?;
             println!("secret \"{name}\" deleted");
@@ -165,8 +164,8 @@ pub struct ConfigArgs {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
-    /// Create a config: plain settings functions get as environment
-    /// variables.
+    /// Create a config: settings functions get as environment variables
+    /// and through wasi:config (sealed at rest, not shown again).
     Create {
         #[arg(long)]
         name: String,
@@ -185,7 +184,7 @@ enum ConfigCommand {
         #[command(flatten)]
         output: OutputFlag,
     },
-    /// Show a config and its values.
+    /// Show a config's keys (its values are not shown again).
     Get {
         #[arg(long)]
         name: String,
@@ -215,23 +214,6 @@ fn config(name: String, sources: &Sources) -> anyhow::Result<Resource<ConfigSpec
     Ok(Resource::new(name, ConfigSpec { data }))
 }
 
-fn show_configs(
-    output: OutputFlag,
-    configs: &[Resource<ConfigSpec>],
-    single: bool,
-) -> anyhow::Result<()> {
-    let rows = || {
-        configs
-            .iter()
-            .map(|c| {
-                let keys: Vec<&str> = c.spec.data.keys().map(String::as_str).collect();
-                vec![c.metadata.name.clone(), keys.join(",")]
-            })
-            .collect()
-    };
-    print_resources(output.format, configs, single, &["NAME", "KEYS"], rows)
-}
-
 pub async fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
     let client = args.api.client()?;
     match args.command {
@@ -241,7 +223,7 @@ pub async fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
             output,
         } => {
             let created = client.put_config(&config(name, &sources)?, false).await?;
-            show_configs(output, &[created], true)
+            show_keys(output, &[created], true)
         }
         ConfigCommand::Update {
             name,
@@ -249,14 +231,12 @@ pub async fn run_config(args: ConfigArgs) -> anyhow::Result<()> {
             output,
         } => {
             let updated = client.put_config(&config(name, &sources)?, true).await?;
-            show_configs(output, &[updated], true)
+            show_keys(output, &[updated], true)
         }
         ConfigCommand::Get { name, output } => {
-            show_configs(output, &[client.get_config(&name).await?], true)
+            show_keys(output, &[client.get_config(&name).await?], true)
         }
-        ConfigCommand::List { output } => {
-            show_configs(output, &client.list_configs().await?, false)
-        }
+        ConfigCommand::List { output } => show_keys(output, &client.list_configs().await?, false),
         ConfigCommand::Delete { name } => {
             client.delete_config(&name).await?;
             println!("config \"{name}\" deleted");
