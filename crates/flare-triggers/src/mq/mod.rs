@@ -150,12 +150,19 @@ pub(crate) struct Context {
 
 impl Context {
     /// What names the trigger at its broker (consumer groups, durable
-    /// consumers, client ids): its name, with `__` for the dot of a
-    /// namespace (which NATS does not allow). Unchanged in the default
-    /// namespace, so existing consumers keep their place.
+    /// consumers, client ids, NATS streams).
     pub(crate) fn broker_name(&self) -> String {
-        self.name.replace('.', "__")
+        broker_name(&self.name)
     }
+}
+
+/// A trigger's qualified name as brokers take it: `~` for the dot of a
+/// namespace (NATS allows no dot in a name). No name holds a `~`, and the
+/// NATS stream name maps `-` to `_`, so a `__` separator could meet a name
+/// with `--` in another namespace; `~` cannot. Unchanged in the default
+/// namespace, so existing consumers keep their place.
+pub(crate) fn broker_name(qualified: &str) -> String {
+    qualified.replace('.', "~")
 }
 
 pub(crate) const MAX_RESPONSE: usize = 16 << 20;
@@ -557,6 +564,15 @@ impl MqTriggers {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn broker_names_differ_across_namespaces_even_as_nats_streams() {
+        let stream = |q: &str| super::nats::stream_name(&super::broker_name(q));
+        assert_eq!(super::broker_name("orders"), "orders");
+        assert_ne!(stream("a--b"), stream("a.b"));
+        assert_ne!(stream("a-b"), stream("a.b"));
+        assert_ne!(stream("a.b-c"), stream("a-b.c"));
+    }
+
     use super::{Lanes, MAX_ERROR_PAYLOAD, MAX_ERROR_TEXT, failure_document, one_line};
 
     #[tokio::test]

@@ -30,10 +30,7 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let stream = match js.stream_by_subject(&spec.topic).await {
         Ok(name) => js.get_stream(name).await.map_err(|e| e.to_string())?,
         Err(_) => {
-            let name = format!(
-                "FLARE_{}",
-                context.broker_name().to_uppercase().replace('-', "_")
-            );
+            let name = stream_name(&context.broker_name());
             js.get_or_create_stream(stream::Config {
                 name,
                 subjects: vec![spec.topic.clone()],
@@ -170,4 +167,9 @@ async fn handle(
         .map_err(|e| format!("acknowledging: {e}"))?;
     context.settle(&input, &outcome);
     Ok(())
+}
+
+/// The JetStream stream made for a trigger whose topic no stream holds yet.
+pub(crate) fn stream_name(broker_name: &str) -> String {
+    format!("FLARE_{}", broker_name.to_uppercase().replace('-', "_"))
 }
