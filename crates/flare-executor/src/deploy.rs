@@ -324,7 +324,7 @@ impl Executor {
             for (key, sealed) in config.spec.data {
                 let value = open(Kind::Config, name, &key, &sealed)?;
                 if let Ok(text) = String::from_utf8(value) {
-                    if is_env_name(&key) {
+                    if env_worthy(&key, &text) {
                         injected.env.push((key.clone(), text.clone()));
                     }
                     injected.config.push((key, text));
@@ -337,7 +337,7 @@ impl Executor {
             for (key, sealed) in secret.spec.sealed {
                 let value = open(Kind::Secret, name, &key, &sealed)?;
                 if let Ok(text) = std::str::from_utf8(&value) {
-                    if is_env_name(&key) {
+                    if env_worthy(&key, text) {
                         injected.env.push((key.clone(), text.to_string()));
                     }
                     injected.config.push((key.clone(), text.to_string()));
@@ -443,6 +443,14 @@ impl Executor {
             deployments.remove(name);
         }
     }
+}
+
+/// Whether a secret or config key can be an environment variable: a valid
+/// name, and a value with no NUL (which no process environment can hold;
+/// such a value still reaches the function as a file or through
+/// wasi:config).
+fn env_worthy(key: &str, value: &str) -> bool {
+    is_env_name(key) && !value.contains('\0')
 }
 
 /// (Qualified) names held in `held` that are not among `docs` any more.

@@ -19,6 +19,11 @@ pub enum RuntimeKind {
     Process,
 }
 
+/// Most secrets (and most configs) one function takes: with
+/// [`crate::MAX_VALUES_BYTES`] each, what its sandbox's `/secrets` must hold
+/// is bounded.
+pub const MAX_SECRETS: usize = 16;
+
 /// Who may call a function over HTTP: at `/fn/...`, through HTTP
 /// triggers, queued at `/async/fn/...` (like a function URL's auth type).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -389,6 +394,11 @@ impl Spec for FunctionSpec {
                 )));
             }
         }
+        if self.secrets.len() > MAX_SECRETS || self.configs.len() > MAX_SECRETS {
+            return Err(Error::invalid(format!(
+                "a function takes at most {MAX_SECRETS} secrets and {MAX_SECRETS} configs"
+            )));
+        }
         for name in &self.secrets {
             validate_name("secret name", name)?;
         }
@@ -396,12 +406,7 @@ impl Spec for FunctionSpec {
             validate_name("config name", name)?;
         }
         for (key, value) in &self.env {
-            let valid = key
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
+            if !crate::is_env_name(key) {
                 return Err(Error::invalid(format!(
                     "invalid environment variable name \"{key}\" (use letters, digits and '_', not starting with a digit)"
                 )));

@@ -31,7 +31,9 @@ pub use cron::{Cron, parse_timezone};
 pub use environment::{EnvironmentRuntime, EnvironmentSpec};
 pub use error::{Error, ErrorCode, Result};
 pub use failure::Failure;
-pub use function::{FunctionSpec, InvokeAuth, KeepAlive, Limits, PackageRef, RuntimeKind};
+pub use function::{
+    FunctionSpec, InvokeAuth, KeepAlive, Limits, MAX_SECRETS, PackageRef, RuntimeKind,
+};
 pub use logs::{
     INVOCATION_LOG_BUDGET, LineSplitter, LogEntry, LogRecord, LogStream, MAX_LOG_LINE, now_us,
     printable, split_long_line,

@@ -15,8 +15,9 @@ use flare_model::Result;
 /// Size of a worker's private /tmp.
 pub const TMP_BYTES: u64 = 64 << 20;
 
-/// Size of a worker's `/secrets` (the secrets of one function).
-pub const SECRETS_BYTES: u64 = 8 << 20;
+/// Size of a worker's `/secrets`: a function's secrets at their largest
+/// (16 of 1 MiB), with room for a page per small file (256 keys each).
+pub const SECRETS_BYTES: u64 = 48 << 20;
 
 /// The unprivileged user and group workers run as (`nobody`).
 pub const SANDBOX_UID: u32 = 65534;
