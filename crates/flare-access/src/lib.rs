@@ -113,9 +113,7 @@ impl Tokens {
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Grant> {
         let refused = |why: &str| Err(Error::new(ErrorCode::Unauthenticated, why));
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return refused(
-                "this API needs a token: send Authorization: Bearer <token> (flare login, --token or FLARE_TOKEN); the server's first start wrote an admin token to admin.token in its data directory",
-            );
+            return refused("this needs a token: send Authorization: Bearer <token>");
         };
         let secret = value
             .to_str()
@@ -149,9 +147,46 @@ impl Tokens {
     }
 }
 
+/// Writes `contents` to `path`, readable only by its owner (0600), whole
+/// or not at all: into a new file beside it, synced, renamed into place,
+/// and the directory synced so that the rename survives a crash too (a
+/// secrets key that vanished with a power cut would leave every sealed
+/// value unreadable).
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let partial = dir.join(format!(".{name}.{}.partial", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_files_are_0600_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        write_private(&path, b"one").unwrap();
+        write_private(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no partial file is left behind");
+    }
 
     #[test]
     fn secrets_are_long_random_and_prefixed() {

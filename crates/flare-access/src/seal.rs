@@ -53,8 +53,6 @@ impl Place<'_> {
 impl Sealer {
     /// The sealer of `data_dir`, making its key on the first start.
     pub fn open_dir(data_dir: &Path) -> Result<Sealer> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join(KEY_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -63,19 +61,7 @@ impl Sealer {
                 SystemRandom::new()
                     .fill(&mut key)
                     .map_err(|_| Error::internal("no randomness for the secrets key"))?;
-                let partial = data_dir.join(format!("{KEY_FILE}.partial"));
-                let _ = std::fs::remove_file(&partial);
-                let written = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&partial)
-                    .and_then(|mut file| {
-                        file.write_all(&key)?;
-                        file.sync_all()
-                    })
-                    .and_then(|()| std::fs::rename(&partial, &path));
-                written.map_err(|e| {
+                crate::write_private(&path, &key).map_err(|e| {
                     Error::internal(format!("cannot write {}: {e}", path.display()))
                 })?;
                 key.to_vec()

@@ -13,7 +13,7 @@ use super::{ApiFlag, DEFAULT_API};
 use crate::output::{self, OutputFlag};
 
 /// One server and the token the CLI sends it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Context {
     pub api: String,
@@ -21,6 +21,16 @@ pub struct Context {
     /// A PEM file of certificates to trust for this API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
+}
+
+/// The token left out.
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("api", &self.api)
+            .field("ca_cert", &self.ca_cert)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The CLI's configuration file.
@@ -64,8 +74,7 @@ impl Config {
 
     /// Writes the file whole (a new file renamed into place), mode 0600.
     fn save(&self) -> anyhow::Result<PathBuf> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         let path = path()?;
         let dir = path.parent().context("config path has no directory")?;
         std::fs::DirBuilder::new()
@@ -73,19 +82,8 @@ impl Config {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let partial = dir.join(format!(".config.toml.{}", std::process::id()));
         let text = toml::to_string(self).context("cannot encode the config")?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&partial)
-            .with_context(|| format!("cannot write {}", partial.display()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", partial.display()))?;
-        std::fs::rename(&partial, &path)
+        flare_access::write_private(&path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
