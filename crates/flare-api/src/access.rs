@@ -93,15 +93,29 @@ fn need(method: &Method, path: &str) -> Need {
     }
 }
 
-/// The namespace a request is about: for `invoke`, the one in the
-/// function's name (its query is the function's); else `?namespace=`,
+/// The `{name}` segment of the request, as sent (still percent-encoded:
+/// a valid name has nothing to encode).
+fn name_of<'r>(request: &'r Request, path: &str) -> Option<&'r str> {
+    let index = path.split('/').position(|segment| segment == "{name}")?;
+    request.uri().path().split('/').nth(index)
+}
+
+/// The namespace a request is about, with its `{name}` checked: for
+/// `invoke`, the namespace in the function's name (`name.namespace`; its
+/// query is the function's); elsewhere the name is a plain name (a dot
+/// would reach into another namespace through the qualified names the
+/// executor and the logs use) and the namespace is `?namespace=`,
 /// `default` when absent, `*` for all (to list; see [`Scope::one`]).
 fn scope_of(request: &Request, path: &str) -> Result<Scope> {
+    let name = name_of(request, path);
     if path.starts_with("/v1/functions/{name}/invoke") {
-        let name = request.uri().path().split('/').nth(3).unwrap_or_default();
-        let (_, namespace) = flare_model::split_qualified(name);
+        let (name, namespace) = flare_model::split_qualified(name.unwrap_or_default());
+        validate_name("function name", name)?;
         validate_name("namespace", namespace)?;
         return Ok(Scope(namespace.to_string()));
+    }
+    if let Some(name) = name {
+        validate_name("name", name)?;
     }
     let mut named = request
         .uri()
@@ -131,14 +145,12 @@ fn health(peer: Option<&Peer>) -> Need {
     }
 }
 
-/// Bytes of a refused request's body read (and dropped) before the answer,
-/// so a client still sending reads the refusal rather than a reset.
-const DRAIN: usize = 1 << 20;
-
-/// Answers `error` to `request` after draining some of its body.
+/// Answers `error` to `request` after reading (and dropping) up to 1 MiB
+/// of its body for 5 s: refused before any handler, so its body is no
+/// upload worth waiting for.
 pub(crate) async fn refuse(request: Request, error: Error) -> Response {
-    let drain = axum::body::to_bytes(request.into_body(), DRAIN);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    let body = request.into_body().into_data_stream();
+    crate::error::drain(body, 1 << 20, std::time::Duration::from_secs(5)).await;
     ApiError(error).into_response()
 }
 
@@ -169,22 +181,48 @@ pub(crate) async fn authorize(
     if need == Need::Open || (!invoke && !routed) {
         return next.run(request).await;
     }
-    // Every request that would change something is in the audit trail,
-    // allowed or not; reads and invocations are not.
-    let audited = !matches!(
+    let grant = api.tokens.authenticate(request.headers()).map_err(|e| {
+        // The API's callers are operators: say where a token comes from
+        // (the router's callers are the public, who are told less).
+        if request.headers().contains_key(http::header::AUTHORIZATION) {
+            e
+        } else {
+            Error::new(
+                e.code,
+                "this API needs a token: send Authorization: Bearer <token> (flare login, --token or FLARE_TOKEN); the server's first start wrote an admin token to admin.token in its data directory",
+            )
+        }
+    });
+    let scope = scope_of(&request, path);
+    // Every request with a valid token that would change something goes
+    // in the audit trail, allowed or not; reads and invocations do not,
+    // nor requests without a valid token (nobody to name, and anyone on
+    // the network could fill the trail with them).
+    let changes = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
-    ) && need != Need::In(Permission::Invoke);
-    let method = request.method().clone();
-    let uri_path: String = request.uri().path().chars().take(MAX_AUDIT_PATH).collect();
-    let grant = api.tokens.authenticate(request.headers());
-    let scope = scope_of(&request, path);
-    // What the audit entry names: the namespace of a namespaced route.
-    let about = match (&scope, need) {
-        (Ok(scope), Need::In(_)) => scope.0.clone(),
-        _ => String::new(),
+    ) && !invoke;
+    let audit = match (&grant, changes) {
+        (Ok(grant), true) => Some(
+            AuditEntry::now(
+                &grant.token,
+                request.method().as_str(),
+                &request
+                    .uri()
+                    .path()
+                    .chars()
+                    .take(MAX_AUDIT_PATH)
+                    .collect::<String>(),
+                0,
+            )
+            .in_namespace(match (&scope, need) {
+                (Ok(scope), Need::In(_)) => &scope.0,
+                _ => "",
+            }),
+        ),
+        _ => None,
     };
-    let checked = grant.clone().and_then(|grant| {
+    let checked = grant.and_then(|grant| {
         let scope = scope?;
         let named = path.contains("{name}") || path.contains("{id}");
         match need {
@@ -194,36 +232,46 @@ pub(crate) async fn authorize(
         }
         Ok((grant, scope))
     });
-    let (token, response) = match checked {
-        Ok((grant, scope)) => {
-            request.headers_mut().remove(http::header::AUTHORIZATION);
-            let token = grant.token.clone();
-            request.extensions_mut().insert(grant);
-            request.extensions_mut().insert(scope);
-            (token, next.run(request).await)
-        }
+    let (grant, scope) = match checked {
+        Ok(checked) => checked,
         Err(e) => {
-            let token = grant.map(|g| g.token).unwrap_or_default();
-            (token, refuse(request, e).await)
+            let response = refuse(request, e).await;
+            if let Some(entry) = audit {
+                record(&api, entry, response.status().as_u16()).await;
+            }
+            return response;
         }
     };
-    if audited {
-        let entry = AuditEntry::now(
-            &token,
-            method.as_str(),
-            &uri_path,
-            response.status().as_u16(),
-        )
-        .in_namespace(&about);
-        let recorded = api
-            .queue
-            .blocking(move |store| store.record_audit(&entry))
-            .await;
-        if let Err(e) = recorded {
-            tracing::error!("cannot record an audit entry: {e}");
-        }
+    request.headers_mut().remove(http::header::AUTHORIZATION);
+    request.extensions_mut().insert(grant);
+    request.extensions_mut().insert(scope);
+    let Some(entry) = audit else {
+        return next.run(request).await;
+    };
+    // A change and its entry run on a task of their own: a client that
+    // goes away mid-request cancels neither, so no change is stored
+    // without its entry.
+    let task = tokio::spawn(async move {
+        let response = next.run(request).await;
+        record(&api, entry, response.status().as_u16()).await;
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => ApiError(Error::internal(format!("request task failed: {e}"))).into_response(),
     }
-    response
+}
+
+/// Stores an audit entry with the status its request was answered with.
+async fn record(api: &Api, mut entry: AuditEntry, status: u16) {
+    entry.status = status;
+    let recorded = api
+        .queue
+        .blocking(move |store| store.record_audit(&entry))
+        .await;
+    if let Err(e) = recorded {
+        tracing::error!("cannot record an audit entry: {e}");
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,8 +478,6 @@ pub fn bootstrap_admin(
     again: bool,
 ) -> anyhow::Result<Option<PathBuf>> {
     use anyhow::Context;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tokens = store.list(Kind::Token)?;
     if !tokens.is_empty() && !again {
         return Ok(None);
@@ -444,18 +490,8 @@ pub fn bootstrap_admin(
         .unwrap_or_default();
     let secret = new_secret()?;
     let path = data_dir.join(flare_access::ADMIN_TOKEN_FILE);
-    let partial = data_dir.join(format!("{}.partial", flare_access::ADMIN_TOKEN_FILE));
-    let _ = std::fs::remove_file(&partial);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
-    file.write_all(format!("{secret}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    flare_access::write_private(&path, format!("{secret}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     let admin = NewToken {
         name,
         role: "admin".into(),

@@ -78,10 +78,23 @@ pub(crate) fn place(value: &mut Value, kind: Kind, namespace: &str) -> Result<()
     }
 }
 
+/// Why a document of `kind` does not decode. serde's text can quote the
+/// value it did not expect; for secrets and configs that value may be the
+/// secret, so only its kind of fault is said (a syntax error quotes
+/// nothing and keeps its position).
+pub(crate) fn invalid_document(kind: Kind, e: serde_json::Error) -> Error {
+    let sensitive = matches!(kind, Kind::Secret | Kind::Config);
+    if sensitive && e.classify() == serde_json::error::Category::Data {
+        return Error::invalid(format!(
+            "invalid {kind} document: metadata must name it and every value must be a string (base64 in a secret's data)"
+        ));
+    }
+    Error::invalid(format!("invalid {kind} document: {e}"))
+}
+
 /// Decodes and validates a document of kind `S` in `scope`.
 pub(crate) fn decode<S: Spec>(body: &[u8], scope: &Scope) -> Result<Resource<S>> {
-    let invalid =
-        |e: serde_json::Error| Error::invalid(format!("invalid {} document: {e}", S::KIND));
+    let invalid = |e: serde_json::Error| invalid_document(S::KIND, e);
     let mut value: Value = serde_json::from_slice(body).map_err(invalid)?;
     // serde would take a struct from an array too.
     if value.get("spec").is_some_and(|spec| !spec.is_object()) {

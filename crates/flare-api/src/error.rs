@@ -80,3 +80,22 @@ pub(crate) async fn json_errors(response: Response) -> Response {
     }
     json
 }
+
+/// Reads and drops what is left of a refused request's body, up to `limit`
+/// bytes and for `within` at most, so that a client still sending reads
+/// the refusal rather than a reset connection.
+pub(crate) async fn drain<S, E>(mut body: S, limit: usize, within: std::time::Duration)
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut drained = 0usize;
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut body)).await
+    {
+        drained += chunk.len();
+        if drained > limit {
+            return;
+        }
+    }
+}

@@ -142,30 +142,23 @@ async fn read_part(
     Ok(bytes)
 }
 
-/// Bytes read and thrown away after refusing an upload, so the client can
-/// finish sending and read the error instead of seeing a reset connection.
+/// Bytes read and thrown away after refusing an upload, and for how long,
+/// so the client can finish sending and read the error instead of seeing
+/// a reset connection.
 const DRAIN_LIMIT: usize = 1 << 30;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `error`, once the request's body has been read and thrown away (up to
-/// [`DRAIN_LIMIT`], for 30 s): a client still sending code then reads the
-/// refusal instead of a broken connection.
+/// `error`, once the request's body has been drained (an upload refused
+/// before its code was read).
 async fn drained(request: Request, error: Error) -> Error {
-    use http_body_util::BodyExt;
-    let mut body = request.into_body();
-    let mut drained = 0usize;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
-        drained += frame.data_ref().map_or(0, |d| d.len());
-        if drained > DRAIN_LIMIT {
-            break;
-        }
-    }
+    let body = request.into_body().into_data_stream();
+    crate::error::drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
     error
 }
 
 async fn drain(multipart: &mut Multipart) {
     let mut drained = 0usize;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
     while let Ok(Ok(Some(mut field))) =
         tokio::time::timeout_at(deadline, multipart.next_field()).await
     {
@@ -435,19 +428,7 @@ pub(crate) async fn upload_package(
     let staged = match api.packages.stage(&mut stream, api.max_package_bytes).await {
         Ok(staged) => staged,
         Err(e) => {
-            // Let the client finish sending so that it reads this error.
-            let mut drained = 0usize;
-            while let Ok(Some(Ok(chunk))) = tokio::time::timeout(
-                std::time::Duration::from_secs(30),
-                futures::StreamExt::next(&mut stream),
-            )
-            .await
-            {
-                drained += chunk.len();
-                if drained > DRAIN_LIMIT {
-                    break;
-                }
-            }
+            crate::error::drain(&mut stream, DRAIN_LIMIT, DRAIN_TIME).await;
             return Err(e.into());
         }
     };
@@ -463,12 +444,14 @@ pub(crate) async fn upload_package(
 /// `/v1/functions/hello.team-a/invoke`.
 pub(crate) async fn invoke(
     State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
     Path(params): Path<HashMap<String, String>>,
     request: Request,
 ) -> Response {
+    // The namespace is the one the caller's token was checked against;
+    // the name, checked there too, carries it as `name.namespace`.
     let name = params.get("name").map(String::as_str).unwrap_or_default();
-    let (name, namespace) = flare_model::split_qualified(name);
-    let name = flare_model::qualified(name, namespace);
+    let name = flare_model::qualified(flare_model::split_qualified(name).0, &scope.0);
     // What follows `/v1/functions/{name}/invoke`, as sent: still
     // percent-encoded, so any path a function can be called with (a space,
     // `%2F`) reaches it unchanged.

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use flare_model::{
-    ALL_NAMESPACES, DEFAULT_NAMESPACE, Error, ErrorCode, Grant, Kind, NamespaceSpec, Resource,
-    Result, TokenSpec,
+    DEFAULT_NAMESPACE, Error, ErrorCode, Grant, Kind, NamespaceSpec, Resource, Result, TokenSpec,
 };
 use http::StatusCode;
 
@@ -31,17 +30,13 @@ fn every(api: &Api) -> Result<Vec<Namespace>> {
     Ok(namespaces)
 }
 
-fn reaches(grant: &Grant, namespace: &str) -> bool {
-    grant.namespace == ALL_NAMESPACES || grant.namespace == namespace
-}
-
 pub(crate) async fn list(
     State(api): State<Arc<Api>>,
     Extension(grant): Extension<Grant>,
 ) -> ApiResult<Json<Vec<Namespace>>> {
     let namespaces = every(&api)?
         .into_iter()
-        .filter(|n| reaches(&grant, n.name()))
+        .filter(|n| grant.reaches(n.name()))
         .collect();
     Ok(Json(namespaces))
 }
@@ -53,7 +48,7 @@ pub(crate) async fn get(
 ) -> ApiResult<Json<Namespace>> {
     every(&api)?
         .into_iter()
-        .find(|n| n.name() == name && reaches(&grant, &name))
+        .find(|n| n.name() == name && grant.reaches(&name))
         .map(Json)
         .ok_or_else(|| Error::not_found(Kind::Namespace, &name).into())
 }
@@ -97,6 +92,8 @@ fn holdings(api: &Api, namespace: &str) -> Result<Vec<String>> {
         Kind::HttpTrigger,
         Kind::TimerTrigger,
         Kind::MessageQueueTrigger,
+        Kind::Secret,
+        Kind::Config,
     ] {
         add(kind, names(store.list(kind)?));
     }
@@ -131,5 +128,14 @@ pub(crate) async fn delete(
         )))
     })
     .await?;
+    let forgotten = api
+        .queue
+        .blocking(move |store| flare_store::retention::forget_namespace(store, &name))
+        .await?;
+    tracing::info!(
+        namespace = deleted.name(),
+        records = forgotten,
+        "namespace deleted with its logs and records"
+    );
     Ok(Json(deleted))
 }

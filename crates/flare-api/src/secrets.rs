@@ -20,8 +20,8 @@ use crate::error::ApiResult;
 use crate::{Api, crud};
 
 /// A secret as it is sent: values in base64 (`data`) or as text
-/// (`stringData`), like a Kubernetes Secret.
-#[derive(Debug, Deserialize)]
+/// (`stringData`), like a Kubernetes Secret. No `Debug`: it holds them.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SecretRequest {
     #[serde(default)]
@@ -71,7 +71,7 @@ impl Api {
     /// Decodes a secret request in `scope` and seals its values.
     fn seal(&self, body: &[u8], scope: &Scope) -> Result<Resource<SecretSpec>> {
         use base64::Engine;
-        let invalid = |e: serde_json::Error| Error::invalid(format!("invalid secret: {e}"));
+        let invalid = |e: serde_json::Error| crud::invalid_document(Kind::Secret, e);
         let mut value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
         crud::place(&mut value, Kind::Secret, scope.one()?)?;
         let request: SecretRequest = serde_json::from_value(value).map_err(invalid)?;

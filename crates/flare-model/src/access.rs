@@ -26,7 +26,8 @@ pub enum Permission {
     Write,
     /// Call a function.
     Invoke,
-    /// Manage tokens (and, later, namespaces): the admin's own work.
+    /// Manage tokens, namespaces and environments, and read the audit
+    /// trail: the admin's own work.
     Manage,
 }
 
@@ -36,7 +37,7 @@ impl Permission {
             Permission::Read => "read resources",
             Permission::Write => "change resources",
             Permission::Invoke => "invoke functions",
-            Permission::Manage => "manage tokens",
+            Permission::Manage => "do this (admin only: tokens, namespaces, environments, audit)",
         }
     }
 }
@@ -153,6 +154,11 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Whether `namespace` is within this grant's bound, whatever the role.
+    pub fn reaches(&self, namespace: &str) -> bool {
+        self.namespace == ALL_NAMESPACES || self.namespace == namespace
+    }
+
     /// Whether this grant may do `permission` in `namespace`. A resource
     /// named in the request (`named`) of a namespace the token does not
     /// reach is not found rather than forbidden: its existence is not the
@@ -169,7 +175,7 @@ impl Grant {
                 ),
             ));
         }
-        if self.namespace == ALL_NAMESPACES || self.namespace == namespace {
+        if self.reaches(namespace) {
             return Ok(());
         }
         if named {

@@ -180,6 +180,42 @@ pub fn older_than(meta: &std::fs::Metadata, age: Duration) -> bool {
         .is_some_and(|elapsed| elapsed > age)
 }
 
+/// Removes what a deleted namespace's functions and triggers left behind:
+/// their log lines, invocation records and timers' records (kept under
+/// qualified names, `name.namespace`), so that a namespace made again
+/// later under the same name, perhaps for another team, starts empty.
+/// Blocking; in batches, like the retention pass.
+pub fn forget_namespace(store: &SqliteStore, namespace: &str) -> Result<u64> {
+    let conn = connect(store.path(), "NORMAL")?;
+    // Names are DNS labels: `.namespace` ends a qualified name exactly.
+    let suffix = format!(".{namespace}");
+    let mut removed = 0u64;
+    for table in ["logs", "invocations"] {
+        loop {
+            let n = conn
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table}
+                         WHERE substr(function, -length(?1)) = ?1 LIMIT ?2)"
+                    ),
+                    params![suffix, BATCH],
+                )
+                .map_err(db_err)?;
+            removed += n as u64;
+            if (n as i64) < BATCH {
+                break;
+            }
+        }
+    }
+    removed += conn
+        .execute(
+            "DELETE FROM state WHERE key LIKE 'timer/%' AND substr(key, -length(?1)) = ?1",
+            params![format!("{suffix}/last")],
+        )
+        .map_err(db_err)? as u64;
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +233,52 @@ mod tests {
             callback_url: None,
             max_retries: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_namespace_leaves_no_logs_or_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (logs, reader) = crate::logs::start(store.path()).unwrap();
+        for function in ["f", "f.team-a", "f.team-ab", "g.team-a"] {
+            logs.send(LogRecord {
+                ts_us: now_us(),
+                function: function.into(),
+                invocation: "i".into(),
+                stream: LogStream::Stdout,
+                line: "line".into(),
+            });
+            let mut new = invocation(&format!("id-{function}"));
+            new.function = function.into();
+            store.enqueue(&new).unwrap();
+        }
+        drop(logs);
+        let count = || {
+            reader
+                .query(&crate::logs::LogQuery {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .unwrap()
+                .len()
+        };
+        let started = std::time::Instant::now();
+        while count() < 4 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        store.put_state("timer/t.team-a/last", "x").unwrap();
+        store.put_state("timer/t/last", "x").unwrap();
+        assert_eq!(forget_namespace(&store, "team-a").unwrap(), 5);
+        assert_eq!(count(), 2, "f and f.team-ab keep their lines");
+        let left: Vec<String> = store
+            .invocations(None, None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.request.function)
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(store.get_state("timer/t.team-a/last").unwrap().is_none());
+        assert!(store.get_state("timer/t/last").unwrap().is_some());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use clap::Args;
 pub const DEFAULT_API: &str = "http://127.0.0.1:8081";
 
 /// Where the CLI finds the API and the token it sends.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct ApiFlag {
     /// URL of the Flare API. [default: the current context's, else
     /// http://127.0.0.1:8081]
@@ -45,6 +45,16 @@ pub struct ApiFlag {
         global = true
     )]
     pub namespace: Option<String>,
+}
+
+/// The token left out.
+impl std::fmt::Debug for ApiFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiFlag")
+            .field("api", &self.api)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiFlag {

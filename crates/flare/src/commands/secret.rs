@@ -11,7 +11,7 @@ use super::ApiFlag;
 use crate::output::{OutputFlag, print_resources};
 
 /// Where values come from.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Default)]
 struct Sources {
     /// KEY=VALUE (repeatable).
     #[arg(long = "from-literal", value_name = "KEY=VALUE")]
@@ -20,6 +20,21 @@ struct Sources {
     /// file, or KEY=PATH (repeatable).
     #[arg(long = "from-file", value_name = "[KEY=]PATH")]
     files: Vec<String>,
+}
+
+/// Keys and paths only: the literals hold values.
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self
+            .literals
+            .iter()
+            .map(|l| l.split_once('=').map_or("?", |(k, _)| k))
+            .collect();
+        f.debug_struct("Sources")
+            .field("literal_keys", &keys)
+            .field("files", &self.files)
+            .finish()
+    }
 }
 
 impl Sources {
@@ -33,7 +48,8 @@ impl Sources {
         };
         for literal in &self.literals {
             let Some((key, value)) = literal.split_once('=') else {
-                bail!("--from-literal \"{literal}\" is not KEY=VALUE");
+                // Not quoted back: it may be the value itself.
+                bail!("a --from-literal has no '=': give KEY=VALUE");
             };
             put(key.to_string(), value.as_bytes().to_vec())?;
         }
