@@ -11,7 +11,7 @@ INSTANCE = uuid.uuid4().hex
 
 def walls(req):
     """Tries each wall of the sandbox from inside and reports what held."""
-    report = {"uid": os.getuid(), "hostname": socket.gethostname()}
+    report = {"uid": os.getuid(), "hostname": socket.gethostname(), "release": os.uname().release}
 
     def attempt(name, action):
         try:

@@ -77,7 +77,10 @@ pub(crate) async fn create(
     State(api): State<Arc<Api>>,
     body: bytes::Bytes,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
-    let created = crud::create(&api, decode(&body)?, |_, _| Ok(())).await?;
+    let created = crud::create(&api, decode(&body)?, |api, env| {
+        api.executor.check_environment(&env.spec)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(api.env_view(created))))
 }
 
@@ -86,7 +89,10 @@ pub(crate) async fn update(
     Path(name): Path<String>,
     body: bytes::Bytes,
 ) -> ApiResult<Json<EnvironmentView>> {
-    let updated = crud::update(&api, &name, decode(&body)?, |_, _| Ok(())).await?;
+    let updated = crud::update(&api, &name, decode(&body)?, |api, env| {
+        api.executor.check_environment(&env.spec)
+    })
+    .await?;
     Ok(Json(api.env_view(updated)))
 }
 

@@ -162,6 +162,13 @@ impl Executor {
         })
     }
 
+    /// Checks that every runtime can serve `spec`'s workers on this host.
+    pub fn check_environment(&self, spec: &EnvironmentSpec) -> Result<()> {
+        self.runtimes
+            .iter()
+            .try_for_each(|r| r.check_environment(spec))
+    }
+
     /// Generic workers waiting in an environment's pool.
     pub fn idle_workers(&self, environment: &str) -> Option<usize> {
         self.runtimes

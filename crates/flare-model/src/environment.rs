@@ -16,6 +16,32 @@ pub enum EnvironmentRuntime {
     Custom,
 }
 
+/// The wall between an environment's workers and the host: each level is
+/// a sandbox backend behind the same pool, specialization, limits, logs
+/// and scaling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces, seccomp and cgroups on the host kernel (bubblewrap).
+    #[default]
+    Namespace,
+    /// The same walls inside gVisor (`runsc`): a user-space kernel answers
+    /// the worker's system calls instead of the host's.
+    Gvisor,
+    /// Each worker in its own lightweight VM on KVM, with its own kernel.
+    Microvm,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Namespace => "namespace",
+            Isolation::Gvisor => "gvisor",
+            Isolation::Microvm => "microvm",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentSpec {
@@ -27,6 +53,9 @@ pub struct EnvironmentSpec {
     /// Generic workers kept started, waiting to be specialized.
     #[serde(default = "default_poolsize")]
     pub poolsize: u32,
+    /// How strongly its workers are walled off from the host.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 fn default_poolsize() -> u32 {
@@ -76,6 +105,7 @@ mod tests {
             runtime,
             command: command.iter().map(|s| s.to_string()).collect(),
             poolsize: 3,
+            isolation: Isolation::Namespace,
         };
         env(EnvironmentRuntime::Python, &[]).validate().unwrap();
         env(EnvironmentRuntime::Custom, &["/bin/worker", "-v"])

@@ -28,7 +28,7 @@ mod trigger;
 
 pub use access::{ALL_NAMESPACES, Grant, Permission, Role, TokenSpec};
 pub use cron::{Cron, parse_timezone};
-pub use environment::{EnvironmentRuntime, EnvironmentSpec};
+pub use environment::{EnvironmentRuntime, EnvironmentSpec, Isolation};
 pub use error::{Error, ErrorCode, Result};
 pub use failure::Failure;
 pub use function::{

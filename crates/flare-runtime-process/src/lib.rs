@@ -19,7 +19,9 @@
 //! protocol in `environments/PROTOCOL.md` and [`protocol`].
 
 mod function;
+pub mod gvisor;
 mod invoke;
+pub mod launcher;
 mod packages;
 mod pool;
 mod protocol;
@@ -72,6 +74,12 @@ pub struct ProcessConfig {
     /// Where a function's outbound connections may go, beyond its own
     /// `allowedHosts` list.
     pub egress: Arc<flare_egress::EgressPolicy>,
+    /// gVisor's `runsc` (a path, or a name looked up on `PATH`), for
+    /// environments with `isolation: gvisor`.
+    pub runsc: PathBuf,
+    /// The `flare` binary, which runs first inside sandboxes bubblewrap
+    /// does not build ([`launcher`]); gVisor needs it.
+    pub launcher: Option<PathBuf>,
 }
 
 impl ProcessConfig {
@@ -82,6 +90,8 @@ impl ProcessConfig {
             node: PathBuf::from("/usr/bin/node"),
             allow_unlimited: false,
             egress: Arc::default(),
+            runsc: PathBuf::from("runsc"),
+            launcher: None,
         }
     }
 }
@@ -352,6 +362,13 @@ impl Runtime for ProcessRuntime {
             runtime: (*self).clone(),
             function,
         }))
+    }
+
+    fn check_environment(&self, spec: &EnvironmentSpec) -> Result<()> {
+        self.inner
+            .walls(spec.isolation)
+            .map(drop)
+            .map_err(Error::invalid)
     }
 
     fn environment(&self, name: &str, spec: Option<&EnvironmentSpec>) {

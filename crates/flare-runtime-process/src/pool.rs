@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flare_model::{EnvironmentRuntime, EnvironmentSpec};
+use flare_model::{EnvironmentRuntime, EnvironmentSpec, Isolation};
 use tokio::sync::Notify;
 
+use crate::gvisor::{Gvisor, find_program};
+use crate::sandbox::Walls;
 use crate::worker::{Worker, WorkerError, WorkerPlan};
 use crate::{CPUS_PER_WORKER, GENERIC_MEMORY, Inner, PIDS_PER_WORKER};
 
@@ -33,6 +35,32 @@ const DEMAND_WINDOW: Duration = Duration::from_secs(30);
 impl Inner {
     pub(crate) fn pool(&self, name: &str) -> Option<Arc<Pool>> {
         self.pools.lock().ok()?.get(name).cloned()
+    }
+
+    /// The wall for `isolation` on this host, or what is missing for it.
+    pub(crate) fn walls(&self, isolation: Isolation) -> std::result::Result<Walls, String> {
+        match isolation {
+            Isolation::Namespace => Ok(Walls::Namespace),
+            Isolation::Gvisor => {
+                let runsc = find_program(&self.config.runsc).ok_or_else(|| {
+                    format!(
+                        "isolation gvisor needs gVisor's runsc, which is not at \"{}\" on this host (Debian: apt-get install runsc; or start the server with --runsc PATH)",
+                        self.config.runsc.display()
+                    )
+                })?;
+                let launcher = self
+                    .config
+                    .launcher
+                    .clone()
+                    .filter(|l| l.is_file())
+                    .ok_or("isolation gvisor needs the flare binary as its launcher, and this server has none")?;
+                Ok(Walls::Gvisor(Arc::new(Gvisor { runsc, launcher })))
+            }
+            Isolation::Microvm => Err(
+                "isolation microvm is not available in this version of Flare; use namespace or gvisor"
+                    .into(),
+            ),
+        }
     }
 
     pub(crate) async fn start_worker(
@@ -101,6 +129,9 @@ impl Inner {
             cpus: CPUS_PER_WORKER,
             env_dir: Some(env_dir),
             allow_unlimited: self.config.allow_unlimited,
+            walls: self
+                .walls(pool.spec.isolation)
+                .map_err(WorkerError::Start)?,
         })
         .await
     }

@@ -342,21 +342,65 @@ pub struct SandboxCommand<'a> {
     pub argv: &'a [String],
 }
 
-fn quote(s: &str) -> String {
+/// The wall a worker is started behind: one backend per isolation level,
+/// each turning the same [`SandboxCommand`] into a way to start it.
+#[derive(Debug, Clone)]
+pub enum Walls {
+    /// bubblewrap on the host kernel ([`SandboxCommand::script`]).
+    Namespace,
+    /// The same inside gVisor ([`crate::gvisor`]).
+    Gvisor(std::sync::Arc<crate::gvisor::Gvisor>),
+}
+
+impl Walls {
+    /// Memory and processes the wall itself takes within the worker's
+    /// cgroups, added to the worker's own limits.
+    pub fn overhead(&self) -> (u64, u32) {
+        match self {
+            Walls::Namespace => (0, 0),
+            Walls::Gvisor(_) => (crate::gvisor::OVERHEAD_BYTES, crate::gvisor::OVERHEAD_PIDS),
+        }
+    }
+
+    /// The `sh -c` script that starts the worker described by `cmd`,
+    /// writing what it needs under the worker's directory `dir`.
+    pub fn script(
+        &self,
+        cmd: &SandboxCommand,
+        dir: &Path,
+        id: &str,
+    ) -> std::result::Result<String, String> {
+        match self {
+            Walls::Namespace => Ok(cmd.script()),
+            Walls::Gvisor(gvisor) => gvisor.script(cmd, dir, id),
+        }
+    }
+}
+
+pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 impl SandboxCommand<'_> {
+    /// The start of every script: the shell moves itself into the
+    /// worker's cgroups, so all it executes is held by them.
+    pub(crate) fn join_cgroups(&self) -> String {
+        self.cgroups
+            .dirs()
+            .iter()
+            .map(|dir| {
+                format!(
+                    "echo $$ > {} && ",
+                    quote(&dir.join("cgroup.procs").to_string_lossy())
+                )
+            })
+            .collect()
+    }
+
     /// The `sh -c` script that joins the cgroups, drops to the sandbox
     /// user and runs bubblewrap.
     pub fn script(&self) -> String {
-        let mut script = String::new();
-        for dir in self.cgroups.dirs() {
-            script.push_str(&format!(
-                "echo $$ > {} && ",
-                quote(&dir.join("cgroup.procs").to_string_lossy())
-            ));
-        }
+        let mut script = self.join_cgroups();
         script.push_str(&format!(
             "exec setpriv --reuid={SANDBOX_UID} --regid={SANDBOX_UID} --clear-groups --inh-caps=-all --bounding-set=-all bwrap"
         ));

@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 use crate::protocol::{self, Frame};
-use crate::sandbox::{Cgroups, SandboxCommand};
+use crate::sandbox::{Cgroups, SandboxCommand, Walls};
 
 /// How long a worker may take to connect and say `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +68,8 @@ struct Shared {
     attribution: Mutex<Attribution>,
     logs: LogSender,
     cgroups: Mutex<Cgroups>,
+    /// Memory and processes the wall takes beside the worker.
+    overhead: (u64, u32),
     child: tokio::sync::Mutex<Child>,
 }
 
@@ -174,6 +176,8 @@ pub struct WorkerPlan<'a> {
     pub env_dir: Option<PathBuf>,
     /// Start even where cgroups cannot limit memory and processes.
     pub allow_unlimited: bool,
+    /// The wall it is started behind.
+    pub walls: Walls,
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> WorkerError + '_ {
@@ -224,8 +228,13 @@ impl Worker {
                 cgroups.missing().join(" or ")
             )));
         }
+        let overhead = plan.walls.overhead();
         cgroups
-            .limit(plan.memory_bytes, plan.pids, plan.cpus)
+            .limit(
+                plan.memory_bytes + overhead.0,
+                plan.pids + overhead.1,
+                plan.cpus,
+            )
             .map_err(WorkerError::Start)?;
         let mut env = vec![
             ("FLARE_SOCKET", "/run/flare/worker.sock".to_string()),
@@ -239,7 +248,7 @@ impl Worker {
         if proxy.is_some() {
             env.push(("FLARE_EGRESS_SOCKET", "/run/flare/egress.sock".to_string()));
         }
-        let script = SandboxCommand {
+        let command = SandboxCommand {
             cgroups: &cgroups,
             seccomp: plan.seccomp,
             code: &code,
@@ -248,8 +257,11 @@ impl Worker {
             env_dir: plan.env_dir.as_deref(),
             env: &env,
             argv: &plan.argv,
-        }
-        .script();
+        };
+        let script = plan
+            .walls
+            .script(&command, &plan.dir, &plan.id)
+            .map_err(WorkerError::Start)?;
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(&script)
@@ -307,6 +319,7 @@ impl Worker {
             attribution: Mutex::default(),
             logs: plan.logs,
             cgroups: Mutex::new(cgroups),
+            overhead,
             child: tokio::sync::Mutex::new(child),
         });
         if let Some(stdout) = stdout {
@@ -371,8 +384,13 @@ impl Worker {
         timeout: Duration,
     ) -> Result<(), WorkerError> {
         if let Ok(cgroups) = self.shared.cgroups.lock() {
+            let (bytes, pids) = self.shared.overhead;
             cgroups
-                .limit(memory_bytes, crate::PIDS_PER_WORKER, crate::CPUS_PER_WORKER)
+                .limit(
+                    memory_bytes + bytes,
+                    crate::PIDS_PER_WORKER + pids,
+                    crate::CPUS_PER_WORKER,
+                )
                 .map_err(WorkerError::Start)?;
         }
         if let Ok(mut attribution) = self.shared.attribution.lock() {

@@ -115,6 +115,12 @@ pub trait Runtime: Send + Sync + 'static {
         injected: &Injected,
     ) -> Result<Arc<dyn Function>>;
 
+    /// Checks that this host can run `spec`'s workers (an isolation level
+    /// needs its tools: runsc, KVM), so that nothing unservable is stored.
+    fn check_environment(&self, _spec: &EnvironmentSpec) -> Result<()> {
+        Ok(())
+    }
+
     /// An environment was created or changed (`Some`) or removed (`None`).
     fn environment(&self, _name: &str, _spec: Option<&EnvironmentSpec>) {}
 

@@ -67,6 +67,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Inside a gVisor sandbox, before the worker: not a user's command.
+    if let Some(failed) = flare_runtime_process::launcher::run_if_asked() {
+        return failed;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Server, error_of, eventually, guest, http, http_ok_server_on};
+use common::{Server, error_of, eventually, guest, http};
 
 fn hostile_function(server: &Server, name: &str, extra: &[&str]) {
     server.create_python(name, "hostile.py", extra);
@@ -564,41 +564,7 @@ fn an_oversized_spec_part_is_refused_before_it_is_buffered() {
 fn the_sandbox_refuses_namespaces_io_uring_and_the_mount_api() {
     let server = Server::start();
     server.python_env("1");
-    hostile_function(&server, "py", &["--memory", "1024"]);
-    let report: serde_json::Value = server.get("/fn/py/syscalls").json().unwrap();
-    for call in [
-        "unshare_user",
-        "clone_newuser",
-        "io_uring_setup",
-        "fsopen",
-        "clone3_namespaces",
-        "x32_unshare",
-        "ptrace",
-        "bpf",
-        "socket_alg",
-        "socket_packet",
-    ] {
-        let got = report[call].as_str().unwrap();
-        assert!(
-            got == "Function not implemented" || got == "Operation not permitted",
-            "{call} was not refused: {report}"
-        );
-    }
-    for ordinary in ["fork", "socketpair", "urandom"] {
-        assert_eq!(
-            report[ordinary], "ok",
-            "ordinary work still works: {report}"
-        );
-    }
-
-    // The private /tmp is bounded (64 MiB): filling it fails a write.
-    let filled = server.get("/fn/py/fill-tmp?mb=100").text().unwrap();
-    assert!(filled.starts_with("stopped after"), "{filled}");
-
-    // A memory limit above the generic worker's 256 MiB is applied: 400 MiB
-    // fits in 1024 MiB.
-    let response = server.get("/fn/py/memory?mb=400");
-    assert_eq!(response.status(), 200, "{}", response.text().unwrap());
+    common::walls::refuse_attacks(&server);
 }
 
 #[test]
@@ -699,60 +665,7 @@ fn a_python_function_goes_out_only_through_the_egress_policy() {
     // (NO_PROXY), so the host's is reached as 127.0.0.2.
     let server = Server::start_with(&["--egress-allow-private"]);
     server.python_env("1");
-    let target = http_ok_server_on("127.0.0.2");
-    let api_port = server.api.rsplit_once(':').unwrap().1.to_string();
-    let api_host = "127.0.0.1";
-    let api = format!("127.0.0.2:{api_port}");
-    hostile_function(
-        &server,
-        "out",
-        &["--allow-host", &target, "--allow-host", &api],
-    );
-    hostile_function(&server, "shut", &[]);
-
-    let fetch = |name: &str, url: &str| {
-        let response = server.get(&format!("/fn/{name}/fetch?url={url}"));
-        assert_eq!(response.status(), 200);
-        response.text().unwrap()
-    };
-    // A listed host on an allowed address: through the proxy, plain and
-    // tunnelled (CONNECT, as HTTPS clients do).
-    assert_eq!(fetch("out", &format!("http://{target}/")), "200 ok\n");
-    assert_eq!(
-        server
-            .get(&format!("/fn/out/tunnel?to={target}"))
-            .text()
-            .unwrap(),
-        "200 ok\n"
-    );
-    // Flare's own API, although listed: refused by the policy.
-    let own = fetch("out", &format!("http://{api}/v1/environments"));
-    assert!(own.starts_with("refused 403"), "{own}");
-    assert!(own.contains("own ports"), "{own}");
-    // A host the function does not list.
-    let target_port = target.rsplit_once(':').unwrap().1;
-    let unlisted = fetch("out", &format!("http://127.0.0.3:{target_port}/"));
-    assert!(unlisted.starts_with("refused 403"), "{unlisted}");
-    assert!(unlisted.contains("allowed hosts"), "{unlisted}");
-    // Past the proxy there is nothing: the sandbox's loopback is its own.
-    for name in ["out", "shut"] {
-        let direct = server
-            .get(&format!(
-                "/fn/{name}/connect?host={api_host}&port={api_port}"
-            ))
-            .text()
-            .unwrap();
-        assert!(direct.starts_with("failed"), "{name}: {direct}");
-    }
-    // A function that lists no host has no proxy at all.
-    let closed = fetch("shut", &format!("http://{target}/"));
-    assert!(closed.starts_with("failed"), "{closed}");
-    // HTTPS clients inside can check certificates: the system's trusted
-    // roots are there for a function that may call out.
-    let roots: u32 = server.get("/fn/out/certs").text().unwrap().parse().unwrap();
-    assert!(roots > 10, "{roots} trusted roots");
-
-    assert_eq!(server.get("/fn/out/").status(), 200, "still serving");
+    common::walls::egress_only_through_the_proxy(&server);
 }
 
 #[test]

@@ -25,19 +25,7 @@ fn python_server() -> Server {
 }
 
 fn create_py(server: &Server, name: &str, extra: &[&str]) {
-    let code = function_file("probe.py");
-    let mut args = vec![
-        "fn",
-        "create",
-        "--name",
-        name,
-        "--env",
-        "python",
-        "--code",
-        code.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    server.ok(&args);
+    server.create_python(name, "probe.py", extra);
 }
 
 #[test]
@@ -551,94 +539,7 @@ fn crashes_hangs_and_memory_hogs_are_replaced() {
 #[test]
 fn sandbox_walls_hold_from_inside_a_function() {
     let server = python_server();
-    create_py(&server, "py", &[]);
-    let api_port = server.api.rsplit(':').next().unwrap().to_string();
-    let data_dir = server.data_dir.to_str().unwrap().to_string();
-    let url = format!("/fn/py/walls?port={api_port}&data_dir={data_dir}");
-    let report: serde_json::Value = server.get(&url).json().unwrap();
-    assert_eq!(report["uid"], 65534, "{report}");
-    assert_eq!(report["hostname"], "flare");
-    assert!(
-        report["read_shadow"]
-            .as_str()
-            .unwrap()
-            .starts_with("denied"),
-        "{report}"
-    );
-    assert!(
-        report["list_data_dir"]
-            .as_str()
-            .unwrap()
-            .starts_with("denied"),
-        "{report}"
-    );
-    assert!(
-        report["write_code"].as_str().unwrap().starts_with("denied"),
-        "{report}"
-    );
-    assert!(
-        report["write_tmp"].as_str().unwrap().starts_with("allowed"),
-        "{report}"
-    );
-    assert!(
-        report["connect_loopback"]
-            .as_str()
-            .unwrap()
-            .starts_with("denied"),
-        "{report}"
-    );
-    let pids = report["pids"].as_array().unwrap();
-    assert!(
-        pids.len() <= 3 && pids.iter().all(|p| p.as_u64().unwrap() < 10),
-        "only its own processes: {report}"
-    );
-    assert_eq!(report["cap_eff"], "0000000000000000");
-    assert_eq!(report["seccomp"], "2", "a seccomp filter is installed");
-    assert!(
-        report["mount"].as_str().unwrap().starts_with("denied"),
-        "{report}"
-    );
-
-    // A function that may call out still has its own loopback only: the
-    // host's is out of reach (its way out is the egress proxy, tested in
-    // hostile.rs).
-    create_py(&server, "netpy", &["--network", "--allow-host", "*"]);
-    let report: serde_json::Value = server
-        .get(&url.replace("/fn/py/", "/fn/netpy/"))
-        .json()
-        .unwrap();
-    assert!(
-        report["connect_loopback"]
-            .as_str()
-            .unwrap()
-            .starts_with("denied"),
-        "{report}"
-    );
-
-    // Two spinning processes share the worker's CPU quota of one core:
-    // together they get no more CPU time than wall time (unlimited, on this
-    // two-core machine, they would get about twice as much).
-    let share: serde_json::Value = server.get("/fn/py/cpu?s=1").json().unwrap();
-    let (cpu, wall) = (
-        share["cpu"].as_f64().unwrap(),
-        share["wall"].as_f64().unwrap(),
-    );
-    assert!(wall >= 1.0, "{share}");
-    assert!(cpu / wall < 1.25, "more than one core: {share}");
-
-    // A fork bomb stops at the pids limit, and the server stays healthy.
-    let bomb: serde_json::Value = server.get("/fn/py/forkbomb").json().unwrap();
-    assert_eq!(bomb["stopped_by"], "BlockingIOError", "{bomb}");
-    assert!(bomb["children"].as_u64().unwrap() < 100, "{bomb}");
-    assert_eq!(
-        http()
-            .get(format!("{}/healthz", server.api))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(server.get("/fn/py/").status(), 200);
+    common::walls::hold(&server, "namespace");
 }
 
 #[test]

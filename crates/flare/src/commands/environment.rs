@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use flare_api::EnvironmentView;
-use flare_model::{EnvironmentRuntime, EnvironmentSpec, Resource};
+use flare_model::{EnvironmentRuntime, EnvironmentSpec, Isolation, Resource};
 
 use super::ApiFlag;
 use crate::output::{OutputFlag, print_resources};
@@ -32,6 +32,27 @@ impl From<Runtime> for EnvironmentRuntime {
     }
 }
 
+/// How strongly the workers are walled off from the host.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum Level {
+    /// Namespaces, seccomp and cgroups on the host kernel.
+    Namespace,
+    /// The same walls inside gVisor's user-space kernel (needs runsc).
+    Gvisor,
+    /// A lightweight VM per worker, with its own kernel (needs KVM).
+    Microvm,
+}
+
+impl From<Level> for Isolation {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Namespace => Isolation::Namespace,
+            Level::Gvisor => Isolation::Gvisor,
+            Level::Microvm => Isolation::Microvm,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum EnvironmentCommand {
     /// Create a language environment: a pool of sandboxed workers.
@@ -48,6 +69,10 @@ enum EnvironmentCommand {
         /// Generic workers kept started, ready to specialize. [default: 3]
         #[arg(long)]
         poolsize: Option<u32>,
+        /// The wall around each worker; a level this host cannot provide
+        /// is refused with what is missing.
+        #[arg(long, value_enum, default_value = "namespace")]
+        isolation: Level,
         #[command(flatten)]
         output: OutputFlag,
     },
@@ -63,7 +88,8 @@ enum EnvironmentCommand {
         #[command(flatten)]
         output: OutputFlag,
     },
-    /// Change the pool size or command; running instances are kept.
+    /// Change the pool size, command or isolation; running instances are
+    /// kept, new workers start with the change.
     Update {
         #[arg(long)]
         name: String,
@@ -71,6 +97,8 @@ enum EnvironmentCommand {
         command: Vec<String>,
         #[arg(long)]
         poolsize: Option<u32>,
+        #[arg(long, value_enum)]
+        isolation: Option<Level>,
         #[command(flatten)]
         output: OutputFlag,
     },
@@ -90,13 +118,21 @@ fn show(output: OutputFlag, envs: &[EnvironmentView], single: bool) -> anyhow::R
                     e.metadata.name.clone(),
                     format!("{:?}", e.spec.runtime).to_lowercase(),
                     e.spec.poolsize.to_string(),
+                    e.spec.isolation.as_str().to_string(),
                     v.idle_workers.map_or("-".into(), |n| n.to_string()),
                     e.spec.command.join(" "),
                 ]
             })
             .collect()
     };
-    let headers = ["NAME", "RUNTIME", "POOLSIZE", "IDLE", "COMMAND"];
+    let headers = [
+        "NAME",
+        "RUNTIME",
+        "POOLSIZE",
+        "ISOLATION",
+        "IDLE",
+        "COMMAND",
+    ];
     print_resources(output.format, envs, single, &headers, rows)
 }
 
@@ -108,6 +144,7 @@ pub async fn run(args: EnvironmentArgs) -> anyhow::Result<()> {
             runtime,
             command,
             poolsize,
+            isolation,
             output,
         } => {
             let env = Resource::new(
@@ -116,6 +153,7 @@ pub async fn run(args: EnvironmentArgs) -> anyhow::Result<()> {
                     runtime: runtime.into(),
                     command,
                     poolsize: poolsize.unwrap_or(EnvironmentSpec::DEFAULT_POOLSIZE),
+                    isolation: isolation.into(),
                 },
             );
             let created = client.create_environment(&env).await?;
@@ -133,6 +171,7 @@ pub async fn run(args: EnvironmentArgs) -> anyhow::Result<()> {
             name,
             command,
             poolsize,
+            isolation,
             output,
         } => {
             let mut env = client.get_environment(&name).await?.environment;
@@ -141,6 +180,9 @@ pub async fn run(args: EnvironmentArgs) -> anyhow::Result<()> {
             }
             if let Some(poolsize) = poolsize {
                 env.spec.poolsize = poolsize;
+            }
+            if let Some(isolation) = isolation {
+                env.spec.isolation = isolation.into();
             }
             let updated = client.update_environment(&env).await?;
             show(output, &[updated], true)

@@ -51,6 +51,10 @@ pub struct ServerArgs {
     /// not start.
     #[arg(long, env = "FLARE_ALLOW_UNLIMITED_WORKERS")]
     allow_unlimited_workers: bool,
+    /// gVisor's runsc, for environments created with `--isolation gvisor`
+    /// (a path, or a name looked up on PATH).
+    #[arg(long, env = "FLARE_RUNSC", default_value = "runsc")]
+    runsc: PathBuf,
     /// How long a client may take to send a request body; past it, 408 and
     /// the connection is closed. The body is read before a function's
     /// capacity is taken, so a slow client never holds that. [default: 30s]
@@ -148,6 +152,7 @@ struct Settings {
     max_package_bytes: u64,
     max_instances: u32,
     allow_unlimited_workers: bool,
+    runsc: PathBuf,
     egress_allow_private: bool,
     retention: Retention,
     gc_interval: Duration,
@@ -247,6 +252,7 @@ impl ServerArgs {
                 .unwrap_or(flare_api::DEFAULT_MAX_PACKAGE_BYTES),
             max_instances,
             allow_unlimited_workers: self.allow_unlimited_workers,
+            runsc: self.runsc,
             egress_allow_private: self.egress_allow_private,
             retention,
             gc_interval,
@@ -358,6 +364,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut process_config = ProcessConfig::new(process_work_dir(data_dir)?);
     process_config.allow_unlimited = settings.allow_unlimited_workers;
+    process_config.runsc = settings.runsc.clone();
+    // This binary is the launcher inside gVisor sandboxes.
+    process_config.launcher = std::env::current_exe().ok();
     process_config.egress = egress.clone();
     if !flare_runtime_process::sandbox::can_limit_workers() {
         if settings.allow_unlimited_workers {

@@ -1,6 +1,8 @@
 //! A real `flare server` on port 0, driven through the CLI and HTTP.
 #![allow(dead_code)]
 
+pub mod walls;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
