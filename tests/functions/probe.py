@@ -69,8 +69,45 @@ def cpu_share(seconds):
     return {"wall": wall, "cpu": t.children_user + t.children_system}
 
 
+def neighbours(req):
+    """What a worker forked from a zygote can tell of the others: where it
+    came from, its randomness, and what it finds of another worker
+    (`other`: its id) and of the file `/tmp/mine` it leaves behind."""
+    import random
+    import sys
+
+    other = req.query.get("other", "")
+    report = {
+        "main": getattr(sys.modules.get("__main__"), "__file__", None),
+        "worker": os.environ.get("FLARE_WORKER_ID"),
+        "urandom": os.urandom(16).hex(),
+        "random": random.random(),
+        "tmp": sorted(os.listdir("/tmp")),
+        "flare": sorted(os.listdir("/.flare")) if os.path.isdir("/.flare") else None,
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    }
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    report["fds"] = fds
+    for name, path in (("other_code", f"/.flare/workers/{other}/code"),
+                       ("other_run", f"/.flare/workers/{other}/run")):
+        try:
+            report[name] = "allowed: " + str(os.listdir(path))
+        except OSError as e:
+            report[name] = "denied: " + type(e).__name__
+    with open("/tmp/mine", "w") as f:
+        f.write(report["worker"] or "")
+    return report
+
+
 def main(req):
     path = req.path.split("?")[0]
+    if path == "/neighbours":
+        return neighbours(req)
     if path == "/":
         return "hello from python"
     if path == "/json":

@@ -148,6 +148,9 @@ impl Gvisor {
         for path in cmd.ro_binds {
             mounts.push(bind(path, &path.to_string_lossy(), false));
         }
+        for extra in cmd.binds {
+            mounts.push(bind(&extra.from, &extra.to, extra.writable));
+        }
         let mut args: Vec<String> = vec![LAUNCHER.into(), crate::launcher::ARG.into()];
         args.extend(FILTERS.iter().map(|f| f.to_string()));
         args.push("--".into());
@@ -220,6 +223,8 @@ mod tests {
             code: Path::new("/w/code"),
             run: Path::new("/w/run"),
             ro_binds: &[PathBuf::from("/opt/worker")],
+            binds: &[],
+            nested: false,
             env_dir: Some(Path::new("/w/env")),
             env: &[("FLARE_SOCKET", "/run/flare/worker.sock".into())],
             argv: &["/usr/bin/python3".into(), "-I".into()],

@@ -14,6 +14,14 @@
 //!   the function's timeout. A worker that dies, hangs or exceeds its
 //!   memory is killed and dropped; the next request gets a new one.
 //! - Idle instances are destroyed after the function's keep-alive.
+//! - A Python environment at the `namespace` level keeps a zygote
+//!   (`environments/python/zygote.py`): an interpreter with the worker and
+//!   common modules imported, from which workers are forked, each into
+//!   namespaces and a cgroup of its own, instead of started; a pool miss
+//!   costs a fork. Other runtimes and levels start workers whole (Node.js
+//!   cannot fork a running V8; gVisor's sandboxes are their own).
+//! - Each isolation level is a backend ([`sandbox::Walls`]) behind the same
+//!   pool, specialization, limits and logs.
 //!
 //! The walls around each worker are described in [`sandbox`]; the wire
 //! protocol in `environments/PROTOCOL.md` and [`protocol`].
@@ -58,6 +66,7 @@ const ADAPTIVE_FALLBACK: Duration = Duration::from_secs(10 * 60);
 const GENERIC_MEMORY: u64 = 256 << 20;
 
 const PYTHON_WORKER: &str = include_str!("../../../environments/python/worker.py");
+const PYTHON_ZYGOTE: &str = include_str!("../../../environments/python/zygote.py");
 const NODE_WORKER: &str = include_str!("../../../environments/node/worker.js");
 
 /// Settings of the process runtime.
@@ -104,6 +113,8 @@ pub(crate) struct Inner {
     pub(crate) config: ProcessConfig,
     /// The two seccomp filters (see [`sandbox::SandboxCommand::seccomp`]).
     pub(crate) seccomp: [PathBuf; 2],
+    /// A zygote's filter (see [`seccomp::zygote_program`]).
+    pub(crate) zygote_seccomp: PathBuf,
     pub(crate) logs: LogSender,
     pub(crate) pools: Mutex<HashMap<String, Arc<Pool>>>,
     pub(crate) functions: Mutex<Vec<Weak<ProcessFunction>>>,
@@ -152,10 +163,13 @@ impl ProcessRuntime {
         }
         std::fs::write(dir.join("environments/python/worker.py"), PYTHON_WORKER)
             .map_err(internal("write worker"))?;
+        std::fs::write(dir.join("environments/python/zygote.py"), PYTHON_ZYGOTE)
+            .map_err(internal("write worker"))?;
         std::fs::write(dir.join("environments/node/worker.js"), NODE_WORKER)
             .map_err(internal("write worker"))?;
         for file in [
             "environments/python/worker.py",
+            "environments/python/zygote.py",
             "environments/node/worker.js",
         ] {
             set_mode(&dir.join(file), 0o644)?;
@@ -166,10 +180,17 @@ impl ProcessRuntime {
             .map_err(internal("write seccomp filter"))?;
         std::fs::write(&seccomp[1], seccomp::abi_program())
             .map_err(internal("write seccomp filter"))?;
+        let zygote_seccomp = dir.join("seccomp-zygote.bpf");
+        std::fs::write(&zygote_seccomp, seccomp::zygote_program()?)
+            .map_err(internal("write seccomp filter"))?;
+        for filter in seccomp.iter().chain([&zygote_seccomp]) {
+            set_mode(filter, 0o644)?;
+        }
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {
                 config,
                 seccomp,
+                zygote_seccomp,
                 logs,
                 pools: Mutex::default(),
                 functions: Mutex::default(),
@@ -224,6 +245,7 @@ impl ProcessRuntime {
             demand: Mutex::default(),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            zygote: tokio::sync::Mutex::default(),
         });
         let old = self
             .inner

@@ -12,7 +12,7 @@ use flare_model::{EnvironmentRuntime, EnvironmentSpec, Isolation};
 use tokio::sync::Notify;
 
 use crate::gvisor::{Gvisor, find_program};
-use crate::sandbox::Walls;
+use crate::sandbox::{Bind, Walls};
 use crate::worker::{Worker, WorkerError, WorkerPlan};
 use crate::{CPUS_PER_WORKER, GENERIC_MEMORY, Inner, PIDS_PER_WORKER};
 
@@ -24,6 +24,19 @@ pub(crate) struct Pool {
     pub(crate) demand: Mutex<VecDeque<Instant>>,
     pub(crate) wake: Notify,
     pub(crate) closed: AtomicBool,
+    /// The environment's zygote, once started (Python at the namespace
+    /// level); its lock also keeps one fork at a time on its channel.
+    pub(crate) zygote: tokio::sync::Mutex<Zygote>,
+}
+
+/// A pool's zygote: not tried yet, running, or refused by this host (then
+/// workers are started whole, as before).
+#[derive(Default)]
+pub(crate) enum Zygote {
+    #[default]
+    Untried,
+    Running(Arc<Worker>),
+    Refused,
 }
 
 /// The system's trusted TLS roots (Debian's ca-certificates).
@@ -63,14 +76,117 @@ impl Inner {
         }
     }
 
+    /// A new worker for `pool`: forked from its zygote where it has one,
+    /// otherwise started whole.
     pub(crate) async fn start_worker(
         &self,
         pool: &Pool,
         egress: Option<Arc<flare_egress::proxy::Rules>>,
     ) -> std::result::Result<Worker, WorkerError> {
+        // A worker with a way out starts whole: the zygote's children do
+        // not see the system's TLS roots.
+        let forks = pool.spec.runtime == EnvironmentRuntime::Python
+            && pool.spec.isolation == Isolation::Namespace
+            && egress.is_none();
+        if forks && let Some(worker) = self.fork_worker(pool).await {
+            return Ok(worker);
+        }
+        self.start_whole(pool, egress).await
+    }
+
+    /// Forks a worker from the pool's zygote (started on first need), or
+    /// `None` when this host refuses zygotes.
+    async fn fork_worker(&self, pool: &Pool) -> Option<Worker> {
+        let mut zygote = pool.zygote.lock().await;
+        for _ in 0..2 {
+            let running = match &*zygote {
+                Zygote::Refused => return None,
+                Zygote::Running(z) if !z.is_dead() => z.clone(),
+                _ => match self.start_zygote(pool).await {
+                    Ok(z) => {
+                        let z = Arc::new(z);
+                        *zygote = Zygote::Running(z.clone());
+                        z
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "environment \"{}\": no zygote ({e}); workers start whole",
+                            pool.name
+                        );
+                        *zygote = Zygote::Refused;
+                        return None;
+                    }
+                },
+            };
+            match Worker::fork(self.plan(pool, None, "w"), running).await {
+                Ok(worker) => return Some(worker),
+                // A zygote that died is started again, once.
+                Err(e) => {
+                    tracing::warn!("environment \"{}\": fork failed: {e}", pool.name);
+                    if let Zygote::Running(z) = &*zygote
+                        && !z.is_dead()
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts the pool's zygote: a Python with the worker imported, which
+    /// may make namespaces for its children and sees the workers'
+    /// directories (environments/python/zygote.py).
+    async fn start_zygote(&self, pool: &Pool) -> std::result::Result<Worker, WorkerError> {
+        let mut plan = self.plan(pool, None, "z");
+        plan.argv = vec![
+            self.config.python.to_string_lossy().into_owned(),
+            "-I".into(),
+            "/env/zygote.py".into(),
+        ];
+        plan.seccomp = [&self.zygote_seccomp, &self.seccomp[1]];
+        plan.nested = true;
+        let bind = |from: &Path, to: &str, writable| Bind {
+            from: from.to_path_buf(),
+            to: to.into(),
+            writable,
+        };
+        plan.binds = vec![
+            bind(
+                &self.config.work_dir.join("workers"),
+                "/.flare/workers",
+                true,
+            ),
+            bind(&self.seccomp[0], "/.flare/seccomp.bpf", false),
+            bind(&self.seccomp[1], "/.flare/seccomp-abi.bpf", false),
+        ];
+        Worker::start(plan).await
+    }
+
+    /// Starts a worker whole: its own sandbox, its own interpreter.
+    async fn start_whole(
+        &self,
+        pool: &Pool,
+        egress: Option<Arc<flare_egress::proxy::Rules>>,
+    ) -> std::result::Result<Worker, WorkerError> {
+        let mut plan = self.plan(pool, egress, "w");
+        plan.walls = self
+            .walls(pool.spec.isolation)
+            .map_err(WorkerError::Start)?;
+        Worker::start(plan).await
+    }
+
+    /// What every worker of `pool` is started with; `kind` tells workers
+    /// (`w`) from zygotes (`z`) in their ids.
+    fn plan(
+        &self,
+        pool: &Pool,
+        egress: Option<Arc<flare_egress::proxy::Rules>>,
+        kind: &str,
+    ) -> WorkerPlan<'_> {
         // The pid keeps cgroup names apart between servers on one machine.
         let id = format!(
-            "{}-w{}",
+            "{}-{kind}{}",
             std::process::id(),
             self.next_worker.fetch_add(1, Ordering::Relaxed)
         );
@@ -116,7 +232,7 @@ impl Inner {
         if egress.is_some() && Path::new(TRUSTED_ROOTS).is_dir() {
             binds.push(PathBuf::from(TRUSTED_ROOTS));
         }
-        Worker::start(WorkerPlan {
+        WorkerPlan {
             id: id.clone(),
             dir: work.join("workers").join(&id),
             seccomp: [&self.seccomp[0], &self.seccomp[1]],
@@ -129,11 +245,10 @@ impl Inner {
             cpus: CPUS_PER_WORKER,
             env_dir: Some(env_dir),
             allow_unlimited: self.config.allow_unlimited,
-            walls: self
-                .walls(pool.spec.isolation)
-                .map_err(WorkerError::Start)?,
-        })
-        .await
+            walls: Walls::Namespace,
+            binds: Vec::new(),
+            nested: false,
+        }
     }
 
     /// Keeps `poolsize` generic workers ready until the pool is closed.

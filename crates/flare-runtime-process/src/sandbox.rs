@@ -130,6 +130,15 @@ impl Cgroups {
         &self.dirs
     }
 
+    /// Moves process `pid` (and its future children) into these cgroups.
+    pub fn add(&self, pid: i32) -> Result<(), String> {
+        for dir in &self.dirs {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .map_err(|e| format!("cannot move worker {pid} into its cgroup: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Required controllers (memory, pids) this host does not provide:
     /// a worker started anyway runs without those limits.
     pub fn missing(&self) -> &[&'static str] {
@@ -323,6 +332,14 @@ pub fn remove_stale_cgroups() {
     }
 }
 
+/// A host path shown inside at another place.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub from: PathBuf,
+    pub to: String,
+    pub writable: bool,
+}
+
 /// Everything needed to start one sandboxed worker.
 pub struct SandboxCommand<'a> {
     pub cgroups: &'a Cgroups,
@@ -336,6 +353,11 @@ pub struct SandboxCommand<'a> {
     /// Host paths shown read-only at the same place (worker program,
     /// interpreter outside /usr).
     pub ro_binds: &'a [PathBuf],
+    /// Host paths shown elsewhere.
+    pub binds: &'a [Bind],
+    /// May create namespaces (a zygote, whose children lock themselves
+    /// down before they run anything of a function's).
+    pub nested: bool,
     /// Host directory shown read-only at `/env` (the worker program).
     pub env_dir: Option<&'a Path>,
     pub env: &'a [(&'a str, String)],
@@ -455,11 +477,20 @@ impl SandboxCommand<'_> {
             "/code".into(),
             "--cap-drop".into(),
             "ALL".into(),
-            // No user namespace inside the sandbox's: the seccomp filter
-            // refuses the flags too, this makes the kernel refuse them.
-            "--disable-userns".into(),
             "--clearenv".into(),
         ];
+        if !self.nested {
+            // No user namespace inside the sandbox's: the seccomp filter
+            // refuses the flags too, this makes the kernel refuse them.
+            args.push("--disable-userns".into());
+        }
+        for bind in self.binds {
+            args.extend([
+                if bind.writable { "--bind" } else { "--ro-bind" }.into(),
+                bind.from.to_string_lossy().into_owned(),
+                bind.to.clone(),
+            ]);
+        }
         if let Some(env_dir) = self.env_dir {
             args.extend([
                 "--ro-bind".into(),
@@ -588,6 +619,8 @@ mod tests {
             code: Path::new("/w/code"),
             run: Path::new("/w/run"),
             ro_binds: &[PathBuf::from("/opt/it's")],
+            binds: &[],
+            nested: false,
             env_dir: None,
             env: &[("FLARE_SOCKET", "/run/flare/worker.sock".into())],
             argv: &["/usr/bin/python3".into(), "-I".into()],

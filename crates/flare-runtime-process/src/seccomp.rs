@@ -337,14 +337,28 @@ fn socket_rules() -> Result<Vec<seccompiler::SeccompRule>> {
 
 /// Compiles the allow list to the raw BPF bubblewrap reads.
 pub fn seccomp_program() -> Result<Vec<u8>> {
+    program(&[])
+}
+
+/// What a zygote may do beyond a worker: make the namespaces and mounts of
+/// each child (environments/python/zygote.py), and drop capabilities. Its
+/// children install [`seccomp_program`] before they connect.
+pub fn zygote_program() -> Result<Vec<u8>> {
+    program(&[libc::SYS_unshare, libc::SYS_mount, libc::SYS_capset])
+}
+
+/// The allow list plus `extra`, as raw BPF.
+fn program(extra: &[i64]) -> Result<Vec<u8>> {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
     let arch = match std::env::consts::ARCH {
         "x86_64" => TargetArch::x86_64,
         "aarch64" => TargetArch::aarch64,
         other => return Err(Error::internal(format!("no seccomp filter for {other}"))),
     };
-    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        allowed().map(|nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = allowed()
+        .chain(extra.iter().copied())
+        .map(|nr| (nr, Vec::new()))
+        .collect();
     rules.insert(libc::SYS_clone, vec![clone_rule()?]);
     rules.insert(libc::SYS_socket, socket_rules()?);
     let filter = SeccompFilter::new(
@@ -437,5 +451,8 @@ mod tests {
         ] {
             assert!(!allowed.contains(&nr), "{nr} is allowed unconditionally");
         }
+        // A zygote's filter is a different, larger program.
+        let zygote = zygote_program().unwrap();
+        assert!(zygote.len() > bytes.len());
     }
 }

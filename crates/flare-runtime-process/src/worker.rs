@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 use crate::protocol::{self, Frame};
-use crate::sandbox::{Cgroups, SandboxCommand, Walls};
+use crate::sandbox::{Bind, Cgroups, SandboxCommand, Walls};
 
 /// How long a worker may take to connect and say `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +70,7 @@ struct Shared {
     cgroups: Mutex<Cgroups>,
     /// Memory and processes the wall takes beside the worker.
     overhead: (u64, u32),
-    child: tokio::sync::Mutex<Child>,
+    process: tokio::sync::Mutex<Process>,
 }
 
 impl Shared {
@@ -178,6 +178,11 @@ pub struct WorkerPlan<'a> {
     pub allow_unlimited: bool,
     /// The wall it is started behind.
     pub walls: Walls,
+    /// Host paths shown elsewhere inside (a zygote's view of the workers).
+    pub binds: Vec<Bind>,
+    /// A zygote: it may create namespaces (for its children, which lock
+    /// themselves down); its `seccomp` admits that.
+    pub nested: bool,
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> WorkerError + '_ {
@@ -187,75 +192,17 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> WorkerError + '_ {
 impl Worker {
     /// Starts a worker in its sandbox and waits for `ready`.
     pub async fn start(plan: WorkerPlan<'_>) -> Result<Worker, WorkerError> {
-        use std::os::unix::fs::PermissionsExt;
-        let code = plan.dir.join("code");
-        let run = plan.dir.join("run");
-        std::fs::create_dir_all(&code).map_err(io("create code dir"))?;
-        std::fs::create_dir_all(&run).map_err(io("create run dir"))?;
-        // Searchable, not listable, by the sandbox's user (bubblewrap runs
-        // as that user and must reach what it binds); the code itself is
-        // the function's own and must be listable for imports.
-        for (dir, mode) in [(&plan.dir, 0o711), (&code, 0o755), (&run, 0o711)] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                .map_err(io("chmod"))?;
-        }
-        let socket = run.join("worker.sock");
-        let listener = UnixListener::bind(&socket).map_err(io("bind socket"))?;
-        // Only the sandbox's user may connect.
-        let uid = crate::sandbox::SANDBOX_UID;
-        std::os::unix::fs::chown(&socket, Some(uid), Some(uid)).map_err(io("chown socket"))?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("chmod socket"))?;
-        let proxy = match plan.egress {
-            Some(rules) => {
-                let path = run.join("egress.sock");
-                let listener = UnixListener::bind(&path).map_err(io("bind egress socket"))?;
-                std::os::unix::fs::chown(&path, Some(uid), Some(uid))
-                    .map_err(io("chown egress socket"))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io("chmod egress socket"))?;
-                Some(AbortOnDrop(tokio::spawn(flare_egress::proxy::serve(
-                    listener, rules,
-                ))))
-            }
-            None => None,
-        };
-
-        let cgroups = Cgroups::create(&plan.id);
-        if !cgroups.missing().is_empty() && !plan.allow_unlimited {
-            return Err(WorkerError::Start(format!(
-                "cannot limit workers: no {} cgroup controller on this host; start the server with --allow-unlimited-workers to run them without those limits",
-                cgroups.missing().join(" or ")
-            )));
-        }
-        let overhead = plan.walls.overhead();
-        cgroups
-            .limit(
-                plan.memory_bytes + overhead.0,
-                plan.pids + overhead.1,
-                plan.cpus,
-            )
-            .map_err(WorkerError::Start)?;
-        let mut env = vec![
-            ("FLARE_SOCKET", "/run/flare/worker.sock".to_string()),
-            ("FLARE_WORKER_ID", plan.id.clone()),
-            ("PATH", "/usr/bin:/bin".to_string()),
-            ("HOME", "/tmp".to_string()),
-            ("PYTHONUNBUFFERED", "1".to_string()),
-            ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
-            ("LANG", "C.UTF-8".to_string()),
-        ];
-        if proxy.is_some() {
-            env.push(("FLARE_EGRESS_SOCKET", "/run/flare/egress.sock".to_string()));
-        }
+        let setup = Setup::new(&plan)?;
         let command = SandboxCommand {
-            cgroups: &cgroups,
+            cgroups: &setup.cgroups,
             seccomp: plan.seccomp,
-            code: &code,
-            run: &run,
+            code: &setup.code,
+            run: &setup.run,
             ro_binds: &plan.ro_binds,
+            binds: &plan.binds,
+            nested: plan.nested,
             env_dir: plan.env_dir.as_deref(),
-            env: &env,
+            env: &setup.env,
             argv: &plan.argv,
         };
         let script = plan
@@ -275,7 +222,7 @@ impl Worker {
         let stderr = child.stderr.take();
 
         let accepted = tokio::select! {
-            accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => accepted,
+            accepted = tokio::time::timeout(START_TIMEOUT, setup.listener.accept()) => accepted,
             status = child.wait() => {
                 let mut err = String::new();
                 if let Some(mut stderr) = stderr {
@@ -292,50 +239,93 @@ impl Worker {
         let (stream, _) = accepted
             .map_err(|_| WorkerError::Start("worker did not connect within 10s".into()))?
             .map_err(io("accept"))?;
-        let _ = std::fs::remove_file(&socket);
-        let (mut reader, writer) = stream.into_split();
-        let ready = tokio::time::timeout(START_TIMEOUT, protocol::read(&mut reader))
-            .await
-            .map_err(|_| WorkerError::Start("worker did not say ready within 10s".into()))?
-            .map_err(|e| WorkerError::Start(format!("reading ready: {e}")))?;
-        if ready.op() != "ready" {
-            return Err(WorkerError::Protocol(format!(
-                "expected ready, got {}",
-                ready.op()
-            )));
-        }
-        tracing::debug!(
-            "worker {} ready: {}",
-            plan.id,
-            ready.str("runtime").unwrap_or("unknown runtime")
-        );
-
-        let shared = Arc::new(Shared {
-            id: plan.id,
-            pending: Mutex::default(),
-            control: Mutex::default(),
-            dead: AtomicBool::new(false),
-            fault: Mutex::default(),
-            attribution: Mutex::default(),
-            logs: plan.logs,
-            cgroups: Mutex::new(cgroups),
-            overhead,
-            child: tokio::sync::Mutex::new(child),
-        });
+        let worker = setup.finish(plan, stream, Process::Spawned(child)).await?;
         if let Some(stdout) = stdout {
-            tokio::spawn(pump(stdout, LogStream::Stdout, shared.clone()));
+            tokio::spawn(pump(stdout, LogStream::Stdout, worker.shared.clone()));
         }
         if let Some(stderr) = stderr {
-            tokio::spawn(pump(stderr, LogStream::Stderr, shared.clone()));
+            tokio::spawn(pump(stderr, LogStream::Stderr, worker.shared.clone()));
         }
-        tokio::spawn(read_loop(reader, shared.clone()));
-        Ok(Worker {
-            shared,
-            writer: tokio::sync::Mutex::new(writer),
-            in_flight: AtomicU32::new(0),
-            dir: plan.dir,
-            _proxy: proxy,
-        })
+        Ok(worker)
+    }
+
+    /// Forks a worker from `zygote` instead of starting one: the child walls
+    /// itself off (environments/python/zygote.py) and connects; it is moved
+    /// into this worker's cgroups before it says `ready`.
+    pub async fn fork(plan: WorkerPlan<'_>, zygote: Arc<Worker>) -> Result<Worker, WorkerError> {
+        use std::os::unix::fs::PermissionsExt;
+        let setup = Setup::new(&plan)?;
+        // Its stdout and stderr are FIFOs of its own, and the file its
+        // reaper writes the exit status to.
+        let uid = nix::unistd::Uid::from_raw(crate::sandbox::SANDBOX_UID);
+        let mut pipes = Vec::new();
+        for name in ["stdout", "stderr"] {
+            let path = setup.run.join(name);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| WorkerError::Start(format!("mkfifo: {e}")))?;
+            nix::unistd::chown(&path, Some(uid), None)
+                .map_err(|e| WorkerError::Start(format!("chown fifo: {e}")))?;
+            pipes.push(
+                tokio::net::unix::pipe::OpenOptions::new()
+                    .open_receiver(&path)
+                    .map_err(io("open fifo"))?,
+            );
+        }
+        let exit = setup.run.join("exit");
+        std::fs::write(&exit, b"").map_err(io("create exit file"))?;
+        std::os::unix::fs::chown(&exit, Some(uid.as_raw()), None).map_err(io("chown exit file"))?;
+        std::fs::set_permissions(&exit, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("chmod exit file"))?;
+
+        let env: serde_json::Map<String, Value> = setup
+            .env
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
+            .collect();
+        let request = Frame::new(json!({
+            "op": "fork",
+            "id": plan.id,
+            "env": env,
+            "tmp_bytes": crate::sandbox::TMP_BYTES,
+            "secrets_bytes": crate::sandbox::SECRETS_BYTES,
+        }));
+        let answer = zygote.control(request, START_TIMEOUT).await?;
+        if answer.op() != "forked" {
+            return Err(WorkerError::Start(
+                answer.str("message").unwrap_or("fork failed").to_string(),
+            ));
+        }
+        let (stream, _) = tokio::time::timeout(START_TIMEOUT, setup.listener.accept())
+            .await
+            .map_err(|_| WorkerError::Start("forked worker did not connect within 10s".into()))?
+            .map_err(io("accept"))?;
+        // The kernel says who connected, in this pid namespace; the
+        // child's parent is its reaper (pid 1 of its namespace).
+        let pid = stream
+            .peer_cred()
+            .map_err(io("peer credentials"))?
+            .pid()
+            .ok_or_else(|| WorkerError::Start("no pid for the forked worker".into()))?;
+        let reaper = parent_of(pid)
+            .ok_or_else(|| WorkerError::Start(format!("no parent for forked worker {pid}")))?;
+        for pid in [reaper, pid] {
+            setup.cgroups.add(pid).map_err(WorkerError::Start)?;
+        }
+        let worker = setup
+            .finish(
+                plan,
+                stream,
+                Process::Forked {
+                    exit,
+                    _zygote: zygote,
+                },
+            )
+            .await?;
+        let [stdout, stderr] =
+            <[_; 2]>::try_from(pipes).map_err(|_| WorkerError::Start("worker pipes".into()))?;
+        tokio::spawn(pump(stdout, LogStream::Stdout, worker.shared.clone()));
+        tokio::spawn(pump(stderr, LogStream::Stderr, worker.shared.clone()));
+        Ok(worker)
     }
 
     pub fn id(&self) -> &str {
@@ -464,8 +454,8 @@ impl Worker {
             return WorkerError::Protocol(fault);
         }
         let status = {
-            let mut child = self.shared.child.lock().await;
-            tokio::time::timeout(Duration::from_secs(2), child.wait()).await
+            let mut process = self.shared.process.lock().await;
+            process.ended(Duration::from_secs(2)).await
         };
         let oom = self
             .shared
@@ -476,24 +466,214 @@ impl Worker {
         if oom {
             return WorkerError::OutOfMemory;
         }
-        match status {
-            Ok(Ok(status)) => exit_reason(status),
-            _ => WorkerError::Exited("it stopped answering".into()),
-        }
+        status.unwrap_or_else(|| WorkerError::Exited("it stopped answering".into()))
     }
 
     /// Kills the worker and everything it started.
     pub async fn kill(&self) {
         self.shared.dead.store(true, Ordering::Release);
         {
-            let mut child = self.shared.child.lock().await;
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            let mut process = self.shared.process.lock().await;
+            if let Process::Spawned(child) = &mut *process {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            }
         }
         if let Ok(mut cgroups) = self.shared.cgroups.lock() {
             cgroups.destroy_in_background();
         }
     }
+}
+
+/// What a worker needs before it runs, however it is started: its
+/// directories, its socket, its egress proxy, its cgroups (limited).
+struct Setup {
+    code: PathBuf,
+    run: PathBuf,
+    socket: PathBuf,
+    listener: UnixListener,
+    proxy: Option<AbortOnDrop>,
+    cgroups: Cgroups,
+    overhead: (u64, u32),
+    env: Vec<(&'static str, String)>,
+}
+
+impl Setup {
+    fn new(plan: &WorkerPlan<'_>) -> Result<Setup, WorkerError> {
+        use std::os::unix::fs::PermissionsExt;
+        let code = plan.dir.join("code");
+        let run = plan.dir.join("run");
+        std::fs::create_dir_all(&code).map_err(io("create code dir"))?;
+        std::fs::create_dir_all(&run).map_err(io("create run dir"))?;
+        // Searchable, not listable, by the sandbox's user (bubblewrap runs
+        // as that user and must reach what it binds); the code itself is
+        // the function's own and must be listable for imports.
+        for (dir, mode) in [(&plan.dir, 0o711), (&code, 0o755), (&run, 0o711)] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(io("chmod"))?;
+        }
+        let socket = run.join("worker.sock");
+        let listener = UnixListener::bind(&socket).map_err(io("bind socket"))?;
+        // Only the sandbox's user may connect.
+        let uid = crate::sandbox::SANDBOX_UID;
+        std::os::unix::fs::chown(&socket, Some(uid), Some(uid)).map_err(io("chown socket"))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("chmod socket"))?;
+        let proxy = match &plan.egress {
+            Some(rules) => {
+                let path = run.join("egress.sock");
+                let listener = UnixListener::bind(&path).map_err(io("bind egress socket"))?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(uid))
+                    .map_err(io("chown egress socket"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io("chmod egress socket"))?;
+                Some(AbortOnDrop(tokio::spawn(flare_egress::proxy::serve(
+                    listener,
+                    rules.clone(),
+                ))))
+            }
+            None => None,
+        };
+
+        let cgroups = Cgroups::create(&plan.id);
+        if !cgroups.missing().is_empty() && !plan.allow_unlimited {
+            return Err(WorkerError::Start(format!(
+                "cannot limit workers: no {} cgroup controller on this host; start the server with --allow-unlimited-workers to run them without those limits",
+                cgroups.missing().join(" or ")
+            )));
+        }
+        let overhead = plan.walls.overhead();
+        cgroups
+            .limit(
+                plan.memory_bytes + overhead.0,
+                plan.pids + overhead.1,
+                plan.cpus,
+            )
+            .map_err(WorkerError::Start)?;
+        let mut env = vec![
+            ("FLARE_SOCKET", "/run/flare/worker.sock".to_string()),
+            ("FLARE_WORKER_ID", plan.id.clone()),
+            ("PATH", "/usr/bin:/bin".to_string()),
+            ("HOME", "/tmp".to_string()),
+            ("PYTHONUNBUFFERED", "1".to_string()),
+            ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
+            ("LANG", "C.UTF-8".to_string()),
+        ];
+        if proxy.is_some() {
+            env.push(("FLARE_EGRESS_SOCKET", "/run/flare/egress.sock".to_string()));
+        }
+        Ok(Setup {
+            code,
+            run,
+            socket,
+            listener,
+            proxy,
+            cgroups,
+            overhead,
+            env,
+        })
+    }
+
+    /// Waits for the connected worker's `ready` and starts reading it.
+    async fn finish(
+        self,
+        plan: WorkerPlan<'_>,
+        stream: tokio::net::UnixStream,
+        process: Process,
+    ) -> Result<Worker, WorkerError> {
+        let _ = std::fs::remove_file(&self.socket);
+        let (mut reader, writer) = stream.into_split();
+        let ready = tokio::time::timeout(START_TIMEOUT, protocol::read(&mut reader))
+            .await
+            .map_err(|_| WorkerError::Start("worker did not say ready within 10s".into()))?
+            .map_err(|e| WorkerError::Start(format!("reading ready: {e}")))?;
+        if ready.op() != "ready" {
+            return Err(WorkerError::Protocol(format!(
+                "expected ready, got {}",
+                ready.op()
+            )));
+        }
+        tracing::debug!(
+            "worker {} ready: {}",
+            plan.id,
+            ready.str("runtime").unwrap_or("unknown runtime")
+        );
+        let shared = Arc::new(Shared {
+            id: plan.id,
+            pending: Mutex::default(),
+            control: Mutex::default(),
+            dead: AtomicBool::new(false),
+            fault: Mutex::default(),
+            attribution: Mutex::default(),
+            logs: plan.logs,
+            cgroups: Mutex::new(self.cgroups),
+            overhead: self.overhead,
+            process: tokio::sync::Mutex::new(process),
+        });
+        tokio::spawn(read_loop(reader, shared.clone()));
+        Ok(Worker {
+            shared,
+            writer: tokio::sync::Mutex::new(writer),
+            in_flight: AtomicU32::new(0),
+            dir: plan.dir,
+            _proxy: self.proxy,
+        })
+    }
+}
+
+/// How the worker's process came to be, and so how its end is learned.
+enum Process {
+    /// Started by us: its exit status is ours to wait for.
+    Spawned(Child),
+    /// Forked by a zygote: its reaper writes how it ended to `exit`; the
+    /// zygote lives while its workers do (their pid namespaces are
+    /// inside its sandbox's).
+    Forked { exit: PathBuf, _zygote: Arc<Worker> },
+}
+
+impl Process {
+    /// How the worker ended, waiting at most `limit` for it to end.
+    async fn ended(&mut self, limit: Duration) -> Option<WorkerError> {
+        match self {
+            Process::Spawned(child) => match tokio::time::timeout(limit, child.wait()).await {
+                Ok(Ok(status)) => Some(exit_reason(status)),
+                _ => None,
+            },
+            Process::Forked { exit, .. } => {
+                let deadline = tokio::time::Instant::now() + limit;
+                loop {
+                    let written = tokio::fs::read_to_string(&*exit).await.unwrap_or_default();
+                    if let Some(reason) = forked_exit_reason(&written) {
+                        return Some(reason);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The reaper's `signal N` or `status N`.
+fn forked_exit_reason(written: &str) -> Option<WorkerError> {
+    let (kind, number) = written.trim().split_once(' ')?;
+    let number: i32 = number.parse().ok()?;
+    match kind {
+        "signal" => Some(WorkerError::Signal(signal_name(number))),
+        "status" => Some(WorkerError::Status(number)),
+        _ => None,
+    }
+}
+
+/// The parent of `pid`, from /proc.
+fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
 }
 
 /// Why the sandbox ended. bubblewrap exits with 128 + the signal when the
@@ -628,7 +808,9 @@ fn truncated(text: &str) -> &str {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.shared.dead.store(true, Ordering::Release);
-        if let Ok(mut child) = self.shared.child.try_lock() {
+        if let Ok(mut process) = self.shared.process.try_lock()
+            && let Process::Spawned(child) = &mut *process
+        {
             let _ = child.start_kill();
         }
         if let Ok(mut cgroups) = self.shared.cgroups.lock() {
@@ -948,5 +1130,26 @@ mod budget_tests {
             }
         }
         assert_eq!(kept, INVOCATION_LOG_BUDGET);
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::{WorkerError, forked_exit_reason};
+
+    #[test]
+    fn a_reapers_report_reads_as_a_spawned_workers_status() {
+        assert_eq!(
+            forked_exit_reason("signal 9"),
+            Some(WorkerError::Signal("9 (SIGKILL)".into()))
+        );
+        assert_eq!(
+            forked_exit_reason("status 3\n"),
+            Some(WorkerError::Status(3))
+        );
+        // Not written yet, or not the reaper's.
+        for unknown in ["", "status", "status x", "exited 1"] {
+            assert_eq!(forked_exit_reason(unknown), None, "{unknown:?}");
+        }
     }
 }

@@ -569,3 +569,52 @@ fn the_pool_grows_with_demand() {
         (env["idle_workers"] == 4).then_some(())
     });
 }
+
+#[test]
+fn forked_workers_share_nothing_a_tenant_could_use() {
+    let server = python_server();
+    create_py(&server, "a", &[]);
+    create_py(&server, "b", &[]);
+    let first: serde_json::Value = server.get("/fn/a/neighbours").json().unwrap();
+    let other = first["worker"].as_str().unwrap();
+    let second: serde_json::Value = server
+        .get(&format!("/fn/b/neighbours?other={other}"))
+        .json()
+        .unwrap();
+    for report in [&first, &second] {
+        // Forked from the environment's zygote, not started whole.
+        assert_eq!(report["main"], "/env/zygote.py", "{report}");
+        // Its own pid namespace (the reaper and itself), its own /tmp,
+        // and nothing of the zygote's view of the workers.
+        assert_eq!(report["pids"], serde_json::json!([1, 2]), "{report}");
+        assert_eq!(report["tmp"], serde_json::json!([]), "{report}");
+        assert_eq!(report["flare"], serde_json::json!([]), "{report}");
+        // No descriptor of the zygote's: stdin, its own output FIFOs, the
+        // protocol socket, nothing else.
+        let fds = report["fds"].as_object().unwrap();
+        let sockets = fds
+            .values()
+            .filter(|t| t.as_str().unwrap().starts_with("socket:"))
+            .count();
+        assert_eq!(sockets, 1, "{report}");
+        assert_eq!(fds.len(), 4, "{report}");
+        assert_eq!(fds["0"], "/dev/null", "{report}");
+    }
+    assert_ne!(first["worker"], second["worker"]);
+    // Fresh randomness in each: the kernel's and Python's `random`.
+    assert_ne!(first["urandom"], second["urandom"], "{first} {second}");
+    assert_ne!(first["random"], second["random"], "{first} {second}");
+    // b cannot reach a's code or sockets, named or not.
+    for key in ["other_code", "other_run"] {
+        assert!(
+            second[key].as_str().unwrap().starts_with("denied"),
+            "{key}: {second}"
+        );
+    }
+    // a's /tmp is still a's alone.
+    let again: serde_json::Value = server.get("/fn/a/neighbours").json().unwrap();
+    assert_eq!(again["tmp"], serde_json::json!(["mine"]), "{again}");
+    let b_again: serde_json::Value = server.get("/fn/b/neighbours").json().unwrap();
+    assert_eq!(b_again["tmp"], serde_json::json!(["mine"]), "{b_again}");
+    assert_ne!(again["urandom"], first["urandom"]);
+}
