@@ -2,7 +2,8 @@
 # Starts Flare on the embedded store with the example functions deployed:
 #   hello  -> http://127.0.0.1:8080/fn/hello
 #   echo   -> http://127.0.0.1:8080/fn/echo/anything and /greet/{name}
-#   pyhello, jshello -> the same greeting from Python and Node.js workers
+#   pyhello, jshello, javahello -> the same greeting from Python, Node.js
+#     and Java workers
 # Ctrl-C stops it. Data lives in target/demo-data (FLARE_DATA_DIR overrides),
 # the admin token the first start made in its admin.token; ports can be
 # changed with FLARE_ADDR and FLARE_API_ADDR.
@@ -44,6 +45,9 @@ deploy echo "$guests/echo.wasm" --env GREETING="hello from the echo example"
 "$flare" env get --name node >/dev/null 2>&1 || "$flare" env create --name node --runtime node --poolsize 1 >/dev/null
 deploy pyhello examples/python/hello.py --env python
 deploy jshello examples/node/hello.js --env node
+examples/java/build.sh target/hello.jar >/dev/null
+"$flare" env get --name java >/dev/null 2>&1 || "$flare" env create --name java --runtime java --poolsize 1 >/dev/null
+deploy javahello target/hello.jar --env java
 "$flare" ht get --name greet >/dev/null 2>&1 ||
   "$flare" ht create --name greet --url '/greet/{name}' --method GET --function echo >/dev/null
 
@@ -55,6 +59,7 @@ Try, in another terminal:
   curl $router/greet/ada
   curl "$router/fn/pyhello?name=ada"
   curl "$router/fn/jshello?name=ada"
+  curl "$router/fn/javahello?name=ada"
   $flare login --api $FLARE_API --token "\$(cat $token_file)"
   $flare fn list
   $flare fn test --name echo --method POST --body '{"a":1}'

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools Flare's process runtime needs when they are
 # missing: bubblewrap (the sandbox), python3 and node (the language
-# workers), runsc (gVisor, for `--isolation gvisor`). setpriv comes with
-# util-linux. Needs root and Debian's apt.
+# workers), runsc (gVisor, for `--isolation gvisor`), a JDK (the Java
+# worker). setpriv comes with util-linux. Needs root and Debian's apt.
 set -euo pipefail
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
@@ -10,6 +10,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 [ -x /usr/bin/node ] || need+=(nodejs)
 command -v runsc >/dev/null || need+=(runsc)
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq

@@ -12,6 +12,9 @@ pub enum EnvironmentRuntime {
     Python,
     /// Flare's Node.js worker (`environments/node`), on the host's node.
     Node,
+    /// Flare's Java worker (`environments/java`), on the host's JDK: a
+    /// function is a jar whose handler class implements `flare.Handler`.
+    Java,
     /// Any program that speaks the worker protocol (`environments/PROTOCOL.md`).
     Custom,
 }
@@ -87,9 +90,10 @@ impl Spec for EnvironmentSpec {
                     "the worker program \"{program}\" must be an absolute path"
                 )))
             }
-            (EnvironmentRuntime::Python | EnvironmentRuntime::Node, Some(_)) => {
-                Err(Error::invalid("only custom environments take a command"))
-            }
+            (
+                EnvironmentRuntime::Python | EnvironmentRuntime::Node | EnvironmentRuntime::Java,
+                Some(_),
+            ) => Err(Error::invalid("only custom environments take a command")),
             _ => Ok(()),
         }
     }

@@ -29,6 +29,7 @@
 mod function;
 pub mod gvisor;
 mod invoke;
+mod java;
 pub mod launcher;
 mod packages;
 mod pool;
@@ -77,6 +78,9 @@ pub struct ProcessConfig {
     pub work_dir: PathBuf,
     pub python: PathBuf,
     pub node: PathBuf,
+    /// The JDK's `java` and `javac`, for Java environments.
+    pub java: PathBuf,
+    pub javac: PathBuf,
     /// Start workers even where cgroups cannot limit their memory and
     /// processes (`flare server --allow-unlimited-workers`).
     pub allow_unlimited: bool,
@@ -97,6 +101,8 @@ impl ProcessConfig {
             work_dir,
             python: PathBuf::from("/usr/bin/python3"),
             node: PathBuf::from("/usr/bin/node"),
+            java: PathBuf::from("/usr/bin/java"),
+            javac: PathBuf::from("/usr/bin/javac"),
             allow_unlimited: false,
             egress: Arc::default(),
             runsc: PathBuf::from("runsc"),
@@ -115,6 +121,8 @@ pub(crate) struct Inner {
     pub(crate) seccomp: [PathBuf; 2],
     /// A zygote's filter (see [`seccomp::zygote_program`]).
     pub(crate) zygote_seccomp: PathBuf,
+    /// The JDK and the Java worker built for it.
+    pub(crate) java: Arc<java::Java>,
     pub(crate) logs: LogSender,
     pub(crate) pools: Mutex<HashMap<String, Arc<Pool>>>,
     pub(crate) functions: Mutex<Vec<Weak<ProcessFunction>>>,
@@ -188,14 +196,19 @@ impl ProcessRuntime {
         }
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {
-                config,
                 seccomp,
                 zygote_seccomp,
+                java: java::Java::new(
+                    config.java.clone(),
+                    config.javac.clone(),
+                    dir.join("environments/java"),
+                ),
                 logs,
                 pools: Mutex::default(),
                 functions: Mutex::default(),
                 unpacked: Mutex::default(),
                 next_worker: AtomicU64::new(1),
+                config,
             }),
         };
         Ok(runtime)
@@ -257,7 +270,14 @@ impl ProcessRuntime {
             old.close();
         }
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.fill(pool).await });
+        tokio::spawn(async move {
+            if pool.spec.runtime == flare_model::EnvironmentRuntime::Java {
+                // The Java worker is compiled once, before the first JVM.
+                let java = inner.java.clone();
+                let _ = tokio::task::spawn_blocking(move || java.classes()).await;
+            }
+            inner.fill(pool).await
+        });
     }
 
     pub fn remove_environment(&self, name: &str) {
@@ -387,6 +407,9 @@ impl Runtime for ProcessRuntime {
     }
 
     fn check_environment(&self, spec: &EnvironmentSpec) -> Result<()> {
+        if spec.runtime == flare_model::EnvironmentRuntime::Java {
+            self.inner.java.check().map_err(Error::invalid)?;
+        }
         self.inner
             .walls(spec.isolation)
             .map(drop)

@@ -81,6 +81,7 @@ fn source_file_name(runtime: EnvironmentRuntime) -> &'static str {
     match runtime {
         EnvironmentRuntime::Python => "main.py",
         EnvironmentRuntime::Node => "index.js",
+        EnvironmentRuntime::Java => "function.jar",
         EnvironmentRuntime::Custom => "function",
     }
 }

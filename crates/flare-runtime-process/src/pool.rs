@@ -169,6 +169,16 @@ impl Inner {
         pool: &Pool,
         egress: Option<Arc<flare_egress::proxy::Rules>>,
     ) -> std::result::Result<Worker, WorkerError> {
+        if pool.spec.runtime == EnvironmentRuntime::Java {
+            let java = self.java.clone();
+            let built = match java.compiled() {
+                Some(built) => built,
+                None => tokio::task::spawn_blocking(move || java.classes())
+                    .await
+                    .map_err(|e| WorkerError::Start(e.to_string()))?,
+            };
+            built.map_err(WorkerError::Start)?;
+        }
         let mut plan = self.plan(pool, egress, "w");
         plan.walls = self
             .walls(pool.spec.isolation)
@@ -207,6 +217,7 @@ impl Inner {
                 ],
                 vec![],
             ),
+            EnvironmentRuntime::Java => (self.java.argv(), self.java.binds()),
             EnvironmentRuntime::Custom => (
                 pool.spec.command.clone(),
                 pool.spec
@@ -219,6 +230,7 @@ impl Inner {
         };
         let env_dir = match pool.spec.runtime {
             EnvironmentRuntime::Node => work.join("environments/node"),
+            EnvironmentRuntime::Java => work.join("environments/java/classes"),
             _ => work.join("environments/python"),
         };
         let mut binds = ro_binds;

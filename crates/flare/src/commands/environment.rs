@@ -19,6 +19,7 @@ pub struct EnvironmentArgs {
 enum Runtime {
     Python,
     Node,
+    Java,
     Custom,
 }
 
@@ -27,6 +28,7 @@ impl From<Runtime> for EnvironmentRuntime {
         match r {
             Runtime::Python => EnvironmentRuntime::Python,
             Runtime::Node => EnvironmentRuntime::Node,
+            Runtime::Java => EnvironmentRuntime::Java,
             Runtime::Custom => EnvironmentRuntime::Custom,
         }
     }
@@ -59,7 +61,7 @@ enum EnvironmentCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// python and node use Flare's workers; custom runs --command.
+        /// python, node and java use Flare's workers; custom runs --command.
         #[arg(long, value_enum)]
         runtime: Runtime,
         /// custom: the worker program (absolute path) and its arguments,

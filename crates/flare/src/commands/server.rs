@@ -55,6 +55,9 @@ pub struct ServerArgs {
     /// (a path, or a name looked up on PATH).
     #[arg(long, env = "FLARE_RUNSC", default_value = "runsc")]
     runsc: PathBuf,
+    /// The JDK's java, for Java environments; javac is taken from beside it.
+    #[arg(long, env = "FLARE_JAVA", default_value = "/usr/bin/java")]
+    java: PathBuf,
     /// How long a client may take to send a request body; past it, 408 and
     /// the connection is closed. The body is read before a function's
     /// capacity is taken, so a slow client never holds that. [default: 30s]
@@ -153,6 +156,7 @@ struct Settings {
     max_instances: u32,
     allow_unlimited_workers: bool,
     runsc: PathBuf,
+    java: PathBuf,
     egress_allow_private: bool,
     retention: Retention,
     gc_interval: Duration,
@@ -253,6 +257,7 @@ impl ServerArgs {
             max_instances,
             allow_unlimited_workers: self.allow_unlimited_workers,
             runsc: self.runsc,
+            java: self.java,
             egress_allow_private: self.egress_allow_private,
             retention,
             gc_interval,
@@ -365,6 +370,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut process_config = ProcessConfig::new(process_work_dir(data_dir)?);
     process_config.allow_unlimited = settings.allow_unlimited_workers;
     process_config.runsc = settings.runsc.clone();
+    process_config.javac = settings.java.with_file_name("javac");
+    process_config.java = settings.java.clone();
     // This binary is the launcher inside gVisor sandboxes.
     process_config.launcher = std::env::current_exe().ok();
     process_config.egress = egress.clone();
