@@ -44,18 +44,7 @@ fn java_server() -> Server {
 }
 
 fn create(server: &Server, name: &str, jar: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "fn",
-        "create",
-        "--name",
-        name,
-        "--env",
-        "java",
-        "--code",
-        jar.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    server.ok(&args);
+    server.create_in("java", name, jar, extra);
 }
 
 fn logs(server: &Server, name: &str) -> String {

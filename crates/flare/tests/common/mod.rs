@@ -193,14 +193,18 @@ impl Server {
 
     /// Creates a Python function from a file of tests/functions.
     pub fn create_python(&self, name: &str, file: &str, extra: &[&str]) {
-        let code = function_file(file);
+        self.create_in("python", name, &function_file(file), extra);
+    }
+
+    /// Creates a function of environment `env` from the package at `code`.
+    pub fn create_in(&self, env: &str, name: &str, code: &Path, extra: &[&str]) {
         let mut args = vec![
             "fn",
             "create",
             "--name",
             name,
             "--env",
-            "python",
+            env,
             "--code",
             code.to_str().unwrap(),
         ];
