@@ -48,3 +48,12 @@ api_curl() {
 }
 
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+
+# serve_flare: a server on a fresh data dir for the rest of the script,
+# stopped and removed on exit; exports FLARE and ROUTER for helpers.
+serve_flare() {
+  FLARE_DATA=$(mktemp -d)
+  start_flare "$FLARE_DATA"
+  trap 'kill $FLARE_PID 2>/dev/null; rm -rf "$FLARE_DATA"' EXIT
+  export FLARE ROUTER
+}

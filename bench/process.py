@@ -2,6 +2,9 @@
 """Cold and warm requests to Python / Node.js functions on a running Flare.
 
   process.py cold RUNTIME N POOLSIZE   N fresh functions, first request each
+                                       (the pool refilled before each)
+  process.py rapid RUNTIME N POOLSIZE  N functions created back to back with
+                                       no pause, first request each
   process.py warm RUNTIME N            N sequential requests to one warm function
 
 Client-side latency on loopback, and the function's own time from the
@@ -19,7 +22,9 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = {"python": os.path.join(ROOT, "examples/python/hello.py"),
-        "node": os.path.join(ROOT, "examples/node/hello.js")}
+        "node": os.path.join(ROOT, "examples/node/hello.js"),
+        # built by process-cold-start.sh with examples/java/build.sh
+        "java": os.path.join(ROOT, "target/hello.jar")}
 
 
 def flare(*args):
@@ -70,22 +75,23 @@ def wait_idle(env, want, limit=30):
     sys.exit(f"environment {env} did not refill its pool")
 
 
-def cold(runtime, n, poolsize):
-    env = f"{runtime}-pool{poolsize}"
+def cold(runtime, n, poolsize, wait=True):
+    env = f"{runtime}-pool{poolsize}" + ("" if wait else "-rapid")
     flare("env", "create", "--name", env, "--runtime", runtime, "--poolsize", str(poolsize))
     router = conn(os.environ["ROUTER"])
     totals, fns = [], []
     for i in range(n):
         name = f"{env}-f{i}"
         flare("fn", "create", "--name", name, "--env", env, "--code", CODE[runtime])
-        if poolsize:
+        if poolsize and wait:
             wait_idle(env, 1)
         total, fn = get(router, f"/fn/{name}?name=x")
         totals.append(total)
         fns.append(fn)
         flare("fn", "delete", "--name", name)
-    where = f"warm pool of {poolsize}" if poolsize else "no pool: a fresh sandbox each time"
-    report(f"{runtime}: first request of {n} fresh functions, {where}", totals, fns)
+    where = f"pool of {poolsize}" if poolsize else "no pool"
+    how = "pool refilled before each" if wait else "created back to back, no pause"
+    report(f"{runtime}: first request of {n} fresh functions, {where}, {how}", totals, fns)
 
 
 def warm(runtime, n):
@@ -109,6 +115,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "cold":
         cold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "rapid":
+        cold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), wait=False)
     elif mode == "warm":
         warm(sys.argv[2], int(sys.argv[3]))
     else:
