@@ -103,7 +103,9 @@ impl Java {
             files.push(path);
         }
         let out = std::process::Command::new(&self.javac)
-            .args(["--release", "17", "-nowarn", "-d"])
+            // String concatenation as plain code, not invokedynamic: its
+            // first use would cost a request milliseconds of bootstrapping.
+            .args(["--release", "17", "-nowarn", "-XDstringConcat=inline", "-d"])
             .arg(&classes)
             .args(&files)
             .output()

@@ -25,7 +25,7 @@ pub(crate) struct Pool {
     pub(crate) wake: Notify,
     pub(crate) closed: AtomicBool,
     /// The environment's zygote, once started (Python at the namespace
-    /// level); its lock also keeps one fork at a time on its channel.
+    /// level).
     pub(crate) zygote: tokio::sync::Mutex<Zygote>,
 }
 
@@ -41,6 +41,9 @@ pub(crate) enum Zygote {
 
 /// The system's trusted TLS roots (Debian's ca-certificates).
 const TRUSTED_ROOTS: &str = "/etc/ssl/certs";
+
+/// Workers a forking pool starts at once when it refills.
+const FORKS_AT_ONCE: usize = 4;
 
 /// How far back demand counts towards the pool's size.
 const DEMAND_WINDOW: Duration = Duration::from_secs(30);
@@ -85,10 +88,10 @@ impl Inner {
     ) -> std::result::Result<Worker, WorkerError> {
         // A worker with a way out starts whole: the zygote's children do
         // not see the system's TLS roots.
-        let forks = pool.spec.runtime == EnvironmentRuntime::Python
-            && pool.spec.isolation == Isolation::Namespace
-            && egress.is_none();
-        if forks && let Some(worker) = self.fork_worker(pool).await {
+        if pool.forks()
+            && egress.is_none()
+            && let Some(worker) = self.fork_worker(pool).await
+        {
             return Ok(worker);
         }
         self.start_whole(pool, egress).await
@@ -97,41 +100,47 @@ impl Inner {
     /// Forks a worker from the pool's zygote (started on first need), or
     /// `None` when this host refuses zygotes.
     async fn fork_worker(&self, pool: &Pool) -> Option<Worker> {
-        let mut zygote = pool.zygote.lock().await;
         for _ in 0..2 {
-            let running = match &*zygote {
-                Zygote::Refused => return None,
-                Zygote::Running(z) if !z.is_dead() => z.clone(),
-                _ => match self.start_zygote(pool).await {
-                    Ok(z) => {
-                        let z = Arc::new(z);
-                        *zygote = Zygote::Running(z.clone());
-                        z
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "environment \"{}\": no zygote ({e}); workers start whole",
-                            pool.name
-                        );
-                        *zygote = Zygote::Refused;
-                        return None;
-                    }
-                },
-            };
-            match Worker::fork(self.plan(pool, None, "w"), running).await {
+            let zygote = self.zygote_of(pool).await?;
+            // Forks run side by side: the zygote answers one at a time,
+            // the rest (a cgroup each, the child's setup) overlaps.
+            match Worker::fork(self.plan(pool, None, "w"), zygote.clone()).await {
                 Ok(worker) => return Some(worker),
-                // A zygote that died is started again, once.
                 Err(e) => {
                     tracing::warn!("environment \"{}\": fork failed: {e}", pool.name);
-                    if let Zygote::Running(z) = &*zygote
-                        && !z.is_dead()
-                    {
+                    // A zygote that died is started again, once.
+                    if !zygote.is_dead() {
                         return None;
                     }
                 }
             }
         }
         None
+    }
+
+    /// The pool's zygote, started on first need; `None` when this host
+    /// refuses zygotes.
+    async fn zygote_of(&self, pool: &Pool) -> Option<Arc<Worker>> {
+        let mut zygote = pool.zygote.lock().await;
+        match &*zygote {
+            Zygote::Refused => None,
+            Zygote::Running(z) if !z.is_dead() => Some(z.clone()),
+            _ => match self.start_zygote(pool).await {
+                Ok(z) => {
+                    let z = Arc::new(z);
+                    *zygote = Zygote::Running(z.clone());
+                    Some(z)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "environment \"{}\": no zygote ({e}); workers start whole",
+                        pool.name
+                    );
+                    *zygote = Zygote::Refused;
+                    None
+                }
+            },
+        }
     }
 
     /// Starts the pool's zygote: a Python with the worker imported, which
@@ -280,29 +289,44 @@ impl Inner {
                 let _ = tokio::time::timeout(Duration::from_secs(5), pool.wake.notified()).await;
                 continue;
             }
-            match self.start_worker(&pool, None).await {
-                Ok(worker) => {
-                    failures = 0;
-                    if pool.closed.load(Ordering::Acquire) {
-                        return;
+            // Forks are cheap in CPU and mostly wait (for the kernel to
+            // move each child into its cgroup): several at once share that
+            // wait. Whole starts are CPU: one at a time.
+            let parallel = if pool.forks() { FORKS_AT_ONCE } else { 1 };
+            let starts = (0..(target - have).min(parallel)).map(|_| self.start_worker(&pool, None));
+            for started in futures::future::join_all(starts).await {
+                match started {
+                    Ok(worker) => {
+                        failures = 0;
+                        if pool.closed.load(Ordering::Acquire) {
+                            return;
+                        }
+                        if let Ok(mut idle) = pool.idle.lock() {
+                            idle.push_back(worker);
+                        }
                     }
-                    if let Ok(mut idle) = pool.idle.lock() {
-                        idle.push_back(worker);
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!("environment \"{}\": {e}", pool.name);
                     }
                 }
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!("environment \"{}\": {e}", pool.name);
-                    // Back off so a broken environment does not spin.
-                    let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
-                    tokio::time::sleep(wait).await;
-                }
+            }
+            if failures > 0 {
+                // Back off so a broken environment does not spin.
+                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                tokio::time::sleep(wait).await;
             }
         }
     }
 }
 
 impl Pool {
+    /// Whether its workers are forked from a zygote (when the host allows).
+    pub(crate) fn forks(&self) -> bool {
+        self.spec.runtime == EnvironmentRuntime::Python
+            && self.spec.isolation == Isolation::Namespace
+    }
+
     /// Generic workers to keep: the configured size, or as many as were
     /// asked for in the last [`DEMAND_WINDOW`] when that is more (bounded).
     /// A pool of size 0 stays empty.

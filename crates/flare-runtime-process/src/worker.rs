@@ -145,6 +145,9 @@ pub struct Worker {
     dir: PathBuf,
     /// The egress proxy's task, ended with the worker.
     _proxy: Option<AbortOnDrop>,
+    /// One control exchange at a time (a zygote is asked to fork by
+    /// several starts at once).
+    control_turn: tokio::sync::Mutex<()>,
 }
 
 /// A task that ends when its owner is dropped.
@@ -349,6 +352,7 @@ impl Worker {
     }
 
     async fn control(&self, frame: Frame, timeout: Duration) -> Result<Frame, WorkerError> {
+        let _turn = self.control_turn.lock().await;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut control) = self.shared.control.lock() {
             *control = Some(tx);
@@ -617,6 +621,7 @@ impl Setup {
             in_flight: AtomicU32::new(0),
             dir: plan.dir,
             _proxy: self.proxy,
+            control_turn: tokio::sync::Mutex::new(()),
         })
     }
 }
