@@ -4,7 +4,8 @@ already imported, from which new workers are forked instead of started
 
 The zygote runs in its own sandbox, like a worker, with two differences
 the host grants it: it may create namespaces (to give each child its own)
-and it sees the workers' directories at /.flare/workers. It never runs a
+and it sees the workers' directories at /.flare/workers and their cgroups
+at /.flare/cgroup. It never runs a
 function's code. For each `fork` frame from the host it forks a child that
 walls itself off before it becomes a worker:
 
@@ -16,12 +17,15 @@ walls itself off before it becomes a worker:
      dropped, no new privileges, the same seccomp filters bubblewrap
      installs; every other descriptor closed; then worker.main()
 
-The host moves B and C into the worker's own cgroup when C connects,
-before C says `ready`, so C runs nothing but this file before it is held.
+A joins the worker's cgroups (the host made them and let the sandbox's
+user write their cgroup.procs) before it does anything else, so B and C
+are born in them and every page they copy is charged to the worker; the
+host checks C's cgroup when C connects, before C says `ready`.
 Fresh randomness: the kernel's (os.urandom) is per call; `random` reseeds
 itself in every forked child (os.register_at_fork).
 """
 import ctypes
+import gc
 import os
 import signal
 import socket
@@ -126,7 +130,12 @@ def loopback_up():
 
 
 def child_a(request, report):
-    """New namespaces; B becomes pid 1 of the new pid namespace."""
+    """Into the worker's cgroups before anything else, so every page the
+    child copies from here on is the worker's (a charge cannot be moved
+    later); then new namespaces; B becomes pid 1 of the new pid namespace."""
+    for procs in request["cgroups"]:
+        with open(procs, "w") as f:
+            f.write("0")  # the writer itself
     check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET
                        | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
     with open("/proc/self/setgroups", "w") as f:
@@ -224,6 +233,10 @@ def fail(report, error):
 def fork(sock, request):
     """Forks a worker for `request`; answers once it is walled off."""
     read_end, write_end = os.pipe()
+    # Everything the zygote holds goes to the collector's permanent
+    # generation: a child's collections then never walk (and so never
+    # copy) the pages it shares with the zygote.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         try:

@@ -35,12 +35,19 @@ pub(crate) struct Pool {
 pub(crate) enum Zygote {
     #[default]
     Untried,
-    Running(Arc<Worker>),
+    /// The zygote, and how many children it has been asked for.
+    Running(Arc<Worker>, usize),
     Refused,
 }
 
 /// The system's trusted TLS roots (Debian's ca-certificates).
 const TRUSTED_ROOTS: &str = "/etc/ssl/certs";
+
+/// Children a zygote is asked for before a fresh one replaces it. Pages
+/// the zygote writes after a fork stay charged to its cgroup while any
+/// child still maps the old copy (about 0.7 MiB a child, measured): this
+/// bounds that charge well under the zygote's memory limit.
+const FORKS_PER_ZYGOTE: usize = 64;
 
 /// Workers a forking pool starts at once when it refills.
 const FORKS_AT_ONCE: usize = 4;
@@ -122,13 +129,18 @@ impl Inner {
     /// refuses zygotes.
     async fn zygote_of(&self, pool: &Pool) -> Option<Arc<Worker>> {
         let mut zygote = pool.zygote.lock().await;
-        match &*zygote {
+        match &mut *zygote {
             Zygote::Refused => None,
-            Zygote::Running(z) if !z.is_dead() => Some(z.clone()),
+            Zygote::Running(z, forks) if !z.is_dead() && *forks < FORKS_PER_ZYGOTE => {
+                *forks += 1;
+                Some(z.clone())
+            }
+            // Not started, dead, or retired: a retired zygote lives on
+            // while its children do (they hold it).
             _ => match self.start_zygote(pool).await {
                 Ok(z) => {
                     let z = Arc::new(z);
-                    *zygote = Zygote::Running(z.clone());
+                    *zygote = Zygote::Running(z.clone(), 1);
                     Some(z)
                 }
                 Err(e) => {
@@ -169,6 +181,11 @@ impl Inner {
             bind(&self.seccomp[0], "/.flare/seccomp.bpf", false),
             bind(&self.seccomp[1], "/.flare/seccomp-abi.bpf", false),
         ];
+        // Its children join their workers' cgroups themselves.
+        for (n, parent) in crate::sandbox::cgroup_parents().iter().enumerate() {
+            let to = format!("{}/{n}", crate::worker::ZYGOTE_CGROUPS);
+            plan.binds.push(bind(parent, &to, true));
+        }
         Worker::start(plan).await
     }
 
@@ -294,10 +311,10 @@ impl Inner {
             // wait. Whole starts are CPU: one at a time.
             let parallel = if pool.forks() { FORKS_AT_ONCE } else { 1 };
             let starts = (0..(target - have).min(parallel)).map(|_| self.start_worker(&pool, None));
+            let mut failed = false;
             for started in futures::future::join_all(starts).await {
                 match started {
                     Ok(worker) => {
-                        failures = 0;
                         if pool.closed.load(Ordering::Acquire) {
                             return;
                         }
@@ -306,13 +323,14 @@ impl Inner {
                         }
                     }
                     Err(e) => {
-                        failures += 1;
+                        failed = true;
                         tracing::error!("environment \"{}\": {e}", pool.name);
                     }
                 }
             }
+            // Back off so a broken environment does not spin.
+            failures = if failed { failures + 1 } else { 0 };
             if failures > 0 {
-                // Back off so a broken environment does not spin.
                 let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
                 tokio::time::sleep(wait).await;
             }

@@ -130,13 +130,35 @@ impl Cgroups {
         &self.dirs
     }
 
-    /// Moves process `pid` (and its future children) into these cgroups.
-    pub fn add(&self, pid: i32) -> Result<(), String> {
-        for dir in &self.dirs {
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-                .map_err(|e| format!("cannot move worker {pid} into its cgroup: {e}"))?;
+    /// Lets `uid` move processes into these cgroups (a zygote's child
+    /// joins its worker's itself): their `cgroup.procs`, and on v2 the
+    /// parent's too (moves need write access at the common ancestor).
+    pub fn delegate(&self, uid: u32) -> Result<(), String> {
+        let mut files: Vec<PathBuf> = self.dirs.iter().map(|d| d.join("cgroup.procs")).collect();
+        if self.hierarchy == Hierarchy::V2 {
+            files.extend(
+                self.dirs
+                    .iter()
+                    .filter_map(|d| Some(d.parent()?.join("cgroup.procs"))),
+            );
+        }
+        for file in files {
+            std::os::unix::fs::chown(&file, Some(uid), None)
+                .map_err(|e| format!("cannot delegate {}: {e}", file.display()))?;
         }
         Ok(())
+    }
+
+    /// Whether process `pid` is in every one of these cgroups.
+    pub fn holds(&self, pid: i32) -> bool {
+        let Some(id) = self.dirs.first().and_then(|d| d.file_name()) else {
+            return true; // nothing to be in (--allow-unlimited-workers)
+        };
+        let suffix = format!(":/flare/{}", id.to_string_lossy());
+        let joined = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|text| text.lines().filter(|l| l.ends_with(&suffix)).count())
+            .unwrap_or(0);
+        joined >= self.dirs.len()
     }
 
     /// Required controllers (memory, pids) this host does not provide:
@@ -294,6 +316,21 @@ impl Drop for Cgroups {
 pub fn can_limit_workers() -> bool {
     let probe = Cgroups::create(&format!("{}-probe", std::process::id()));
     probe.missing().is_empty()
+}
+
+/// The directories that hold workers' cgroups (`flare/` under each
+/// controller on v1, under the root on v2), for the controllers this host
+/// mounts: a zygote sees them so its children can join their own.
+pub fn cgroup_parents() -> Vec<PathBuf> {
+    let root = cgroup_root();
+    if root.join("cgroup.controllers").is_file() {
+        return vec![root.join("flare")];
+    }
+    CONTROLLERS
+        .iter()
+        .filter(|c| root.join(c).is_dir())
+        .map(|c| root.join(c).join("flare"))
+        .collect()
 }
 
 /// Removes the cgroups of workers whose server is gone (killed without a

@@ -23,6 +23,10 @@ use tokio::sync::oneshot;
 use crate::protocol::{self, Frame};
 use crate::sandbox::{Bind, Cgroups, SandboxCommand, Walls};
 
+/// Where a zygote sees the workers' cgroup parents: `<this>/<n>`, in the
+/// order of [`crate::sandbox::cgroup_parents`].
+pub(crate) const ZYGOTE_CGROUPS: &str = "/.flare/cgroup";
+
 /// How long a worker may take to connect and say `ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -285,10 +289,29 @@ impl Worker {
             .iter()
             .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
             .collect();
+        // The child joins its cgroups itself, first thing: each as the
+        // zygote sees it (crate::pool binds the parents in order).
+        setup
+            .cgroups
+            .delegate(crate::sandbox::SANDBOX_UID)
+            .map_err(WorkerError::Start)?;
+        let parents = crate::sandbox::cgroup_parents();
+        let cgroups: Vec<String> = setup
+            .cgroups
+            .dirs()
+            .iter()
+            .filter_map(|dir| {
+                let n = parents
+                    .iter()
+                    .position(|p| dir.parent() == Some(p.as_path()))?;
+                Some(format!("{}/{n}/{}/cgroup.procs", ZYGOTE_CGROUPS, plan.id))
+            })
+            .collect();
         let request = Frame::new(json!({
             "op": "fork",
             "id": plan.id,
             "env": env,
+            "cgroups": cgroups,
             "tmp_bytes": crate::sandbox::TMP_BYTES,
             "secrets_bytes": crate::sandbox::SECRETS_BYTES,
         }));
@@ -302,17 +325,17 @@ impl Worker {
             .await
             .map_err(|_| WorkerError::Start("forked worker did not connect within 10s".into()))?
             .map_err(io("accept"))?;
-        // The kernel says who connected, in this pid namespace; the
-        // child's parent is its reaper (pid 1 of its namespace).
+        // The kernel says who connected; it must be held by its cgroups
+        // before it says ready (and so before any function code runs).
         let pid = stream
             .peer_cred()
             .map_err(io("peer credentials"))?
             .pid()
             .ok_or_else(|| WorkerError::Start("no pid for the forked worker".into()))?;
-        let reaper = parent_of(pid)
-            .ok_or_else(|| WorkerError::Start(format!("no parent for forked worker {pid}")))?;
-        for pid in [reaper, pid] {
-            setup.cgroups.add(pid).map_err(WorkerError::Start)?;
+        if !setup.cgroups.holds(pid) {
+            return Err(WorkerError::Start(format!(
+                "forked worker {pid} is not in its cgroups"
+            )));
         }
         let worker = setup
             .finish(
@@ -492,6 +515,8 @@ impl Worker {
 /// What a worker needs before it runs, however it is started: its
 /// directories, its socket, its egress proxy, its cgroups (limited).
 struct Setup {
+    /// Removes the worker's directory if the start fails.
+    cleanup: RemoveOnDrop,
     code: PathBuf,
     run: PathBuf,
     socket: PathBuf,
@@ -505,6 +530,7 @@ struct Setup {
 impl Setup {
     fn new(plan: &WorkerPlan<'_>) -> Result<Setup, WorkerError> {
         use std::os::unix::fs::PermissionsExt;
+        let cleanup = RemoveOnDrop(Some(plan.dir.clone()));
         let code = plan.dir.join("code");
         let run = plan.dir.join("run");
         std::fs::create_dir_all(&code).map_err(io("create code dir"))?;
@@ -567,6 +593,7 @@ impl Setup {
             env.push(("FLARE_EGRESS_SOCKET", "/run/flare/egress.sock".to_string()));
         }
         Ok(Setup {
+            cleanup,
             code,
             run,
             socket,
@@ -580,7 +607,7 @@ impl Setup {
 
     /// Waits for the connected worker's `ready` and starts reading it.
     async fn finish(
-        self,
+        mut self,
         plan: WorkerPlan<'_>,
         stream: tokio::net::UnixStream,
         process: Process,
@@ -615,6 +642,8 @@ impl Setup {
             process: tokio::sync::Mutex::new(process),
         });
         tokio::spawn(read_loop(reader, shared.clone()));
+        // From here the worker's own drop removes its directory.
+        self.cleanup.0 = None;
         Ok(Worker {
             shared,
             writer: tokio::sync::Mutex::new(writer),
@@ -623,6 +652,17 @@ impl Setup {
             _proxy: self.proxy,
             control_turn: tokio::sync::Mutex::new(()),
         })
+    }
+}
+
+/// A directory removed when dropped, unless taken back first.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -670,15 +710,6 @@ fn forked_exit_reason(written: &str) -> Option<WorkerError> {
         "status" => Some(WorkerError::Status(number)),
         _ => None,
     }
-}
-
-/// The parent of `pid`, from /proc.
-fn parent_of(pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|p| p.trim().parse().ok())
 }
 
 /// Why the sandbox ended. bubblewrap exits with 128 + the signal when the

@@ -745,6 +745,14 @@ fn without_cgroup_limits_workers_start_only_when_the_operator_says_so() {
         out.contains("cannot limit workers").then_some(out)
     });
     assert!(logs.contains("--allow-unlimited-workers"), "{logs}");
+    // Starts that failed (the zygote's and the worker's) leave nothing in
+    // the work dir.
+    let work = std::fs::read_to_string(data.path().join("process-work-dir")).unwrap();
+    let left: Vec<_> = std::fs::read_dir(std::path::Path::new(work.trim()).join("workers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     drop(server);
 
     // With the operator's flag they do.
