@@ -93,6 +93,25 @@ fn the_example_and_the_handler_contract() {
         "hi there"
     );
 
+    // Output of a thread that outlives its call is the worker's, never
+    // filed under the call.
+    let late = server.get("/fn/probe/late");
+    let call = late.headers()["x-flare-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(late.text().unwrap(), "started");
+    let entry = eventually(std::time::Duration::from_secs(10), || {
+        let out = server.ok(&["fn", "logs", "--name", "probe", "-o", "json"]);
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        entries.into_iter().find(|e| e["line"] == "late line")
+    });
+    assert_ne!(entry["invocation"], call.as_str(), "{entry}");
+    assert!(
+        entry["invocation"].as_str().unwrap().starts_with("worker-"),
+        "{entry}"
+    );
+
     // Each function has its own class loader in its own worker: a static
     // counter of one is not another's.
     create(&server, "probe2", &probe, &[]);

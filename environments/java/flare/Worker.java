@@ -322,6 +322,8 @@ public final class Worker {
         int sent;
         long dropped;
         final StringBuilder[] partial = {new StringBuilder(), new StringBuilder()};
+        /** Answered: what its threads print now is the worker's own. */
+        volatile boolean done;
 
         Call(String id) { this.id = id; }
 
@@ -352,6 +354,7 @@ public final class Worker {
         }
 
         synchronized void finish() {
+            done = true;
             for (int i = 0; i < 2; i++) {
                 if (partial[i].length() > 0) {
                     emit(i == 0 ? "stdout" : "stderr", partial[i] + "\n");
@@ -386,7 +389,7 @@ public final class Worker {
         public void write(byte[] b, int off, int len) {
             String text = new String(b, off, len, StandardCharsets.UTF_8);
             Call call = CALL.get();
-            if (call != null) {
+            if (call != null && !call.done) {
                 call.write(stream, text);
                 return;
             }

@@ -24,6 +24,20 @@ public class Probe implements Handler {
             case "/throw":
                 System.err.println("about to throw");
                 throw new IllegalStateException("deliberate failure");
+            case "/late":
+                // A thread that outlives its call: its output is not the call's.
+                new Thread() {
+                    @Override
+                    public void run() {
+                        try {
+                            Thread.sleep(300);
+                        } catch (InterruptedException e) {
+                            return;
+                        }
+                        System.out.println("late line");
+                    }
+                }.start();
+                return Response.ok("started");
             case "/exit":
                 System.exit(3);
                 return null;
