@@ -94,6 +94,7 @@ EXPLAINED = [
     r'does not exist in namespace',  # a trigger's function, a function's secrets, in its namespace
     r'is not base64$|is in both data and stringData$',  # a secret's values
     r'^invalid (secret|config) key ',  # keys: 3.0 has no propertyNames
+    r'^isolation \w+ (needs|is not available)|^the java runtime needs a JDK',  # what this host lacks
 ]
 
 

@@ -34,7 +34,9 @@ cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt || statu
 echo "== API contract (schemathesis against a live server)"
 contract=0
 scripts/schemathesis.sh > target/schemathesis-output.txt 2>&1 || contract=$?
-tail -n 25 target/schemathesis-output.txt
+# A failure's details (the request to replay, the message) come before the
+# summary: show them too.
+if [ "$contract" -ne 0 ]; then tail -n 200 target/schemathesis-output.txt; else tail -n 25 target/schemathesis-output.txt; fi
 
 # Summarize: one line a newcomer (and CI) can read at a glance.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt || status=1

@@ -118,6 +118,25 @@ fn the_example_and_the_handler_contract() {
     assert_eq!(server.get("/fn/probe/count").text().unwrap(), "1");
     assert_eq!(server.get("/fn/probe/count").text().unwrap(), "2");
     assert_eq!(server.get("/fn/probe2/count").text().unwrap(), "1");
+
+    // The other contract: a java.util.function.Function<Request, Response>
+    // named as the handler.
+    let shout = jar(
+        dir.path(),
+        "shout.jar",
+        Some("tests/functions/java/probe"),
+        "probe.Shout",
+    );
+    create(&server, "shout", &shout, &[]);
+    let shouted = server
+        .api_client()
+        .post(format!("{}/fn/shout", server.router))
+        .body("quiet words")
+        .send()
+        .unwrap();
+    assert_eq!(shouted.status(), 202);
+    assert_eq!(shouted.headers()["x-contract"], "function");
+    assert_eq!(shouted.text().unwrap(), "QUIET WORDS");
 }
 
 #[test]
