@@ -27,6 +27,7 @@ itself in every forked child (os.register_at_fork).
 import ctypes
 import gc
 import os
+import select
 import signal
 import socket
 import struct
@@ -132,7 +133,14 @@ def loopback_up():
 def child_a(request, report):
     """Into the worker's cgroups before anything else, so every page the
     child copies from here on is the worker's (a charge cannot be moved
-    later); then new namespaces; B becomes pid 1 of the new pid namespace."""
+    later); then new namespaces; B becomes pid 1 of the new pid namespace.
+    The zygote's stdout and stderr are not passed on: B lives as long as
+    the worker, which could open them through /proc/1/fd, and they are
+    the same pipes in every child (a channel between tenants)."""
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
     for procs in request["cgroups"]:
         with open(procs, "w") as f:
             f.write("0")  # the writer itself
@@ -216,7 +224,7 @@ def child_c(request, report):
         os._exit(1)
     sys.argv = ["/env/worker.py"]
     try:
-        worker.main()
+        worker.main(warm_first=request.get("warm", True))
     finally:
         sys.stdout.flush()
         os._exit(0)
@@ -230,8 +238,16 @@ def fail(report, error):
     os._exit(1)
 
 
+# Forks not yet answered: the read end of a child's report pipe -> [the
+# worker's id, the pid of its A, what it reported so far].
+PENDING = {}
+
+
 def fork(sock, request):
-    """Forks a worker for `request`; answers once it is walled off."""
+    """Forks a worker for `request` and returns at once: the child reports
+    on a pipe of its own when it is walled off (see `answer`), so forks
+    overlap, and so do their moves into cgroups (each may wait for an RCU
+    grace period, which overlapping moves share)."""
     read_end, write_end = os.pipe()
     # Everything the zygote holds goes to the collector's permanent
     # generation: a child's collections then never walk (and so never
@@ -240,44 +256,64 @@ def fork(sock, request):
     pid = os.fork()
     if pid == 0:
         try:
-            sock.close()
-            os.close(read_end)
+            # Nothing of the zygote's stays open: its socket, and the
+            # report pipes of forks still under way.
+            os.closerange(3, write_end)
+            os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
             child_a(request, write_end)
         except BaseException as e:
             fail(write_end, e)
         os._exit(1)
     os.close(write_end)
-    os.waitpid(pid, 0)
-    answer = b""
-    while chunk := os.read(read_end, 1024):
-        answer += chunk
+    PENDING[read_end] = [request.get("id"), pid, b""]
+
+
+def answer(sock, read_end):
+    """Reads a child's report; at its end, answers the fork it was for."""
+    entry = PENDING[read_end]
+    chunk = os.read(read_end, 1024)
+    if chunk:
+        entry[2] = (entry[2] + chunk)[:1024]
+        return
+    del PENDING[read_end]
     os.close(read_end)
-    if answer == b"ok":
-        worker.write_frame(sock, {"op": "forked"})
+    id, pid, report = entry
+    os.waitpid(pid, 0)  # A, which ends once B is forked
+    if report == b"ok":
+        worker.write_frame(sock, {"op": "forked", "id": id})
     else:
-        message = answer.decode("utf-8", "replace") or "the child ended before it was ready"
-        worker.write_frame(sock, {"op": "error", "message": f"fork failed: {message}"})
+        message = report.decode("utf-8", "replace") or "the child ended before it was ready"
+        worker.write_frame(sock, {"op": "error", "id": id, "message": f"fork failed: {message}"})
 
 
 def main():
+    # What the request path builds lazily is built once here, shared by
+    # every child (each runs it again to take its own faults early).
+    worker.warm()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(os.environ["FLARE_SOCKET"])
     worker.write_frame(sock, {"op": "ready", "runtime": f"python zygote {sys.version.split()[0]}"})
     while True:
-        try:
-            header, _ = worker.read_frame(sock)
-        except EOFError:
-            return
-        op = header.get("op")
-        if op == "fork":
+        readable, _, _ = select.select([sock, *PENDING], [], [])
+        for fd in readable:
+            if fd is not sock:
+                answer(sock, fd)
+                continue
             try:
-                fork(sock, header)
-            except Exception as e:  # a fork that fails is reported, the zygote lives on
-                worker.write_frame(sock, {"op": "error", "message": f"fork failed: {e}"})
-        elif op == "health":
-            worker.write_frame(sock, {"op": "ok"})
-        elif op == "shutdown":
-            return
+                header, _ = worker.read_frame(sock)
+            except EOFError:
+                return
+            op = header.get("op")
+            if op == "fork":
+                try:
+                    fork(sock, header)
+                except Exception as e:  # a fork that fails is reported, the zygote lives on
+                    worker.write_frame(sock, {"op": "error", "id": header.get("id"),
+                                              "message": f"fork failed: {e}"})
+            elif op == "health":
+                worker.write_frame(sock, {"op": "ok"})
+            elif op == "shutdown":
+                return
 
 
 if __name__ == "__main__":

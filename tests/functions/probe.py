@@ -93,6 +93,11 @@ def neighbours(req):
         except OSError:
             pass  # the listing's own descriptor, closed by now
     report["fds"] = fds
+    # The reaper (pid 1), as far as this worker can see it.
+    try:
+        report["reaper_fds"] = {fd: os.readlink(f"/proc/1/fd/{fd}") for fd in os.listdir("/proc/1/fd")}
+    except OSError as e:
+        report["reaper_fds"] = "denied: " + type(e).__name__
     for name, path in (("other_code", f"/.flare/workers/{other}/code"),
                        ("other_run", f"/.flare/workers/{other}/run")):
         try:

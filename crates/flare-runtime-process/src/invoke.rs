@@ -240,7 +240,7 @@ impl ProcessRuntime {
             Some(worker) => worker,
             None => self
                 .inner
-                .start_worker(&pool, function.egress.clone())
+                .start_worker(&pool, function.egress.clone(), false)
                 .await
                 .map_err(|e| Failure::Start(e.to_string()))?,
         };

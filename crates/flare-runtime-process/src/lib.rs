@@ -259,6 +259,7 @@ impl ProcessRuntime {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             zygote: tokio::sync::Mutex::default(),
+            successor: Mutex::default(),
         });
         let old = self
             .inner

@@ -27,6 +27,18 @@ pub(crate) struct Pool {
     /// The environment's zygote, once started (Python at the namespace
     /// level).
     pub(crate) zygote: tokio::sync::Mutex<Zygote>,
+    /// The zygote that replaces the running one when it retires, started
+    /// ahead so that no fork waits for an interpreter to start.
+    pub(crate) successor: Mutex<Successor>,
+}
+
+/// A zygote's replacement: not needed yet, starting, or ready.
+#[derive(Default)]
+pub(crate) enum Successor {
+    #[default]
+    None,
+    Starting,
+    Ready(Worker),
 }
 
 /// A pool's zygote: not tried yet, running, or refused by this host (then
@@ -48,6 +60,9 @@ const TRUSTED_ROOTS: &str = "/etc/ssl/certs";
 /// child still maps the old copy (about 0.7 MiB a child, measured): this
 /// bounds that charge well under the zygote's memory limit.
 const FORKS_PER_ZYGOTE: usize = 64;
+
+/// Children after which a zygote's successor is started.
+const SUCCESSOR_AFTER: usize = FORKS_PER_ZYGOTE * 3 / 4;
 
 /// Workers a forking pool starts at once when it refills.
 const FORKS_AT_ONCE: usize = 4;
@@ -87,17 +102,19 @@ impl Inner {
     }
 
     /// A new worker for `pool`: forked from its zygote where it has one,
-    /// otherwise started whole.
+    /// otherwise started whole. `ahead`: started ahead of need (for the
+    /// pool), not for a request waiting on it.
     pub(crate) async fn start_worker(
         &self,
         pool: &Pool,
         egress: Option<Arc<flare_egress::proxy::Rules>>,
+        ahead: bool,
     ) -> std::result::Result<Worker, WorkerError> {
         // A worker with a way out starts whole: the zygote's children do
         // not see the system's TLS roots.
         if pool.forks()
             && egress.is_none()
-            && let Some(worker) = self.fork_worker(pool).await
+            && let Some(worker) = self.fork_worker(pool, ahead).await
         {
             return Ok(worker);
         }
@@ -106,12 +123,12 @@ impl Inner {
 
     /// Forks a worker from the pool's zygote (started on first need), or
     /// `None` when this host refuses zygotes.
-    async fn fork_worker(&self, pool: &Pool) -> Option<Worker> {
+    async fn fork_worker(&self, pool: &Pool, ahead: bool) -> Option<Worker> {
         for _ in 0..2 {
-            let zygote = self.zygote_of(pool).await?;
-            // Forks run side by side: the zygote answers one at a time,
-            // the rest (a cgroup each, the child's setup) overlaps.
-            match Worker::fork(self.plan(pool, None, "w"), zygote.clone()).await {
+            let zygote = self.zygote_of(pool, 1).await?;
+            // Forks run side by side, in the zygote too (it answers each
+            // when its child is walled off).
+            match Worker::fork(self.plan(pool, None, "w"), zygote.clone(), ahead).await {
                 Ok(worker) => return Some(worker),
                 Err(e) => {
                     tracing::warn!("environment \"{}\": fork failed: {e}", pool.name);
@@ -125,22 +142,23 @@ impl Inner {
         None
     }
 
-    /// The pool's zygote, started on first need; `None` when this host
-    /// refuses zygotes.
-    async fn zygote_of(&self, pool: &Pool) -> Option<Arc<Worker>> {
+    /// The pool's zygote, started if it is not running, counting
+    /// `children` more asked of it; `None` when this host refuses zygotes.
+    async fn zygote_of(&self, pool: &Pool, children: usize) -> Option<Arc<Worker>> {
         let mut zygote = pool.zygote.lock().await;
         match &mut *zygote {
             Zygote::Refused => None,
             Zygote::Running(z, forks) if !z.is_dead() && *forks < FORKS_PER_ZYGOTE => {
-                *forks += 1;
+                *forks += children;
                 Some(z.clone())
             }
             // Not started, dead, or retired: a retired zygote lives on
-            // while its children do (they hold it).
-            _ => match self.start_zygote(pool).await {
+            // while its children do (they hold it). Its successor takes
+            // over if one was started ahead and is alive.
+            _ => match self.successor_of(pool).await {
                 Ok(z) => {
                     let z = Arc::new(z);
-                    *zygote = Zygote::Running(z.clone(), 1);
+                    *zygote = Zygote::Running(z.clone(), children);
                     Some(z)
                 }
                 Err(e) => {
@@ -153,6 +171,61 @@ impl Inner {
                 }
             },
         }
+    }
+
+    /// The successor started ahead, if it is ready and alive, or a zygote
+    /// started now.
+    async fn successor_of(&self, pool: &Pool) -> std::result::Result<Worker, WorkerError> {
+        let ready =
+            pool.successor
+                .lock()
+                .ok()
+                .and_then(|mut next| match std::mem::take(&mut *next) {
+                    Successor::Ready(z) => Some(z),
+                    other => {
+                        *next = other;
+                        None
+                    }
+                });
+        match ready {
+            Some(z) if !z.is_dead() => Ok(z),
+            _ => self.start_zygote(pool).await,
+        }
+    }
+
+    /// Starts the successor of `pool`'s zygote in the background when the
+    /// running one nears retirement.
+    pub(crate) fn prepare_successor(self: &Arc<Self>, pool: &Arc<Pool>) {
+        let near = match pool.zygote.try_lock() {
+            Ok(zygote) => {
+                matches!(&*zygote, Zygote::Running(_, forks) if *forks >= SUCCESSOR_AFTER)
+            }
+            Err(_) => false,
+        };
+        if !near {
+            return;
+        }
+        let Ok(mut next) = pool.successor.lock() else {
+            return;
+        };
+        if !matches!(*next, Successor::None) {
+            return;
+        }
+        *next = Successor::Starting;
+        let (inner, pool) = (self.clone(), pool.clone());
+        tokio::spawn(async move {
+            let started = inner.start_zygote(&pool).await;
+            if let Ok(mut next) = pool.successor.lock() {
+                *next = match started {
+                    Ok(z) if !pool.closed.load(Ordering::Acquire) => Successor::Ready(z),
+                    Ok(_) => Successor::None,
+                    Err(e) => {
+                        tracing::warn!("environment \"{}\": no successor zygote: {e}", pool.name);
+                        Successor::None
+                    }
+                };
+            }
+        });
     }
 
     /// Starts the pool's zygote: a Python with the worker imported, which
@@ -292,7 +365,15 @@ impl Inner {
     /// Keeps `poolsize` generic workers ready until the pool is closed.
     pub(crate) async fn fill(self: Arc<Self>, pool: Arc<Pool>) {
         let mut failures = 0u32;
+        // The zygote starts with its environment, pool or not: the first
+        // fork then waits for no interpreter.
+        if pool.forks() {
+            self.zygote_of(&pool, 0).await;
+        }
         while !pool.closed.load(Ordering::Acquire) {
+            if pool.forks() {
+                self.prepare_successor(&pool);
+            }
             let have = pool.idle.lock().map(|idle| idle.len()).unwrap_or(0);
             let target = pool.target();
             if have > target {
@@ -310,7 +391,8 @@ impl Inner {
             // move each child into its cgroup): several at once share that
             // wait. Whole starts are CPU: one at a time.
             let parallel = if pool.forks() { FORKS_AT_ONCE } else { 1 };
-            let starts = (0..(target - have).min(parallel)).map(|_| self.start_worker(&pool, None));
+            let starts =
+                (0..(target - have).min(parallel)).map(|_| self.start_worker(&pool, None, true));
             let mut failed = false;
             for started in futures::future::join_all(starts).await {
                 match started {
@@ -384,6 +466,9 @@ impl Pool {
         self.closed.store(true, Ordering::Release);
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
+        }
+        if let Ok(mut next) = self.successor.lock() {
+            *next = Successor::None;
         }
         self.wake.notify_one();
     }

@@ -259,7 +259,14 @@ impl Worker {
     /// Forks a worker from `zygote` instead of starting one: the child walls
     /// itself off (environments/python/zygote.py) and connects; it is moved
     /// into this worker's cgroups before it says `ready`.
-    pub async fn fork(plan: WorkerPlan<'_>, zygote: Arc<Worker>) -> Result<Worker, WorkerError> {
+    /// `warm`: the worker runs its request path once before it says ready
+    /// (worth it for a worker started ahead of need, not for one a request
+    /// waits for).
+    pub async fn fork(
+        plan: WorkerPlan<'_>,
+        zygote: Arc<Worker>,
+        warm: bool,
+    ) -> Result<Worker, WorkerError> {
         use std::os::unix::fs::PermissionsExt;
         let setup = Setup::new(&plan)?;
         // Its stdout and stderr are FIFOs of its own, and the file its
@@ -314,8 +321,9 @@ impl Worker {
             "cgroups": cgroups,
             "tmp_bytes": crate::sandbox::TMP_BYTES,
             "secrets_bytes": crate::sandbox::SECRETS_BYTES,
+            "warm": warm,
         }));
-        let answer = zygote.control(request, START_TIMEOUT).await?;
+        let answer = zygote.ask(request, &plan.id, START_TIMEOUT).await?;
         if answer.op() != "forked" {
             return Err(WorkerError::Start(
                 answer.str("message").unwrap_or("fork failed").to_string(),
@@ -381,12 +389,31 @@ impl Worker {
             *control = Some(tx);
         }
         self.send(&frame).await?;
+        self.answer(rx, frame.op(), timeout).await
+    }
+
+    /// Sends a request that carries its own `id` and waits for the answer
+    /// with that id: unlike [`Worker::control`], such requests overlap (a
+    /// zygote's forks).
+    async fn ask(&self, frame: Frame, id: &str, timeout: Duration) -> Result<Frame, WorkerError> {
+        let (tx, rx) = oneshot::channel();
+        let _asking = Asking::register(&self.shared, id, tx);
+        self.send(&frame).await?;
+        self.answer(rx, frame.op(), timeout).await
+    }
+
+    /// The answer to `op`, or why there is none within `timeout`.
+    async fn answer(
+        &self,
+        rx: oneshot::Receiver<Result<Frame, WorkerError>>,
+        op: &str,
+        timeout: Duration,
+    ) -> Result<Frame, WorkerError> {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(self.death().await),
             Err(_) => Err(WorkerError::Function(format!(
-                "worker did not answer {} within {timeout:?}",
-                frame.op()
+                "worker did not answer {op} within {timeout:?}"
             ))),
         }
     }
@@ -782,6 +809,34 @@ impl Drop for Waiting<'_> {
         }
         if let Ok(mut attribution) = self.shared.attribution.lock() {
             attribution.in_flight.retain(|id| id != self.invocation);
+        }
+    }
+}
+
+/// A request waiting for its answer by id (not an invocation: nothing of
+/// the worker's output is filed under it); unregistered when dropped.
+struct Asking<'a> {
+    shared: &'a Shared,
+    id: &'a str,
+}
+
+impl<'a> Asking<'a> {
+    fn register(
+        shared: &'a Shared,
+        id: &'a str,
+        answer: oneshot::Sender<Result<Frame, WorkerError>>,
+    ) -> Self {
+        if let Ok(mut pending) = shared.pending.lock() {
+            pending.insert(id.to_string(), answer);
+        }
+        Asking { shared, id }
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.remove(self.id);
         }
     }
 }

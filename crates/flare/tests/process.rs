@@ -599,6 +599,14 @@ fn forked_workers_share_nothing_a_tenant_could_use() {
         assert_eq!(sockets, 1, "{report}");
         assert_eq!(fds.len(), 4, "{report}");
         assert_eq!(fds["0"], "/dev/null", "{report}");
+        // Nor does its reaper (pid 1, which it can see) hold anything of
+        // the zygote's, such as its output pipes, the same in every child.
+        if let Some(reaper) = report["reaper_fds"].as_object() {
+            assert!(
+                reaper.values().all(|target| target == "/dev/null"),
+                "{report}"
+            );
+        }
     }
     assert_ne!(first["worker"], second["worker"]);
     // Fresh randomness in each: the kernel's and Python's `random`.
