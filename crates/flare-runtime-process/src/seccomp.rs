@@ -148,6 +148,10 @@ const PROCESSES: &[i64] = &[
     libc::SYS_sched_getscheduler,
     libc::SYS_sched_get_priority_max,
     libc::SYS_sched_get_priority_min,
+    // Which CPU the caller runs on: the host answers it from the vDSO
+    // without a system call, gVisor as a system call (the JVM's
+    // sched_getcpu retried it forever when refused).
+    libc::SYS_getcpu,
     libc::SYS_set_tid_address,
     libc::SYS_set_robust_list,
     libc::SYS_get_robust_list,

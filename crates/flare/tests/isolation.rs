@@ -48,6 +48,55 @@ fn under_gvisor_a_function_goes_out_only_through_the_egress_proxy() {
 }
 
 #[test]
+fn java_functions_run_under_gvisor_too() {
+    let server = Server::start();
+    server.ok(&[
+        "env",
+        "create",
+        "--name",
+        "java",
+        "--runtime",
+        "java",
+        "--isolation",
+        "gvisor",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let jar = dir.path().join("hello.jar");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = std::process::Command::new(root.join("examples/java/build.sh"))
+        .arg(&jar)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    server.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "jhello",
+        "--env",
+        "java",
+        "--code",
+        jar.to_str().unwrap(),
+    ]);
+    // The JVM asks which CPU it is on (getcpu), which gVisor answers as a
+    // system call the seccomp filter must allow: refused, it never started.
+    let response = server.get("/fn/jhello?name=gvisor");
+    let status = response.status();
+    let text = response.text().unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{text}\n{}",
+        server.ok(&["fn", "logs", "--name", "jhello"])
+    );
+    assert_eq!(text, "Hello, gvisor!\n");
+}
+
+#[test]
 fn node_functions_run_under_gvisor_too() {
     let server = Server::start();
     server.ok(&[
