@@ -61,17 +61,7 @@ fn java_functions_run_under_gvisor_too() {
         "gvisor",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let jar = dir.path().join("hello.jar");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let built = std::process::Command::new(root.join("examples/java/build.sh"))
-        .arg(&jar)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let jar = common::jar(dir.path(), "hello.jar", None, "");
     server.ok(&[
         "fn",
         "create",

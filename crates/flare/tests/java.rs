@@ -4,29 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::{Server, error_of, eventually};
-
-/// Builds a jar with examples/java/build.sh: `src` compiled against
-/// Flare's Java API, `handler` named in its manifest.
-fn jar(dir: &Path, name: &str, src: Option<&str>, handler: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = dir.join(name);
-    let mut build = Command::new(root.join("examples/java/build.sh"));
-    build.arg(&out);
-    if let Some(src) = src {
-        build.arg(root.join(src)).arg(handler);
-    }
-    let built = build.output().unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    out
-}
+use common::{Server, error_of, eventually, jar};
 
 fn java_server() -> Server {
     let server = Server::start();

@@ -293,6 +293,25 @@ pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T
     }
 }
 
+/// Builds a jar with examples/java/build.sh: `src` compiled against
+/// Flare's Java API, `handler` named in its manifest.
+pub fn jar(dir: &Path, name: &str, src: Option<&str>, handler: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = dir.join(name);
+    let mut build = Command::new(root.join("examples/java/build.sh"));
+    build.arg(&out);
+    if let Some(src) = src {
+        build.arg(root.join(src)).arg(handler);
+    }
+    let built = build.output().unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
 /// A source file of tests/functions.
 pub fn function_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
