@@ -83,7 +83,7 @@ fn need(method: &Method, path: &str) -> Need {
                 Need::Everywhere(Permission::Manage)
             }
         }
-        "/metrics" => Need::Everywhere(Permission::Read),
+        "/metrics" | "/v1/nodes" => Need::Everywhere(Permission::Read),
         "/v1/tokens" | "/v1/tokens/{name}" | "/v1/audit" => Need::Everywhere(Permission::Manage),
         "/v1/functions/{name}/invoke" | "/v1/functions/{name}/invoke/{*rest}" => {
             Need::In(Permission::Invoke)

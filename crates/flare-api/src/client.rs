@@ -224,6 +224,10 @@ impl Client {
         self.json(self.http.get(self.url("/v1/whoami"))).await
     }
 
+    pub async fn list_nodes(&self) -> Result<Vec<flare_cluster::NodeView>> {
+        self.json(self.http.get(self.url("/v1/nodes"))).await
+    }
+
     pub async fn list_tokens(&self) -> Result<Vec<TokenView>> {
         self.json(self.http.get(self.url("/v1/tokens"))).await
     }

@@ -21,6 +21,7 @@ mod invocations;
 mod logs;
 mod mqtriggers;
 mod namespaces;
+mod nodes;
 mod secrets;
 mod timers;
 mod triggers;
@@ -65,6 +66,7 @@ pub struct Api {
     pub(crate) max_package_bytes: u64,
     pub(crate) tokens: Arc<flare_access::Tokens>,
     pub(crate) sealer: Arc<flare_access::seal::Sealer>,
+    pub(crate) membership: flare_cluster::Membership,
 }
 
 /// The components the API is built on.
@@ -83,6 +85,8 @@ pub struct ApiParts {
     pub tokens: Arc<flare_access::Tokens>,
     /// Seals secret values before they are stored.
     pub sealer: Arc<flare_access::seal::Sealer>,
+    /// This node alone, or its cluster (`GET /v1/nodes`).
+    pub membership: flare_cluster::Membership,
 }
 
 impl Api {
@@ -111,6 +115,7 @@ impl Api {
             max_package_bytes: parts.max_package_bytes,
             tokens: parts.tokens,
             sealer: parts.sealer,
+            membership: parts.membership,
         })
     }
 
@@ -139,6 +144,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/v1/whoami", get(access::whoami))
+        .route("/v1/nodes", get(nodes::list))
         .route("/v1/audit", get(access::audit))
         .route("/v1/tokens", get(access::list).post(access::create))
         .route("/v1/tokens/{name}", get(access::get).delete(access::revoke))

@@ -61,6 +61,28 @@ impl Executor {
         }
     }
 
+    /// Functions ready to serve without a cold start (a wasm function
+    /// always is; a process function while it has a live instance), and
+    /// instances serving a request now: what a node reports of its load.
+    pub fn load(&self) -> (u64, u64) {
+        let Ok(deployments) = self.deployments.read() else {
+            return (0, 0);
+        };
+        let (mut warm, mut busy) = (0u64, 0u64);
+        for d in deployments.values() {
+            if let State::Ready(ready) = &d.state {
+                match ready.function.instances() {
+                    Some(c) => {
+                        warm += u64::from(c.live > 0);
+                        busy += c.busy as u64;
+                    }
+                    None => warm += 1,
+                }
+            }
+        }
+        (warm, busy)
+    }
+
     /// Everything in Prometheus' text format.
     pub fn render_metrics(&self) -> String {
         let mut out = String::new();

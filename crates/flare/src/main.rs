@@ -53,6 +53,9 @@ enum Command {
     /// Namespaces and their quotas (changes: admin only).
     #[command(name = "ns", visible_alias = "namespace")]
     Namespace(commands::namespace::NamespaceArgs),
+    /// The nodes serving: this one alone, or every live node of a cluster
+    /// (`flare server --cluster`).
+    Node(commands::node::NodeArgs),
     /// Secrets: values functions get as environment variables and files,
     /// sealed at rest, never shown again.
     Secret(commands::secret::SecretArgs),
@@ -95,6 +98,7 @@ fn main() -> std::process::ExitCode {
             Command::Context(args) => commands::context::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
             Command::Namespace(args) => commands::namespace::run(args).await,
+            Command::Node(args) => commands::node::run(args).await,
             Command::Secret(args) => commands::secret::run(args).await,
             Command::Config(args) => commands::secret::run_config(args).await,
             Command::Whoami(args) => commands::token::whoami(args).await,

@@ -5,6 +5,7 @@ pub mod httptrigger;
 pub mod invocations;
 pub mod mqtrigger;
 pub mod namespace;
+pub mod node;
 pub mod secret;
 pub mod server;
 pub mod timetrigger;

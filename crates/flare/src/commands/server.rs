@@ -99,6 +99,41 @@ pub struct ServerArgs {
     /// flags and FLARE_* variables win.
     #[arg(long, env = "FLARE_CONFIG")]
     config: Option<PathBuf>,
+    /// Cluster mode: the NATS JetStream servers the nodes share
+    /// (comma-separated, nats://host:4222,...). Without it, this node
+    /// serves alone on its embedded store.
+    #[arg(long, env = "FLARE_CLUSTER", value_name = "NATS_URLS")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, env = "FLARE_NODE_NAME", requires = "cluster")]
+    node_name: Option<String>,
+    /// A NATS credentials file (.creds) to connect with.
+    #[arg(
+        long,
+        env = "FLARE_NATS_CREDS",
+        requires = "cluster",
+        value_name = "FILE"
+    )]
+    nats_creds: Option<PathBuf>,
+}
+
+/// Cluster mode's settings.
+struct ClusterSettings {
+    servers: String,
+    node_name: String,
+    creds: Option<PathBuf>,
+}
+
+/// The node name a host gets by default: its host name, lower-cased.
+fn default_node_name() -> anyhow::Result<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    flare_cluster::check_node_name(&host).map_err(|_| {
+        anyhow::anyhow!("the host name {host:?} is not a valid node name; pass --node-name")
+    })?;
+    Ok(host)
 }
 
 /// The optional configuration file.
@@ -163,6 +198,7 @@ struct Settings {
     body_timeout: Duration,
     /// Certificate chain and key, when serving TLS.
     tls: Option<(PathBuf, PathBuf)>,
+    cluster: Option<ClusterSettings>,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -236,8 +272,24 @@ impl ServerArgs {
             (None, None) => None,
             _ => bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
         };
+        let cluster = match self.cluster {
+            Some(servers) => Some(ClusterSettings {
+                servers,
+                node_name: match self.node_name {
+                    Some(name) => {
+                        flare_cluster::check_node_name(&name)
+                            .map_err(|e| anyhow::anyhow!(e.message))?;
+                        name
+                    }
+                    None => default_node_name()?,
+                },
+                creds: self.nats_creds,
+            }),
+            None => None,
+        };
         Ok(Settings {
             tls,
+            cluster,
             addr: self
                 .addr
                 .or(file.addr)
@@ -349,6 +401,33 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(settings.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} (API)", settings.api_addr))?;
+    let router_url = format!("{scheme}://{}", router_listener.local_addr()?);
+    let api_url = format!("{scheme}://{}", api_listener.local_addr()?);
+    // Joined first: an unreachable NATS is an error before anything starts.
+    let (membership, cluster) = match &settings.cluster {
+        Some(c) => {
+            let cluster = flare_cluster::Cluster::join(
+                &c.servers,
+                c.creds.as_deref(),
+                &c.node_name,
+                router_url,
+                api_url,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+            let cluster = Arc::new(cluster);
+            (
+                flare_cluster::Membership::Cluster(cluster.clone()),
+                Some(cluster),
+            )
+        }
+        None => (
+            flare_cluster::Membership::Alone(flare_cluster::NodeView::new(
+                "local", router_url, api_url,
+            )),
+            None,
+        ),
+    };
     let egress = Arc::new(flare_egress::EgressPolicy {
         allow_private: settings.egress_allow_private,
         own_ports: vec![
@@ -447,6 +526,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         max_package_bytes: settings.max_package_bytes,
         tokens,
         sealer,
+        membership,
+    });
+    // A cluster sees this node from its first heartbeat on.
+    let heartbeat = cluster.as_ref().map(|cluster| {
+        let executor = executor.clone();
+        cluster.heartbeat(move || {
+            let (functions_warm, busy) = executor.load();
+            flare_cluster::Load {
+                functions_warm,
+                busy,
+            }
+        })
     });
     // Tests and scripts read these two lines to find ports chosen by the OS.
     println!(
@@ -511,6 +602,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         served = api_server => served.context("API failed")?,
     }
     tracing::info!("shutting down");
+    if let (Some(cluster), Some(heartbeat)) = (cluster, heartbeat) {
+        heartbeat.abort();
+        cluster.leave().await;
+    }
     Ok(())
 }
 

@@ -1,0 +1,183 @@
+//! Cluster mode's ground: NATS JetStream servers of the test's own (a
+//! modern nats-server on free loopback ports, see common/nats.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use common::nats::NatsCluster;
+
+/// Retries `attempt` until it succeeds or `limit` passes (a cluster
+/// elects new leaders after a server dies).
+async fn within<T, E: std::fmt::Debug, F, Fut>(limit: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("gave up after {limit:?}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[test]
+fn the_test_cluster_keeps_a_three_replica_bucket_through_a_kill() {
+    let mut cluster = NatsCluster::start(3);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .urls()
+        .split(',')
+        .map(|url| url.parse().unwrap())
+        .collect();
+    let client = runtime.block_on(async_nats::connect(servers)).unwrap();
+    let js = {
+        let _in = runtime.enter();
+        jetstream::new(client)
+    };
+    let bucket = runtime.block_on(async {
+        within(Duration::from_secs(20), || {
+            js.create_key_value(kv::Config {
+                bucket: "probe".into(),
+                num_replicas: 3,
+                ..Default::default()
+            })
+        })
+        .await
+    });
+    runtime.block_on(bucket.put("before", "1".into())).unwrap();
+
+    // kill -9 of one server: what was acknowledged is still there, and
+    // writes go on once the bucket has a leader again.
+    cluster.kill(0);
+    runtime.block_on(async {
+        let got = within(Duration::from_secs(20), || bucket.get("before")).await;
+        assert_eq!(got.as_deref(), Some(&b"1"[..]));
+        within(Duration::from_secs(20), || bucket.put("after", "2".into())).await;
+    });
+    cluster.restart(0);
+    let got = runtime.block_on(bucket.get("after")).unwrap();
+    assert_eq!(got.as_deref(), Some(&b"2"[..]));
+}
+
+/// The node names `flare node list` shows on `server`.
+fn node_names(server: &common::Server) -> Vec<String> {
+    let out = server.ok(&["node", "list", "-o", "json"]);
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    nodes
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn node(cluster: &NatsCluster, name: &str) -> common::Server {
+    common::Server::start_with(&["--cluster", &cluster.urls(), "--node-name", name])
+}
+
+#[test]
+fn nodes_find_each_other_and_a_dead_one_leaves_the_list() {
+    let cluster = NatsCluster::start(3);
+    let a = node(&cluster, "a");
+    let mut b = node(&cluster, "b");
+    let c = node(&cluster, "c");
+    common::eventually(Duration::from_secs(10), || {
+        (node_names(&a) == ["a", "b", "c"]).then_some(())
+    });
+    let out = a.ok(&["node", "list", "-o", "json"]);
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(nodes[1]["address"], b.router.as_str(), "{out}");
+    assert_eq!(nodes[1]["api"], b.api.as_str(), "{out}");
+    let table = c.ok(&["node", "list"]);
+    assert!(table.starts_with("NAME"), "{table}");
+
+    // kill -9: no goodbye; its heartbeats stop and the bucket drops it
+    // within the node TTL (10 s).
+    b.kill9();
+    let killed = Instant::now();
+    common::eventually(Duration::from_secs(20), || {
+        (node_names(&a) == ["a", "c"]).then_some(())
+    });
+    let gone = killed.elapsed();
+    assert!(
+        gone >= Duration::from_secs(5),
+        "gone after {gone:?}: it cannot have expired yet"
+    );
+
+    // A clean stop says goodbye: gone at once, not after the TTL.
+    let pid = c.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = Instant::now();
+    common::eventually(Duration::from_secs(20), || {
+        (node_names(&a) == ["a"]).then_some(())
+    });
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "a stopped node left after {:?}",
+        stopped.elapsed()
+    );
+}
+
+#[test]
+fn a_node_alone_lists_itself() {
+    let server = common::Server::start();
+    let out = server.ok(&["node", "list", "-o", "json"]);
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(nodes.len(), 1, "{out}");
+    assert_eq!(nodes[0]["name"], "local");
+    assert_eq!(nodes[0]["address"], server.router.as_str());
+}
+
+/// `flare server` with `args` on a fresh data dir, which must fail: its
+/// stderr, and whether it left the data dir untouched.
+fn failed_start(args: &[&str]) -> (String, bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flare"));
+    command.args([
+        "server",
+        "--addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+    ]);
+    command.arg(&data).args(args);
+    let out = command.output().unwrap();
+    assert!(!out.status.success(), "the server started: {args:?}");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        !data.exists(),
+    )
+}
+
+#[test]
+fn an_unreachable_nats_or_a_bad_node_name_is_a_clear_error_and_nothing_starts() {
+    let url = format!("nats://127.0.0.1:{}", common::nats::free_port());
+    let (err, untouched) = failed_start(&["--cluster", &url, "--node-name", "a"]);
+    assert!(
+        err.contains(&format!("cannot reach NATS at {url}")),
+        "{err}"
+    );
+    assert!(untouched, "the data dir was made");
+
+    let (err, untouched) = failed_start(&["--cluster", &url, "--node-name", "Node_A"]);
+    assert!(err.contains("invalid node name \"Node_A\""), "{err}");
+    assert!(untouched);
+
+    let (err, _) = failed_start(&["--cluster", "nats://127.0.0.1:port", "--node-name", "a"]);
+    assert!(err.contains("invalid NATS URL"), "{err}");
+
+    let (err, _) = failed_start(&["--node-name", "a"]);
+    assert!(err.contains("--cluster"), "{err}");
+}
