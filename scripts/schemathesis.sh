@@ -116,6 +116,13 @@ cat >"$work/schemathesis.toml" <<'TOML'
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 
+# Revoking a token could revoke the one this run uses (the stateful phase
+# follows GET /v1/tokens to DELETE): every later operation would see only
+# 401. tests/access.rs tests revocation.
+[[operations]]
+include-name = "DELETE /v1/tokens/{name}"
+enabled = false
+
 # follow=true streams without end: a request/response check cannot read it.
 [[operations]]
 include-name = "GET /v1/functions/{name}/logs"
