@@ -181,3 +181,124 @@ fn an_unreachable_nats_or_a_bad_node_name_is_a_clear_error_and_nothing_starts() 
     let (err, _) = failed_start(&["--node-name", "a"]);
     assert!(err.contains("--cluster"), "{err}");
 }
+
+/// A resource document for the store tests.
+fn doc(name: &str, spec: serde_json::Value) -> flare_model::Document {
+    flare_model::Resource {
+        api_version: flare_model::API_VERSION.into(),
+        kind: flare_model::Kind::HttpTrigger,
+        metadata: flare_model::Metadata::named(name),
+        spec,
+    }
+}
+
+/// A node's view of the cluster's store: its own NATS connection.
+fn open_store(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &NatsCluster,
+) -> std::sync::Arc<flare_cluster::store::NatsStore> {
+    runtime.block_on(async {
+        let client = async_nats::connect(cluster.url(0)).await.unwrap();
+        flare_cluster::store::NatsStore::open(jetstream::new(client), 1, &cluster.url(0))
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn the_nats_store_keeps_one_truth_for_every_node() {
+    use flare_model::{ErrorCode, Kind};
+    use flare_store::{Change, Store};
+    use serde_json::json;
+
+    let cluster = NatsCluster::start(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let a = open_store(&runtime, &cluster);
+    let b = open_store(&runtime, &cluster);
+    let mut b_events = b.watch();
+
+    // Created on a: read back on a at once, and seen by b.
+    let w = a.create(doc("api", json!({"v": 1}))).unwrap();
+    assert_eq!(w.doc.metadata.generation, 1);
+    assert_eq!(w.doc.metadata.uid.len(), 32);
+    assert_eq!(
+        a.get(Kind::HttpTrigger, "default", "api").unwrap().spec,
+        json!({"v": 1})
+    );
+    let event = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), b_events.recv()).await })
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.revision, w.revision);
+    assert!(matches!(event.change, Change::Put(_)));
+    assert_eq!(
+        b.get(Kind::HttpTrigger, "default", "api").unwrap().spec,
+        json!({"v": 1})
+    );
+    assert_eq!(
+        b.create(doc("api", json!({}))).unwrap_err().code,
+        ErrorCode::AlreadyExists,
+        "a name is taken cluster-wide"
+    );
+
+    // b updates from generation 1; a's update from the same generation is
+    // now stale: a conflict, whichever node made the other write.
+    let mut from_b = doc("api", json!({"v": 2}));
+    from_b.metadata.generation = 1;
+    let w2 = b.update(from_b).unwrap();
+    assert_eq!(w2.doc.metadata.generation, 2);
+    assert_eq!(w2.doc.metadata.uid, w.doc.metadata.uid);
+    assert!(w2.revision > w.revision);
+    let mut from_a = doc("api", json!({"v": 3}));
+    from_a.metadata.generation = 1;
+    assert_eq!(a.update(from_a).unwrap_err().code, ErrorCode::Conflict);
+    common::eventually(Duration::from_secs(10), || {
+        (a.get(Kind::HttpTrigger, "default", "api").ok()?.spec == json!({"v": 2})).then_some(())
+    });
+
+    // Lists are per kind, by namespace and name; state is shared.
+    a.create(doc("aaa", json!({}))).unwrap();
+    common::eventually(Duration::from_secs(10), || {
+        let names: Vec<String> = b
+            .list(Kind::HttpTrigger)
+            .ok()?
+            .into_iter()
+            .map(|d| d.metadata.name)
+            .collect();
+        (names == ["aaa", "api"]).then_some(())
+    });
+    assert!(b.list(Kind::Function).unwrap().is_empty());
+    a.put_state("timer:default/t", "2026-12-03T08:00:00Z")
+        .unwrap();
+    assert_eq!(
+        b.get_state("timer:default/t").unwrap().as_deref(),
+        Some("2026-12-03T08:00:00Z")
+    );
+    assert_eq!(b.get_state("nothing").unwrap(), None);
+
+    // Deleted on b: gone on a; a second delete finds nothing.
+    let gone = b.delete(Kind::HttpTrigger, "default", "api").unwrap();
+    assert_eq!(gone.doc.spec, json!({"v": 2}));
+    common::eventually(Duration::from_secs(10), || {
+        a.get(Kind::HttpTrigger, "default", "api")
+            .is_err()
+            .then_some(())
+    });
+    assert_eq!(
+        a.delete(Kind::HttpTrigger, "default", "api")
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
+
+    // A node that joins later loads everything written before.
+    let c = open_store(&runtime, &cluster);
+    let names: Vec<String> = c
+        .list(Kind::HttpTrigger)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.metadata.name)
+        .collect();
+    assert_eq!(names, ["aaa"]);
+    assert!(c.revision() >= gone.revision);
+}
