@@ -302,3 +302,56 @@ fn the_nats_store_keeps_one_truth_for_every_node() {
     assert_eq!(names, ["aaa"]);
     assert!(c.revision() >= gone.revision);
 }
+
+#[test]
+fn packages_reach_every_node_by_digest_and_only_as_themselves() {
+    use flare_cluster::packages::NatsPackages;
+    use flare_model::ErrorCode;
+    use flare_store::PackageStore;
+
+    let cluster = NatsCluster::start(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = PackageStore::open(dirs.0.path()).unwrap();
+    let b = PackageStore::open(dirs.1.path()).unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(cluster.url(0)).await.unwrap();
+        let js = jetstream::new(client);
+        let node_a = NatsPackages::open(&js, 1, &cluster.url(0)).await.unwrap();
+        let node_b = NatsPackages::open(&js, 1, &cluster.url(0)).await.unwrap();
+
+        // Stored on a, published, fetched by b: the same bytes.
+        let code = bytes::Bytes::from(vec![7u8; 300_000]);
+        let package = a.put(code.clone(), 1 << 20).await.unwrap();
+        node_a.publish(&a, &package).await.unwrap();
+        node_a.publish(&a, &package).await.unwrap();
+        assert!(!b.contains(&package));
+        node_b.fetch(&b, &package).await.unwrap();
+        assert_eq!(b.read(&package).unwrap(), code.to_vec());
+
+        // A digest nobody published.
+        let missing = flare_model::PackageRef {
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 10,
+        };
+        let e = node_b.fetch(&b, &missing).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+
+        // An object under a digest it does not hash to is refused, and
+        // nothing is kept under that digest.
+        let other = a
+            .put(bytes::Bytes::from_static(b"other"), 1 << 20)
+            .await
+            .unwrap();
+        let liar = flare_model::PackageRef {
+            digest: format!("sha256:{}", "1".repeat(64)),
+            size: other.size,
+        };
+        let bucket = js.get_object_store("flare-packages").await.unwrap();
+        let mut forged: &[u8] = b"other";
+        bucket.put(liar.digest.as_str(), &mut forged).await.unwrap();
+        let e = node_b.fetch(&b, &liar).await.unwrap_err();
+        assert!(e.message.contains("is not that package"), "{e:?}");
+        assert!(!b.contains(&liar));
+    });
+}
