@@ -26,6 +26,9 @@ use tokio::sync::{broadcast, watch};
 
 const RESOURCES_BUCKET: &str = "flare-resources";
 const STATE_BUCKET: &str = "flare-state";
+/// Claims of things that happen once (a timer's slot), kept an hour.
+const CLAIMS_BUCKET: &str = "flare-claims";
+const CLAIMS_KEPT: Duration = Duration::from_secs(3600);
 /// How long a write may wait for NATS.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,6 +39,7 @@ pub struct NatsStore {
     js: jetstream::Context,
     resources: kv::Store,
     state: kv::Store,
+    claims: kv::Store,
     replica: RwLock<BTreeMap<Key, Document>>,
     revision: AtomicU64,
     /// The revision the replica has applied, for writers waiting to read
@@ -86,12 +90,15 @@ impl NatsStore {
                 format!("NATS at {servers}: cannot {what}: {e}"),
             )
         };
-        let resources = open_bucket(&js, RESOURCES_BUCKET, replicas)
+        let resources = open_bucket(&js, RESOURCES_BUCKET, replicas, None)
             .await
             .map_err(|e| unavailable("open the resources bucket", &e))?;
-        let state = open_bucket(&js, STATE_BUCKET, replicas)
+        let state = open_bucket(&js, STATE_BUCKET, replicas, None)
             .await
             .map_err(|e| unavailable("open the state bucket", &e))?;
+        let claims = open_bucket(&js, CLAIMS_BUCKET, replicas, Some(CLAIMS_KEPT))
+            .await
+            .map_err(|e| unavailable("open the claims bucket", &e))?;
         let last = resources
             .status()
             .await
@@ -104,6 +111,7 @@ impl NatsStore {
             js,
             resources,
             state,
+            claims,
             replica: RwLock::default(),
             revision: AtomicU64::new(0),
             applied: watch::channel(0).0,
@@ -222,11 +230,13 @@ impl NatsStore {
     }
 }
 
-/// The bucket `name`, created (one value per key) if it is missing.
+/// The bucket `name`, created (one value per key, kept `max_age` when
+/// given) if it is missing.
 async fn open_bucket(
     js: &jetstream::Context,
     name: &str,
     replicas: usize,
+    max_age: Option<Duration>,
 ) -> std::result::Result<kv::Store, String> {
     if let Ok(bucket) = js.get_key_value(name).await {
         return Ok(bucket);
@@ -235,6 +245,7 @@ async fn open_bucket(
         bucket: name.into(),
         history: 1,
         num_replicas: replicas,
+        max_age: max_age.unwrap_or_default(),
         ..Default::default()
     })
     .await
@@ -388,6 +399,17 @@ impl Store for NatsStore {
                 .await
                 .map_err(|e| self.unavailable(e))?;
             Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        })
+    }
+
+    fn claim(&self, key: &str) -> Result<bool> {
+        let key = state_key(key);
+        self.block(async {
+            match self.claims.create(&key, bytes::Bytes::new()).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(self.unavailable(e)),
+            }
         })
     }
 

@@ -81,4 +81,11 @@ pub trait Store: Send + Sync + 'static {
     /// last firing); not resources, not watched.
     fn get_state(&self, key: &str) -> Result<Option<String>>;
     fn put_state(&self, key: &str, value: &str) -> Result<()>;
+    /// Whether this caller is the first to claim `key` (a timer's slot):
+    /// what must happen once however many nodes try. A store that serves
+    /// one node grants every claim: its one caller is the only one.
+    fn claim(&self, key: &str) -> Result<bool> {
+        let _ = key;
+        Ok(true)
+    }
 }

@@ -184,10 +184,22 @@ impl Timers {
     async fn fire(&self, name: &str, function: &str, slot: DateTime<Utc>) {
         // In order, one at a time (the record is the last slot fired), but
         // on a blocking thread: it waits for an fsync.
+        // Every node of a cluster runs every timer: the one that claims
+        // the slot first fires it (one node alone always does).
         let (store, key, value) = (self.store.clone(), state_key(name), slot.to_rfc3339());
-        let recorded = tokio::task::spawn_blocking(move || store.put_state(&key, &value))
-            .await
-            .unwrap_or_else(|e| Err(flare_model::Error::internal(e.to_string())));
+        let claim = format!("{key}@{}", slot.timestamp());
+        let recorded = tokio::task::spawn_blocking(move || {
+            if !store.claim(&claim)? {
+                return Ok(false);
+            }
+            store.put_state(&key, &value).map(|()| true)
+        })
+        .await
+        .unwrap_or_else(|e| Err(flare_model::Error::internal(e.to_string())));
+        if let Ok(false) = recorded {
+            tracing::debug!("timer trigger {name}: slot {slot} fired by another node");
+            return;
+        }
         if let Err(e) = recorded {
             tracing::error!("timer trigger {name}: cannot record its firing, skipping it: {e}");
             return;

@@ -275,6 +275,11 @@ fn the_nats_store_keeps_one_truth_for_every_node() {
         Some("2026-12-03T08:00:00Z")
     );
     assert_eq!(b.get_state("nothing").unwrap(), None);
+    // What must happen once (a timer's slot) is claimed by one node only.
+    assert!(a.claim("timer:default/t@1796284800").unwrap());
+    assert!(!b.claim("timer:default/t@1796284800").unwrap());
+    assert!(!a.claim("timer:default/t@1796284800").unwrap());
+    assert!(b.claim("timer:default/t@1796284860").unwrap());
 
     // Deleted on b: gone on a; a second delete finds nothing.
     let gone = b.delete(Kind::HttpTrigger, "default", "api").unwrap();
