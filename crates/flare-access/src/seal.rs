@@ -76,6 +76,29 @@ impl Sealer {
         Sealer::new(&bytes)
     }
 
+    /// The sealer of a key file the operator made (the same on every node
+    /// of a cluster): 32 bytes, readable by its owner only.
+    pub fn open_file(path: &Path) -> Result<Sealer> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::invalid(format!("cannot read the secrets key {shown}: {e}")))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(Error::invalid(format!(
+                "the secrets key {shown} is readable by others: chmod 600 {shown}"
+            )));
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::invalid(format!("cannot read the secrets key {shown}: {e}")))?;
+        if bytes.len() != 32 {
+            return Err(Error::invalid(format!(
+                "the secrets key {shown} holds {} bytes, not 32 (make one with: head -c 32 /dev/urandom > {shown}; chmod 600 {shown})",
+                bytes.len()
+            )));
+        }
+        Sealer::new(&bytes)
+    }
+
     pub fn new(key: &[u8]) -> Result<Sealer> {
         let key = UnboundKey::new(&CHACHA20_POLY1305, key)
             .map_err(|_| Error::internal("the secrets key is not 32 bytes"))?;

@@ -75,16 +75,34 @@ fn node_names(server: &common::Server) -> Vec<String> {
         .collect()
 }
 
-fn node(cluster: &NatsCluster, name: &str) -> common::Server {
-    common::Server::start_with(&["--cluster", &cluster.urls(), "--node-name", name])
+/// A secrets key file (32 bytes, 0600) in `dir`, as an operator makes one.
+fn secrets_key(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("secrets.key");
+    std::fs::write(&path, [42u8; 32]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn node(cluster: &NatsCluster, name: &str, key: &str) -> common::Server {
+    common::Server::start_with(&[
+        "--cluster",
+        &cluster.urls(),
+        "--node-name",
+        name,
+        "--secrets-key",
+        key,
+    ])
 }
 
 #[test]
 fn nodes_find_each_other_and_a_dead_one_leaves_the_list() {
     let cluster = NatsCluster::start(3);
-    let a = node(&cluster, "a");
-    let mut b = node(&cluster, "b");
-    let c = node(&cluster, "c");
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(&cluster, "a", &key);
+    let mut b = node(&cluster, "b", &key);
+    let c = node(&cluster, "c", &key);
     common::eventually(Duration::from_secs(10), || {
         (node_names(&a) == ["a", "b", "c"]).then_some(())
     });
@@ -163,23 +181,64 @@ fn failed_start(args: &[&str]) -> (String, bool) {
 
 #[test]
 fn an_unreachable_nats_or_a_bad_node_name_is_a_clear_error_and_nothing_starts() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
     let url = format!("nats://127.0.0.1:{}", common::nats::free_port());
-    let (err, untouched) = failed_start(&["--cluster", &url, "--node-name", "a"]);
+    let cluster = |url: &str, name: &str| {
+        failed_start(&["--cluster", url, "--node-name", name, "--secrets-key", &key])
+    };
+    let (err, untouched) = cluster(&url, "a");
     assert!(
         err.contains(&format!("cannot reach NATS at {url}")),
         "{err}"
     );
     assert!(untouched, "the data dir was made");
 
-    let (err, untouched) = failed_start(&["--cluster", &url, "--node-name", "Node_A"]);
+    let (err, untouched) = cluster(&url, "Node_A");
     assert!(err.contains("invalid node name \"Node_A\""), "{err}");
     assert!(untouched);
 
-    let (err, _) = failed_start(&["--cluster", "nats://127.0.0.1:port", "--node-name", "a"]);
+    let (err, _) = cluster("nats://127.0.0.1:port", "a");
     assert!(err.contains("invalid NATS URL"), "{err}");
 
     let (err, _) = failed_start(&["--node-name", "a"]);
     assert!(err.contains("--cluster"), "{err}");
+
+    // Every node must open what another sealed: one key file for all.
+    let (err, untouched) = failed_start(&["--cluster", &url, "--node-name", "a"]);
+    assert!(err.contains("cluster mode needs --secrets-key"), "{err}");
+    assert!(untouched);
+}
+
+#[test]
+fn a_secrets_key_file_must_be_32_private_bytes() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let short = keys.path().join("short.key");
+    std::fs::write(&short, b"too short").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (err, untouched) = failed_start(&["--secrets-key", short.to_str().unwrap()]);
+    assert!(err.contains("holds 9 bytes, not 32"), "{err}");
+    assert!(untouched, "the data dir was made");
+
+    let open = keys.path().join("open.key");
+    std::fs::write(&open, [1u8; 32]).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (err, _) = failed_start(&["--secrets-key", open.to_str().unwrap()]);
+    assert!(err.contains("readable by others"), "{err}");
+
+    let (err, _) = failed_start(&["--secrets-key", "/nonexistent/flare.key"]);
+    assert!(
+        err.contains("cannot read the secrets key /nonexistent/flare.key"),
+        "{err}"
+    );
+
+    // A good one seals and opens: a secret stored through it reads back.
+    let good = secrets_key(keys.path());
+    let server = common::Server::start_with(&["--secrets-key", &good]);
+    server.ok(&["secret", "create", "--name", "s", "--from-literal", "k=v"]);
+    let got = server.ok(&["secret", "get", "--name", "s"]);
+    assert!(got.contains('k'), "{got}");
 }
 
 /// A resource document for the store tests.

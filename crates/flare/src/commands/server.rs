@@ -107,6 +107,12 @@ pub struct ServerArgs {
     /// This node's name in the cluster (default: the host name).
     #[arg(long, env = "FLARE_NODE_NAME", requires = "cluster")]
     node_name: Option<String>,
+    /// The key secrets are sealed with: a file of 32 random bytes, mode
+    /// 0600 (head -c 32 /dev/urandom > FILE). Required in cluster mode,
+    /// the same file on every node; default: `secrets.key` in the data dir,
+    /// made on the first start.
+    #[arg(long, env = "FLARE_SECRETS_KEY", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
     /// A NATS credentials file (.creds) to connect with.
     #[arg(
         long,
@@ -199,6 +205,7 @@ struct Settings {
     /// Certificate chain and key, when serving TLS.
     tls: Option<(PathBuf, PathBuf)>,
     cluster: Option<ClusterSettings>,
+    secrets_key: Option<PathBuf>,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -272,6 +279,11 @@ impl ServerArgs {
             (None, None) => None,
             _ => bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
         };
+        if self.cluster.is_some() && self.secrets_key.is_none() {
+            bail!(
+                "cluster mode needs --secrets-key FILE, the same file on every node (secrets sealed on one node are opened on another); make one with: head -c 32 /dev/urandom > FILE; chmod 600 FILE"
+            );
+        }
         let cluster = match self.cluster {
             Some(servers) => Some(ClusterSettings {
                 servers,
@@ -290,6 +302,7 @@ impl ServerArgs {
         Ok(Settings {
             tls,
             cluster,
+            secrets_key: self.secrets_key,
             addr: self
                 .addr
                 .or(file.addr)
@@ -387,6 +400,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let args_new_admin_token = args.new_admin_token;
     let settings = args.settings()?;
     let data_dir = &settings.data_dir;
+    // An operator's key file is checked before anything starts.
+    let file_sealer = match &settings.secrets_key {
+        Some(file) => Some(
+            flare_access::seal::Sealer::open_file(file).map_err(|e| anyhow::anyhow!(e.message))?,
+        ),
+        None => None,
+    };
 
     let tls = match &settings.tls {
         Some((cert, key)) => {
@@ -476,7 +496,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         settings.body_timeout,
     );
     // The key secrets are sealed with, made on the first start.
-    let sealer = Arc::new(flare_access::seal::Sealer::open_dir(data_dir)?);
+    let sealer = Arc::new(match file_sealer {
+        Some(sealer) => sealer,
+        None => flare_access::seal::Sealer::open_dir(data_dir)?,
+    });
     executor.set_sealer(sealer.clone());
     let queue = AsyncQueue::new(sqlite.clone());
     let tokens = flare_access::Tokens::new();
