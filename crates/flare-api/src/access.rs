@@ -498,8 +498,16 @@ pub fn bootstrap_admin(
         namespace: None,
         expires: None,
     };
-    store.create(admin.resource(&secret)?.to_document()?)?;
-    Ok(Some(path))
+    match store.create(admin.resource(&secret)?.to_document()?) {
+        Ok(_) => Ok(Some(path)),
+        // Another node of the cluster made the first admin token as this
+        // one started: its holder logs in with that one.
+        Err(e) if e.code == flare_model::ErrorCode::AlreadyExists && !again => {
+            let _ = std::fs::remove_file(&path);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

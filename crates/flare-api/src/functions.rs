@@ -287,6 +287,9 @@ async fn read_submission(
                 .await?;
         }
     }
+    // Before the function is stored: any node that sees it can fetch its
+    // code.
+    api.share_package(&function.spec.package).await?;
     Ok(function)
 }
 
@@ -435,6 +438,7 @@ pub(crate) async fn upload_package(
     let spec = FunctionSpec::wasm(staged.package().clone());
     api.executor.check(&spec, staged.path()).await?;
     let package = staged.commit()?;
+    api.share_package(&package).await?;
     Ok((StatusCode::CREATED, Json(package)))
 }
 

@@ -67,6 +67,7 @@ pub struct Api {
     pub(crate) tokens: Arc<flare_access::Tokens>,
     pub(crate) sealer: Arc<flare_access::seal::Sealer>,
     pub(crate) membership: flare_cluster::Membership,
+    pub(crate) cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
 }
 
 /// The components the API is built on.
@@ -87,6 +88,8 @@ pub struct ApiParts {
     pub sealer: Arc<flare_access::seal::Sealer>,
     /// This node alone, or its cluster (`GET /v1/nodes`).
     pub membership: flare_cluster::Membership,
+    /// In cluster mode, where uploaded packages go so every node has them.
+    pub cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
 }
 
 impl Api {
@@ -100,6 +103,18 @@ impl Api {
         tokio::task::spawn_blocking(move || op(&*store))
             .await
             .map_err(|e| flare_model::Error::internal(format!("store task failed: {e}")))?
+    }
+
+    /// In cluster mode, puts a package this node stores where every node
+    /// can fetch it.
+    pub(crate) async fn share_package(
+        &self,
+        package: &flare_model::PackageRef,
+    ) -> flare_model::Result<()> {
+        match &self.cluster_packages {
+            Some(shared) => shared.publish(&self.packages, package).await,
+            None => Ok(()),
+        }
     }
 
     pub fn new(parts: ApiParts) -> Arc<Self> {
@@ -116,6 +131,7 @@ impl Api {
             tokens: parts.tokens,
             sealer: parts.sealer,
             membership: parts.membership,
+            cluster_packages: parts.cluster_packages,
         })
     }
 

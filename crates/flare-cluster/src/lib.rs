@@ -102,9 +102,11 @@ impl Membership {
 
 /// This node's membership of a cluster.
 pub struct Cluster {
+    js: jetstream::Context,
     nodes: kv::Store,
     me: NodeView,
     servers: String,
+    replicas: usize,
 }
 
 fn unavailable(message: String) -> Error {
@@ -185,16 +187,38 @@ impl Cluster {
             Ok(nodes) => nodes,
             Err(_) => create_bucket(&js, servers).await?,
         };
+        // Every bucket gets the replicas the nodes' bucket got.
+        let replicas = match nodes.status().await {
+            Ok(status) => status.info.config.num_replicas.max(1),
+            Err(_) => 1,
+        };
         Ok(Cluster {
+            js,
             nodes,
             me: NodeView::new(name, address, api),
             servers: servers.to_string(),
+            replicas,
         })
     }
 
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.me.name
+    }
+
+    /// The cluster's JetStream, for its stores.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Replicas of each of the cluster's buckets.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// The NATS servers, as given.
+    pub fn servers(&self) -> &str {
+        &self.servers
     }
 
     /// Writes this node's record now.

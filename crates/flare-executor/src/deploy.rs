@@ -87,6 +87,8 @@ pub struct Executor {
     pub(crate) body_timeout: std::time::Duration,
     /// Opens the secrets functions use (set once, at start).
     sealer: std::sync::OnceLock<Arc<flare_access::seal::Sealer>>,
+    /// Where a package missing here comes from (a cluster's object store).
+    remote: std::sync::OnceLock<Arc<flare_cluster::packages::NatsPackages>>,
 }
 
 /// How long a client may take to send a request body, unless the server
@@ -114,6 +116,7 @@ impl Executor {
             invocation_counter: AtomicU64::new(0),
             body_timeout,
             sealer: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
         })
     }
 
@@ -121,6 +124,11 @@ impl Executor {
     /// deploy without one.
     pub fn set_sealer(&self, sealer: Arc<flare_access::seal::Sealer>) {
         let _ = self.sealer.set(sealer);
+    }
+
+    /// Fetches packages this node lacks from `remote` (cluster mode).
+    pub fn set_remote_packages(&self, remote: Arc<flare_cluster::packages::NatsPackages>) {
+        let _ = self.remote.set(remote);
     }
 
     /// The store revision every deployment reflects.
@@ -376,18 +384,24 @@ impl Executor {
         {
             return;
         }
+        // A function created on another node: its code comes first.
+        let fetched = match self.remote.get() {
+            Some(remote) => remote.fetch(&self.packages, &spec.package).await,
+            None => Ok(()),
+        };
         let path: PathBuf = self.packages.path(&spec.package);
         let prepared = match (
+            fetched,
             self.runtime(spec.runtime),
             self.resolve(store, &namespace, &spec),
         ) {
-            (Ok(runtime), Ok(injected)) => {
+            (Ok(()), Ok(runtime), Ok(injected)) => {
                 runtime
                     .clone()
                     .prepare(&name, &spec, &path, &injected)
                     .await
             }
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
         let state = match prepared {
             Ok(function) => State::Ready(Ready {

@@ -73,9 +73,12 @@ pub fn packages_in_use(store: &dyn Store) -> Result<HashSet<String>> {
         .collect()
 }
 
-/// One retention pass over the store and the package blobs. Blocking.
+/// One retention pass over the store and the package blobs, keeping the
+/// packages `resources` (the resource store in use: this one, or a
+/// cluster's) refers to. Blocking.
 pub fn collect(
     store: &SqliteStore,
+    resources: &dyn Store,
     packages: &PackageStore,
     retention: &Retention,
 ) -> Result<Collected> {
@@ -83,7 +86,7 @@ pub fn collect(
     let log_lines = expire_logs(&conn, cutoff_us(retention.logs))?;
     let invocations = expire_invocations(&conn, cutoff_us(retention.invocations))?;
     let audit_entries = expire_audit(&conn, cutoff_us(retention.audit))?;
-    let in_use = packages_in_use(store)?;
+    let in_use = packages_in_use(resources)?;
     let (removed, package_bytes) = packages.prune(&in_use, retention.packages)?;
     Ok(Collected {
         log_lines,
@@ -291,7 +294,7 @@ mod tests {
         store.record_audit(&old).unwrap();
         let new = crate::audit::AuditEntry::now("admin", "DELETE", "/v1/functions/f", 200);
         store.record_audit(&new).unwrap();
-        let collected = collect(&store, &packages, &Retention::default()).unwrap();
+        let collected = collect(&store, &store, &packages, &Retention::default()).unwrap();
         assert_eq!(collected.audit_entries, 1);
         assert_eq!(store.audit(i64::MIN, 10).unwrap(), vec![new]);
     }
@@ -364,7 +367,7 @@ mod tests {
             audit: Duration::from_secs(60),
         };
         std::thread::sleep(Duration::from_millis(5));
-        let collected = collect(&store, &packages, &retention).unwrap();
+        let collected = collect(&store, &store, &packages, &retention).unwrap();
         assert_eq!(collected.log_lines, 2);
         assert_eq!(collected.invocations, 1);
         assert_eq!(collected.packages, 1);
@@ -378,7 +381,7 @@ mod tests {
         assert!(!packages.contains(&unused));
 
         // A second pass finds nothing more.
-        let again = collect(&store, &packages, &retention).unwrap();
+        let again = collect(&store, &store, &packages, &retention).unwrap();
         assert_eq!(
             (again.log_lines, again.invocations, again.packages),
             (0, 0, 0)

@@ -84,15 +84,24 @@ fn secrets_key(dir: &std::path::Path) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn node(cluster: &NatsCluster, name: &str, key: &str) -> common::Server {
-    common::Server::start_with(&[
+/// The flags of cluster node `name`.
+fn node_flags(cluster: &NatsCluster, name: &str, key: &str) -> Vec<String> {
+    [
         "--cluster",
         &cluster.urls(),
         "--node-name",
         name,
         "--secrets-key",
         key,
-    ])
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The first node of a cluster (it makes the cluster's admin token).
+fn node(cluster: &NatsCluster, name: &str, key: &str) -> common::Server {
+    let flags = node_flags(cluster, name, key);
+    common::Server::start_with(&flags.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
@@ -101,8 +110,8 @@ fn nodes_find_each_other_and_a_dead_one_leaves_the_list() {
     let keys = tempfile::tempdir().unwrap();
     let key = secrets_key(keys.path());
     let a = node(&cluster, "a", &key);
-    let mut b = node(&cluster, "b", &key);
-    let c = node(&cluster, "c", &key);
+    let mut b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
+    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
     common::eventually(Duration::from_secs(10), || {
         (node_names(&a) == ["a", "b", "c"]).then_some(())
     });
@@ -417,5 +426,75 @@ fn packages_reach_every_node_by_digest_and_only_as_themselves() {
         let e = node_b.fetch(&b, &liar).await.unwrap_err();
         assert!(e.message.contains("is not that package"), "{e:?}");
         assert!(!b.contains(&liar));
+    });
+}
+
+/// A node that joins after `first`: the cluster's tokens are shared, so it
+/// is driven with the first node's admin token (an operator copies it).
+fn next_node(
+    cluster: &NatsCluster,
+    name: &str,
+    key: &str,
+    first: &common::Server,
+    dir: &std::path::Path,
+) -> common::Server {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(first.data_dir.join("admin.token"), dir.join("admin.token")).unwrap();
+    let flags = node_flags(cluster, name, key);
+    common::Server::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn a_function_created_on_one_node_is_served_by_another() {
+    let cluster = NatsCluster::start(3);
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(&cluster, "a", &key);
+    let b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
+
+    // Created through a, with its code uploaded to a only: b serves it.
+    let code = common::guest("hello_rust");
+    a.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello",
+        "--code",
+        code.to_str().unwrap(),
+    ]);
+    let body = common::eventually(Duration::from_secs(10), || {
+        let response = b.get("/fn/hello");
+        (response.status() == 200).then(|| response.text().unwrap())
+    });
+    assert_eq!(body, a.get("/fn/hello").text().unwrap());
+    // The function as b's API sees it, and its routes.
+    let seen = b.ok(&["fn", "get", "--name", "hello", "-o", "json"]);
+    assert!(seen.contains("\"hello\""), "{seen}");
+
+    // A change through b reaches a; a stale generation is refused
+    // whichever node is asked.
+    let echo = common::guest("echo");
+    b.ok(&[
+        "fn",
+        "update",
+        "--name",
+        "hello",
+        "--code",
+        echo.to_str().unwrap(),
+    ]);
+    common::eventually(Duration::from_secs(10), || {
+        let response = common::http()
+            .post(format!("{}/fn/hello", a.router))
+            .body("ping")
+            .send()
+            .unwrap();
+        let text = response.text().unwrap();
+        text.contains(r#""body":"ping""#).then_some(())
+    });
+
+    // Deleted through a: gone from b.
+    a.ok(&["fn", "delete", "--name", "hello"]);
+    common::eventually(Duration::from_secs(10), || {
+        (b.get("/fn/hello").status() == 404).then_some(())
     });
 }

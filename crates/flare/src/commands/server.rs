@@ -457,9 +457,30 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
 
     let sqlite = Arc::new(SqliteStore::open(data_dir)?);
-    let store = sqlite.clone();
+    // Resources and packages: this node's own, or the cluster's. The
+    // queue of async invocations and the logs stay on this node's store.
+    let (store, cluster_packages): (Arc<dyn Store>, _) = match &cluster {
+        Some(cluster) => {
+            let store = flare_cluster::store::NatsStore::open(
+                cluster.jetstream().clone(),
+                cluster.replicas(),
+                cluster.servers(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+            let packages = flare_cluster::packages::NatsPackages::open(
+                cluster.jetstream(),
+                cluster.replicas(),
+                cluster.servers(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+            (store, Some(Arc::new(packages)))
+        }
+        None => (sqlite.clone(), None),
+    };
     let packages = PackageStore::open(&data_dir.join("packages"))?;
-    let (log_sender, logs) = flare_store::logs::start(store.path())?;
+    let (log_sender, logs) = flare_store::logs::start(sqlite.path())?;
     let mut runtime_config = RuntimeConfig::new(data_dir.join("cache"));
     runtime_config.pool_instances = settings.max_instances;
     runtime_config.egress = egress.clone();
@@ -487,7 +508,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let process = ProcessRuntime::new(process_config, log_sender.clone())?;
     process.start();
-    let store: Arc<dyn Store> = store;
 
     let executor = Executor::new(
         vec![runtime.clone(), Arc::new(process)],
@@ -501,6 +521,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => flare_access::seal::Sealer::open_dir(data_dir)?,
     });
     executor.set_sealer(sealer.clone());
+    if let Some(shared) = &cluster_packages {
+        executor.set_remote_packages(shared.clone());
+    }
     let queue = AsyncQueue::new(sqlite.clone());
     let tokens = flare_access::Tokens::new();
     let router = Router::new(executor.clone(), Some(queue.clone()), tokens.clone());
@@ -521,6 +544,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(AsyncInvoker::new(queue.clone(), executor.clone(), egress).run());
     tokio::spawn(collect_garbage(
         sqlite.clone(),
+        store.clone(),
         packages.clone(),
         runtime.clone(),
         settings.retention,
@@ -550,6 +574,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokens,
         sealer,
         membership,
+        cluster_packages,
     });
     // A cluster sees this node from its first heartbeat on.
     let heartbeat = cluster.as_ref().map(|cluster| {
@@ -637,6 +662,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 /// no function has used for the package retention.
 async fn collect_garbage(
     store: Arc<SqliteStore>,
+    resources: Arc<dyn Store>,
     packages: PackageStore,
     runtime: Arc<WasmRuntime>,
     retention: Retention,
@@ -646,9 +672,15 @@ async fn collect_garbage(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (store, packages, runtime) = (store.clone(), packages.clone(), runtime.clone());
+        let (store, resources, packages, runtime) = (
+            store.clone(),
+            resources.clone(),
+            packages.clone(),
+            runtime.clone(),
+        );
         let pass = tokio::task::spawn_blocking(move || {
-            let collected = flare_store::retention::collect(&store, &packages, &retention)?;
+            let collected =
+                flare_store::retention::collect(&store, &*resources, &packages, &retention)?;
             let artifacts = runtime.prune_cache(&collected.in_use, retention.packages);
             anyhow::Ok((collected, artifacts))
         })

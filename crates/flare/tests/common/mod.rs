@@ -88,10 +88,15 @@ impl Server {
         };
         let router = address("router listening on ");
         let api = address("api listening on ");
-        let token = std::fs::read_to_string(data_dir.join("admin.token"))
-            .expect("the server wrote no admin token")
-            .trim()
-            .to_string();
+        let token = match std::fs::read_to_string(data_dir.join("admin.token")) {
+            Ok(token) => token.trim().to_string(),
+            Err(e) => {
+                // Not left running behind a failed test.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server wrote no admin token: {e}");
+            }
+        };
         let config_home = data_dir.join("cli-config");
         Server {
             child: Some(child),
