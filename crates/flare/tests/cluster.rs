@@ -498,3 +498,75 @@ fn a_function_created_on_one_node_is_served_by_another() {
         (b.get("/fn/hello").status() == 404).then_some(())
     });
 }
+
+#[test]
+fn a_restarted_node_rejoins_and_losing_nats_keeps_functions_served() {
+    let mut cluster = NatsCluster::start(1);
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(&cluster, "a", &key);
+    let b_dir = keys.path().join("b");
+    let mut b = next_node(&cluster, "b", &key, &a, &b_dir);
+    let code = common::guest("hello_rust");
+    a.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "hello",
+        "--code",
+        code.to_str().unwrap(),
+    ]);
+    let served = |node: &common::Server| node.get("/fn/hello").status() == 200;
+    common::eventually(Duration::from_secs(10), || served(&b).then_some(()));
+
+    // kill -9 of b, started again on its data dir: it rejoins and serves
+    // with no step of anyone's.
+    b.kill9();
+    let b = common::Server::start_in(
+        &b_dir,
+        &node_flags(&cluster, "b", &key)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(served(&b), "a restarted node serves what the cluster holds");
+    common::eventually(Duration::from_secs(10), || {
+        (node_names(&a) == ["a", "b"]).then_some(())
+    });
+
+    // NATS gone: deployed functions are still served from each node's own
+    // state; a change is refused, clearly, and nothing is half done.
+    cluster.kill(0);
+    for _ in 0..5 {
+        assert!(served(&a) && served(&b));
+    }
+    let echo = common::guest("echo");
+    let err = a.fails(&[
+        "fn",
+        "create",
+        "--name",
+        "other",
+        "--code",
+        echo.to_str().unwrap(),
+    ]);
+    assert!(err.contains("NATS"), "{err}");
+
+    // NATS back: the nodes reconnect by themselves and changes go through.
+    cluster.restart(0);
+    common::eventually(Duration::from_secs(30), || {
+        a.cli(&[
+            "fn",
+            "create",
+            "--name",
+            "other",
+            "--code",
+            echo.to_str().unwrap(),
+        ])
+        .status
+        .success()
+        .then_some(())
+    });
+    common::eventually(Duration::from_secs(10), || {
+        (b.get("/fn/other").status() == 200).then_some(())
+    });
+}
