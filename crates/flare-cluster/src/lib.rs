@@ -113,23 +113,10 @@ fn unavailable(message: String) -> Error {
     Error::new(ErrorCode::Unavailable, message)
 }
 
-/// Whether `name` can name a node: 1 to 63 lower-case letters, digits and
-/// inner hyphens (a DNS label, so it fits a host name and a KV key).
+/// Whether `name` can name a node: the rule every Flare name follows (a
+/// DNS label, so it fits a host name and a KV key).
 pub fn check_node_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid node name {name:?}: use 1 to 63 lower-case letters, digits and inner hyphens"
-        )))
-    }
+    flare_model::validate_name("node name", name)
 }
 
 /// The NATS servers in `servers` (comma-separated URLs).
@@ -323,7 +310,7 @@ mod tests {
         for good in ["a", "node-1", "n0"] {
             assert!(check_node_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "-a", "a-", "A", "a.b", "a b", &"x".repeat(64)] {
+        for bad in ["", "-a", "a-", "A", "a.b", "a b", "0a", &"x".repeat(64)] {
             let e = check_node_name(bad).unwrap_err();
             assert!(e.message.contains("invalid node name"), "{bad}: {e:?}");
         }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use flare_model::{Document, Error, Kind, Metadata, Resource, Result};
-use flare_store::{Change, Event, Revision, Store, Written};
+use flare_store::{Change, Event, Revision, Store, Written, new_uid, now_rfc3339};
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 
@@ -69,10 +69,6 @@ fn encode(doc: &Document) -> Result<bytes::Bytes> {
     serde_json::to_vec(doc)
         .map(Into::into)
         .map_err(|e| Error::internal(format!("store: {e}")))
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl NatsStore {
@@ -258,7 +254,7 @@ impl Store for NatsStore {
         let key = key_of(kind, &doc.metadata.namespace, &name);
         let stored = Resource {
             metadata: Metadata {
-                uid: hex::encode(rand::random::<[u8; 16]>()),
+                uid: new_uid(),
                 generation: 1,
                 created_at: Some(now_rfc3339()),
                 ..doc.metadata
@@ -285,42 +281,50 @@ impl Store for NatsStore {
     fn update(&self, doc: Document) -> Result<Written> {
         let (kind, name) = (doc.kind, doc.metadata.name.clone());
         let key = key_of(kind, &doc.metadata.namespace, &name);
+        let expected = doc.metadata.generation;
+        let stale = |stored: u64| {
+            Error::conflict(format!(
+                "{kind} \"{name}\" was changed by someone else (generation {stored} is stored, the update was based on {expected}); read it again and retry"
+            ))
+        };
         self.block(async {
-            let Some((current, read)) = self.current(&key).await? else {
-                return Err(Error::not_found(kind, &name));
-            };
-            let expected = doc.metadata.generation;
-            let stale = |stored: u64| {
-                Error::conflict(format!(
-                    "{kind} \"{name}\" was changed by someone else (generation {stored} is stored, the update was based on {expected}); read it again and retry"
-                ))
-            };
-            if expected != 0 && expected != current.metadata.generation {
-                return Err(stale(current.metadata.generation));
-            }
-            let stored = Resource {
-                metadata: Metadata {
-                    generation: current.metadata.generation + 1,
-                    uid: current.metadata.uid.clone(),
-                    created_at: current.metadata.created_at.clone(),
-                    ..doc.metadata
-                },
-                ..doc
-            };
-            let revision = self
-                .resources
-                .update(&key, encode(&stored)?, read)
-                .await
-                .map_err(|e| match e.kind() {
+            // An update based on a generation is refused once another
+            // write came first; an unconditional one (generation 0) is
+            // tried again on what is stored now.
+            loop {
+                let Some((current, read)) = self.current(&key).await? else {
+                    return Err(Error::not_found(kind, &name));
+                };
+                let generation = current.metadata.generation;
+                if expected != 0 && expected != generation {
+                    return Err(stale(generation));
+                }
+                let stored = Resource {
+                    metadata: Metadata {
+                        generation: generation + 1,
+                        uid: current.metadata.uid,
+                        created_at: current.metadata.created_at,
+                        ..doc.metadata.clone()
+                    },
+                    ..doc.clone()
+                };
+                match self.resources.update(&key, encode(&stored)?, read).await {
+                    Ok(revision) => {
+                        self.applied(revision).await?;
+                        return Ok(Written {
+                            doc: stored,
+                            revision,
+                        });
+                    }
                     // Another node wrote it since it was read here.
-                    kv::UpdateErrorKind::WrongLastRevision => stale(current.metadata.generation + 1),
-                    _ => self.unavailable(e),
-                })?;
-            self.applied(revision).await?;
-            Ok(Written {
-                doc: stored,
-                revision,
-            })
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        if expected != 0 {
+                            return Err(stale(generation + 1));
+                        }
+                    }
+                    Err(e) => return Err(self.unavailable(e)),
+                }
+            }
         })
     }
 
@@ -342,7 +346,7 @@ impl Store for NatsStore {
                 .map_err(|e| self.unavailable(e))?
                 .await
                 .map_err(|e| {
-                    if e.to_string().contains("wrong last sequence") {
+                    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
                         Error::conflict(format!(
                             "{kind} \"{name}\" was changed by someone else while it was deleted; read it again and retry"
                         ))

@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 
 pub use follow::{Follower, Update, advance};
 pub use packages::{PackageStore, Staged};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, new_uid, now_rfc3339};
 
 /// A store-wide counter, bumped by every write.
 pub type Revision = u64;

@@ -169,13 +169,15 @@ fn encode(doc: &Document) -> Result<String> {
     serde_json::to_string(doc).map_err(|e| Error::internal(format!("store: {e}")))
 }
 
-fn now_rfc3339() -> String {
+/// Now, as a resource's `created_at` (RFC 3339, UTC).
+pub fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
-fn new_uid() -> String {
+/// A new resource uid: 16 random bytes in hex.
+pub fn new_uid() -> String {
     let bytes: [u8; 16] = rand::random();
     hex::encode(bytes)
 }
