@@ -242,12 +242,20 @@ fn a_secrets_key_file_must_be_32_private_bytes() {
         "{err}"
     );
 
-    // A good one seals and opens: a secret stored through it reads back.
+    // A good one seals and opens: a function gets the secret's value.
     let good = secrets_key(keys.path());
     let server = common::Server::start_with(&["--secrets-key", &good]);
-    server.ok(&["secret", "create", "--name", "s", "--from-literal", "k=v"]);
-    let got = server.ok(&["secret", "get", "--name", "s"]);
-    assert!(got.contains('k'), "{got}");
+    server.ok(&[
+        "secret",
+        "create",
+        "--name",
+        "db",
+        "--from-literal",
+        "PASSWORD=v4lue",
+    ]);
+    server.create("wasm", "misbehave", &["--secret", "db"]);
+    let env = server.get("/fn/wasm/env").text().unwrap();
+    assert!(env.contains("PASSWORD=v4lue"), "{env}");
 }
 
 /// A resource document for the store tests.
@@ -444,15 +452,20 @@ fn next_node(
     common::Server::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-#[test]
-fn a_function_created_on_one_node_is_served_by_another() {
-    let cluster = NatsCluster::start(3);
+/// Two nodes sharing a secrets key, and a function created through the
+/// first (its code uploaded there only) that the second already serves.
+struct Pair {
+    keys: tempfile::TempDir,
+    key: String,
+    a: common::Server,
+    b: common::Server,
+}
+
+fn serving_hello(cluster: &NatsCluster) -> Pair {
     let keys = tempfile::tempdir().unwrap();
     let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
-    let b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
-
-    // Created through a, with its code uploaded to a only: b serves it.
+    let a = node(cluster, "a", &key);
+    let b = next_node(cluster, "b", &key, &a, &keys.path().join("b"));
     let code = common::guest("hello_rust");
     a.ok(&[
         "fn",
@@ -462,17 +475,27 @@ fn a_function_created_on_one_node_is_served_by_another() {
         "--code",
         code.to_str().unwrap(),
     ]);
-    let body = common::eventually(Duration::from_secs(10), || {
-        let response = b.get("/fn/hello");
-        (response.status() == 200).then(|| response.text().unwrap())
+    common::eventually(Duration::from_secs(10), || {
+        (b.get("/fn/hello").status() == 200).then_some(())
     });
+    Pair { keys, key, a, b }
+}
+
+#[test]
+fn a_function_created_on_one_node_is_served_by_another() {
+    let cluster = NatsCluster::start(3);
+    // `_keys` holds b's data dir (and the key) until the test ends.
+    let Pair {
+        a, b, keys: _keys, ..
+    } = serving_hello(&cluster);
+    let body = b.get("/fn/hello").text().unwrap();
     assert_eq!(body, a.get("/fn/hello").text().unwrap());
     // The function as b's API sees it, and its routes.
     let seen = b.ok(&["fn", "get", "--name", "hello", "-o", "json"]);
     assert!(seen.contains("\"hello\""), "{seen}");
 
-    // A change through b reaches a; a stale generation is refused
-    // whichever node is asked.
+    // A change through b reaches a (a stale generation is refused on
+    // any node: the_nats_store_keeps_one_truth_for_every_node).
     let echo = common::guest("echo");
     b.ok(&[
         "fn",
@@ -492,6 +515,32 @@ fn a_function_created_on_one_node_is_served_by_another() {
         text.contains(r#""body":"ping""#).then_some(())
     });
 
+    // A secret sealed on a is opened on b (one --secrets-key for all).
+    a.ok(&[
+        "secret",
+        "create",
+        "--name",
+        "db",
+        "--from-literal",
+        "PASSWORD=s3cret",
+    ]);
+    let misbehave = common::guest("misbehave");
+    a.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "wasm",
+        "--code",
+        misbehave.to_str().unwrap(),
+        "--secret",
+        "db",
+    ]);
+    let env = common::eventually(Duration::from_secs(10), || {
+        let response = b.get("/fn/wasm/env");
+        (response.status() == 200).then(|| response.text().unwrap())
+    });
+    assert!(env.contains("PASSWORD=s3cret"), "{env}");
+
     // Deleted through a: gone from b.
     a.ok(&["fn", "delete", "--name", "hello"]);
     common::eventually(Duration::from_secs(10), || {
@@ -502,22 +551,14 @@ fn a_function_created_on_one_node_is_served_by_another() {
 #[test]
 fn a_restarted_node_rejoins_and_losing_nats_keeps_functions_served() {
     let mut cluster = NatsCluster::start(1);
-    let keys = tempfile::tempdir().unwrap();
-    let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
+    let Pair {
+        keys,
+        key,
+        a,
+        mut b,
+    } = serving_hello(&cluster);
     let b_dir = keys.path().join("b");
-    let mut b = next_node(&cluster, "b", &key, &a, &b_dir);
-    let code = common::guest("hello_rust");
-    a.ok(&[
-        "fn",
-        "create",
-        "--name",
-        "hello",
-        "--code",
-        code.to_str().unwrap(),
-    ]);
     let served = |node: &common::Server| node.get("/fn/hello").status() == 200;
-    common::eventually(Duration::from_secs(10), || served(&b).then_some(()));
 
     // kill -9 of b, started again on its data dir: it rejoins and serves
     // with no step of anyone's.
