@@ -99,7 +99,9 @@ impl Fixture {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
-    async fn log_lines(&self, invocation: &str, want: usize) -> Vec<String> {
+    /// The lines logged for `invocation` once `done` holds for them, or
+    /// whatever is there at the deadline.
+    async fn log_lines(&self, invocation: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
         let query = flare_store::logs::LogQuery {
             invocation: Some(invocation.into()),
             limit: 100,
@@ -116,7 +118,7 @@ impl Fixture {
                 .into_iter()
                 .map(|e| e.record.line)
                 .collect();
-            if lines.len() >= want {
+            if done(&lines) {
                 return lines;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -264,7 +266,7 @@ async fn captures_output_lines_per_invocation() {
     let guest = f.prepare("misbehave");
     let (status, _) = f.call(&guest, "/log?n=3", Limits::default()).await.unwrap();
     assert_eq!(status, 200);
-    let lines = f.log_lines("/log?n=3", 4).await;
+    let lines = f.log_lines("/log?n=3", |l| l.len() >= 4).await;
     assert_eq!(lines, ["line 0", "line 1", "line 2", "to stderr"]);
 }
 
@@ -277,7 +279,14 @@ async fn trap_is_reported_and_logged() {
         .await
         .unwrap_err();
     assert!(matches!(err, InvokeError::Trap(_)), "{err:?}");
-    let lines = f.log_lines("/trap", 2).await;
+    // The guest's panic message and the host's trap line are written by
+    // different writers: wait for both.
+    let lines = f
+        .log_lines("/trap", |l| {
+            l.iter().any(|l| l.contains("function trapped"))
+                && l.iter().any(|l| l.contains("deliberate panic"))
+        })
+        .await;
     assert!(
         lines.iter().any(|l| l.contains("deliberate panic")),
         "{lines:?}"
