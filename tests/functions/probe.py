@@ -1,5 +1,6 @@
 """A Python function for Flare's tests: what it does depends on the path."""
 import ctypes
+import hashlib
 import json
 import os
 import socket
@@ -119,6 +120,8 @@ def main(req):
         return {"method": req.method, "got": req.json(), "header": req.headers.get("x-test")}
     if path == "/tuple":
         return ("created", 201, {"x-custom": "1"})
+    if path == "/digest":
+        return "%s %d" % (hashlib.sha256(req.body).hexdigest(), len(req.body))
     if path == "/bytes":
         return b"\x00\x01"
     if path == "/raise":

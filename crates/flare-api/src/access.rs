@@ -266,8 +266,8 @@ pub(crate) async fn authorize(
 async fn record(api: &Api, mut entry: AuditEntry, status: u16) {
     entry.status = status;
     let recorded = api
-        .queue
-        .blocking(move |store| store.record_audit(&entry))
+        .local
+        .off_thread(move |store| store.record_audit(&entry))
         .await;
     if let Err(e) = recorded {
         tracing::error!("cannot record an audit entry: {e}");
@@ -297,8 +297,8 @@ pub(crate) async fn audit(
         None => i64::MIN,
     };
     let entries = api
-        .queue
-        .blocking(move |store| store.audit(since, limit))
+        .local
+        .off_thread(move |store| store.audit(since, limit))
         .await?;
     Ok(Json(entries))
 }

@@ -475,7 +475,7 @@ pub(crate) async fn invoke(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
     if queued {
         let request = http::Request::from_parts(parts, body);
-        return match api.executor.submit(&api.queue, &name, request).await {
+        return match api.executor.submit(&*api.queue, &name, request).await {
             Ok(id) => flare_executor::accepted(&id).map(Body::from),
             Err(e) => ApiError(e).into_response(),
         };

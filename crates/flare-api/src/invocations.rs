@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use flare_model::{ALL_NAMESPACES, Error, qualified, split_qualified};
-use flare_store::invocations::{Invocation, InvocationStatus};
+use flare_store::invocations::{Invocation, InvocationFilter, InvocationStatus};
 use serde::Deserialize;
 
 use crate::Api;
@@ -39,12 +39,13 @@ pub(crate) async fn list(
         (Some(function), None) => Some(function.clone()),
         (None, _) => None,
     };
-    Ok(Json(api.queue.store.invocations(
+    let filter = InvocationFilter {
         status,
-        function.as_deref(),
-        namespace,
+        function,
+        namespace: namespace.map(String::from),
         limit,
-    )?))
+    };
+    Ok(Json(api.queue.invocations(filter).await?))
 }
 
 pub(crate) async fn get(
@@ -52,7 +53,7 @@ pub(crate) async fn get(
     Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Invocation>> {
-    let invocation = api.queue.store.invocation(&id)?;
+    let invocation = api.queue.invocation(&id).await?;
     let (_, namespace) = split_qualified(&invocation.request.function);
     if namespace != scope.one()? {
         return Err(Error::not_found("invocation", &id).into());

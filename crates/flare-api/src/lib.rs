@@ -56,7 +56,9 @@ pub struct Api {
     pub(crate) packages: PackageStore,
     pub(crate) executor: Arc<Executor>,
     pub(crate) logs: Arc<Logs>,
-    pub(crate) queue: flare_store::invocations::AsyncQueue,
+    pub(crate) queue: Arc<dyn flare_store::invocations::InvocationQueue>,
+    /// This node's database: its audit trail.
+    pub(crate) local: Arc<flare_store::SqliteStore>,
     pub(crate) mq: Arc<flare_triggers::mq::MqTriggers>,
     /// Revisions applied by the components that serve what the API writes.
     pub(crate) applied: Vec<watch::Receiver<Revision>>,
@@ -77,7 +79,9 @@ pub struct ApiParts {
     pub executor: Arc<Executor>,
     pub logs: Arc<Logs>,
     /// The queue of asynchronous invocations.
-    pub queue: flare_store::invocations::AsyncQueue,
+    pub queue: Arc<dyn flare_store::invocations::InvocationQueue>,
+    /// This node's own database (its audit trail), in cluster mode too.
+    pub local: Arc<flare_store::SqliteStore>,
     pub mq: Arc<flare_triggers::mq::MqTriggers>,
     /// Revisions applied by the components that serve what the API writes.
     pub applied: Vec<watch::Receiver<Revision>>,
@@ -124,6 +128,7 @@ impl Api {
             executor: parts.executor,
             logs: parts.logs,
             queue: parts.queue,
+            local: parts.local,
             mq: parts.mq,
             applied: parts.applied,
             cross_checks: Mutex::new(()),

@@ -128,10 +128,12 @@ pub(crate) async fn delete(
         )))
     })
     .await?;
-    let forgotten = api
-        .queue
-        .blocking(move |store| flare_store::retention::forget_namespace(store, &name))
-        .await?;
+    let forgotten = {
+        let name = name.clone();
+        api.local
+            .off_thread(move |store| flare_store::retention::forget_namespace(store, &name))
+            .await?
+    } + api.queue.forget_namespace(&name).await?;
     tracing::info!(
         namespace = deleted.name(),
         records = forgotten,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flare_model::Error;
-use flare_store::invocations::{AsyncQueue, NewInvocation};
+use flare_store::invocations::{InvocationQueue, NewInvocation};
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 
@@ -52,7 +52,7 @@ impl Executor {
     /// a body over the function's limit or bad headers.
     pub async fn submit<B>(
         &self,
-        queue: &AsyncQueue,
+        queue: &dyn InvocationQueue,
         function: &str,
         request: Request<B>,
     ) -> Result<Arc<str>, Error>

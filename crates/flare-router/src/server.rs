@@ -12,7 +12,7 @@ use flare_executor::accepted;
 use flare_executor::{Executor, INVOCATION_HEADER};
 use flare_executor::{ResponseBody, full_body};
 use flare_model::{Error, ErrorCode, HttpTriggerSpec, InvokeAuth, Kind, Permission, Resource};
-use flare_store::invocations::AsyncQueue;
+use flare_store::invocations::InvocationQueue;
 use flare_store::{Follower, Revision, Store, Update, advance};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
@@ -32,7 +32,7 @@ pub struct Router {
     executor: Arc<Executor>,
     applied: watch::Sender<Revision>,
     /// Where asynchronous invocations are queued, when enabled.
-    queue: Option<AsyncQueue>,
+    queue: Option<Arc<dyn InvocationQueue>>,
     /// The valid tokens, for functions called with `auth: token`.
     tokens: Arc<Tokens>,
 }
@@ -99,7 +99,7 @@ fn host_of<B>(request: &Request<B>) -> Result<Option<&str>, Error> {
 impl Router {
     pub fn new(
         executor: Arc<Executor>,
-        queue: Option<AsyncQueue>,
+        queue: Option<Arc<dyn InvocationQueue>>,
         tokens: Arc<Tokens>,
     ) -> Arc<Self> {
         Arc::new(Router {
@@ -260,7 +260,7 @@ impl Router {
             };
             return match self
                 .executor
-                .submit(queue, &resolved.function, request)
+                .submit(&**queue, &resolved.function, request)
                 .await
             {
                 Ok(id) => accepted(&id).map(full_body),

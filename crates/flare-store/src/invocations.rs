@@ -5,6 +5,9 @@
 //! backoff up to its max retries; a failed one stays as the dead letter.
 //! On start, invocations left running by a crash are queued again.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use flare_model::{Error, Result, now_us};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,36 @@ pub struct NewInvocation {
     pub body: Vec<u8>,
     pub callback_url: Option<String>,
     pub max_retries: u32,
+}
+
+/// Which invocations a listing wants: the newest `limit`, optionally of
+/// one status, one function (its qualified name) and one namespace.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    pub status: Option<InvocationStatus>,
+    pub function: Option<String>,
+    pub namespace: Option<String>,
+    pub limit: usize,
+}
+
+impl InvocationFilter {
+    /// The newest `limit` of every invocation.
+    pub fn newest(limit: usize) -> Self {
+        InvocationFilter {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    pub fn matches(&self, invocation: &Invocation) -> bool {
+        let function = &invocation.request.function;
+        self.status.is_none_or(|s| invocation.status == s)
+            && self.function.as_ref().is_none_or(|f| function == f)
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| flare_model::split_qualified(function).1 == n)
+    }
 }
 
 /// An invocation as stored.
@@ -199,13 +232,7 @@ impl SqliteStore {
         backoff_us: i64,
     ) -> Result<InvocationStatus> {
         let attempts = invocation.attempts + 1;
-        let status = if !attempt.retry && !attempt.fatal {
-            InvocationStatus::Succeeded
-        } else if attempt.fatal || attempts > invocation.request.max_retries {
-            InvocationStatus::Failed
-        } else {
-            InvocationStatus::Queued
-        };
+        let status = outcome(invocation, attempt);
         let now = now_us();
         self.conn()?
             .execute(
@@ -265,15 +292,8 @@ impl SqliteStore {
         }
     }
 
-    /// The newest invocations, optionally of one status, one function (its
-    /// qualified name) and one namespace.
-    pub fn invocations(
-        &self,
-        status: Option<InvocationStatus>,
-        function: Option<&str>,
-        namespace: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Invocation>> {
+    /// The invocations `filter` wants, newest first.
+    pub fn invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>> {
         let conn = self.conn()?;
         // Functions are stored by qualified name: `name` in the default
         // namespace, `name.namespace` elsewhere.
@@ -288,15 +308,192 @@ impl SqliteStore {
         let rows = stmt
             .query_map(
                 params![
-                    status.map(InvocationStatus::as_str),
-                    function,
-                    limit as i64,
-                    namespace
+                    filter.status.map(InvocationStatus::as_str),
+                    filter.function,
+                    filter.limit as i64,
+                    filter.namespace
                 ],
                 row_to_invocation,
             )
             .map_err(db_err)?;
         rows.map(|r| decode(r.map_err(db_err)?)).collect()
+    }
+}
+
+/// What an attempt leaves an invocation as: done, queued for another try,
+/// or failed for good (no retry left, or one that cannot help).
+pub fn outcome(invocation: &Invocation, attempt: &Attempt) -> InvocationStatus {
+    if !attempt.retry && !attempt.fatal {
+        InvocationStatus::Succeeded
+    } else if attempt.fatal || invocation.attempts + 1 > invocation.request.max_retries {
+        InvocationStatus::Failed
+    } else {
+        InvocationStatus::Queued
+    }
+}
+
+/// Where asynchronous invocations wait to run and where their outcomes
+/// stay: the node's own database ([`SqliteQueue`]), or a work queue every
+/// node of a cluster takes from.
+#[async_trait::async_trait]
+pub trait InvocationQueue: Send + Sync {
+    /// Stores `new` as queued; once this returns, it will run.
+    async fn submit(&self, new: NewInvocation) -> Result<()>;
+
+    /// Up to `limit` invocations due now, each marked running and handed
+    /// to the caller to finish. Waits a while (a second at most) for one.
+    async fn take(&self, limit: usize) -> Result<Vec<Box<dyn Claimed>>>;
+
+    async fn invocation(&self, id: &str) -> Result<Invocation>;
+
+    /// The invocations `filter` wants, newest first.
+    async fn invocations(&self, filter: InvocationFilter) -> Result<Vec<Invocation>>;
+
+    /// Forgets the records of a deleted namespace's invocations that it
+    /// keeps outside this node's database (what is in the database goes
+    /// with the namespace's logs, in [`crate::retention::forget_namespace`]);
+    /// returns how many.
+    async fn forget_namespace(&self, namespace: &str) -> Result<u64>;
+
+    /// The most response bytes kept with an invocation's record.
+    fn max_result(&self) -> usize {
+        1 << 20
+    }
+}
+
+/// An invocation taken from the queue to run. Finishing it records the
+/// outcome; one dropped unfinished runs again (its taker crashed).
+#[async_trait::async_trait]
+pub trait Claimed: Send {
+    fn invocation(&self) -> &Invocation;
+
+    /// Records `attempt`: the invocation is done, failed for good, or
+    /// queued again after `backoff`. Returns what it is now.
+    async fn finish(
+        self: Box<Self>,
+        attempt: &Attempt,
+        backoff: Duration,
+    ) -> Result<InvocationStatus>;
+
+    /// Puts the invocation back, to run after `delay`, without spending an
+    /// attempt: the function was only saturated.
+    async fn defer(self: Box<Self>, delay: Duration) -> Result<()>;
+}
+
+/// The queue of a node alone: its SQLite database, plus a wake-up for
+/// whoever takes from it.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    store: Arc<SqliteStore>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl SqliteQueue {
+    /// The queue in `store`. What a crash left running is queued again.
+    pub fn open(store: Arc<SqliteStore>) -> Result<Self> {
+        let requeued = store.requeue_running()?;
+        if requeued > 0 {
+            tracing::info!("{requeued} invocations left running by a crash are queued again");
+        }
+        Ok(SqliteQueue {
+            store,
+            wake: Arc::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl InvocationQueue for SqliteQueue {
+    /// Stores the invocation durably, then wakes the taker.
+    async fn submit(&self, new: NewInvocation) -> Result<()> {
+        self.store
+            .off_thread(move |store| store.enqueue(&new))
+            .await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn take(&self, limit: usize) -> Result<Vec<Box<dyn Claimed>>> {
+        let claimed = self
+            .store
+            .off_thread(move |store| store.claim_due(limit))
+            .await?;
+        if claimed.is_empty() {
+            let due = self.store.off_thread(|store| store.next_due_us()).await?;
+            let wait = due.map_or(Duration::from_secs(1), |due| {
+                Duration::from_micros(due.saturating_sub(now_us()).max(0) as u64)
+            });
+            let _ =
+                tokio::time::timeout(wait.min(Duration::from_secs(1)), self.wake.notified()).await;
+        }
+        Ok(claimed
+            .into_iter()
+            .map(|invocation| {
+                Box::new(SqliteClaim {
+                    invocation,
+                    queue: self.clone(),
+                }) as Box<dyn Claimed>
+            })
+            .collect())
+    }
+
+    async fn invocation(&self, id: &str) -> Result<Invocation> {
+        let id = id.to_string();
+        self.store
+            .off_thread(move |store| store.invocation(&id))
+            .await
+    }
+
+    async fn invocations(&self, filter: InvocationFilter) -> Result<Vec<Invocation>> {
+        self.store
+            .off_thread(move |store| store.invocations(&filter))
+            .await
+    }
+
+    async fn forget_namespace(&self, _namespace: &str) -> Result<u64> {
+        // Every record is in the database.
+        Ok(0)
+    }
+}
+
+struct SqliteClaim {
+    invocation: Invocation,
+    queue: SqliteQueue,
+}
+
+#[async_trait::async_trait]
+impl Claimed for SqliteClaim {
+    fn invocation(&self) -> &Invocation {
+        &self.invocation
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        attempt: &Attempt,
+        backoff: Duration,
+    ) -> Result<InvocationStatus> {
+        let (invocation, attempt) = (self.invocation, attempt.clone());
+        let status = self
+            .queue
+            .store
+            .off_thread(move |store| {
+                store.record_attempt(&invocation, &attempt, backoff.as_micros() as i64)
+            })
+            .await?;
+        if status == InvocationStatus::Queued {
+            self.queue.wake.notify_one();
+        }
+        Ok(status)
+    }
+
+    async fn defer(self: Box<Self>, delay: Duration) -> Result<()> {
+        let id = self.invocation.request.id;
+        self.queue
+            .store
+            .off_thread(move |store| store.defer(&id, delay.as_micros() as i64))
+            .await?;
+        self.queue.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -327,9 +524,12 @@ mod tests {
         let mut other = new("d", 0);
         other.function = "f.team-a".into();
         store.enqueue(&other).unwrap();
-        let ids = |namespace| -> Vec<String> {
+        let ids = |namespace: &str| -> Vec<String> {
             store
-                .invocations(None, None, Some(namespace), 10)
+                .invocations(&InvocationFilter {
+                    namespace: Some(namespace.to_string()),
+                    ..InvocationFilter::newest(10)
+                })
                 .unwrap()
                 .into_iter()
                 .map(|i| i.request.id)
@@ -384,7 +584,10 @@ mod tests {
             InvocationStatus::Failed
         );
         let failed = store
-            .invocations(Some(InvocationStatus::Failed), None, None, 10)
+            .invocations(&InvocationFilter {
+                status: Some(InvocationStatus::Failed),
+                ..InvocationFilter::newest(10)
+            })
             .unwrap();
         assert_eq!(failed.len(), 2);
         assert_eq!(failed[0].result_body.as_deref(), Some("boom"));
@@ -406,41 +609,5 @@ mod tests {
             store.invocation("zzz").unwrap_err().code,
             flare_model::ErrorCode::NotFound
         );
-    }
-}
-
-/// Where new asynchronous invocations go: the store, plus a wake-up for
-/// whoever runs them.
-#[derive(Clone)]
-pub struct AsyncQueue {
-    pub store: std::sync::Arc<SqliteStore>,
-    pub wake: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl AsyncQueue {
-    pub fn new(store: std::sync::Arc<SqliteStore>) -> Self {
-        AsyncQueue {
-            store,
-            wake: std::sync::Arc::default(),
-        }
-    }
-
-    /// Stores the invocation durably, then wakes the runner.
-    pub async fn submit(&self, new: NewInvocation) -> Result<()> {
-        self.blocking(move |store| store.enqueue(&new)).await?;
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// Runs `work` on the store off the async threads: a SQLite write (a
-    /// 1 MiB body, an fsync) must not stall every other request.
-    pub async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&SqliteStore) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|e| flare_model::Error::internal(format!("store task failed: {e}")))?
     }
 }

@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(forget_namespace(&store, "team-a").unwrap(), 5);
         assert_eq!(count(), 2, "f and f.team-ab keep their lines");
         let left: Vec<String> = store
-            .invocations(None, None, None, 10)
+            .invocations(&crate::invocations::InvocationFilter::newest(10))
             .unwrap()
             .into_iter()
             .map(|i| i.request.function)

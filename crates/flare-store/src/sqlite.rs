@@ -104,6 +104,18 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Runs `work` on the store off the async threads: a SQLite write (a
+    /// 1 MiB body, an fsync) must not stall every other request.
+    pub async fn off_thread<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        work: impl FnOnce(&SqliteStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| Error::internal(format!("store task failed: {e}")))?
+    }
+
     pub(crate) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
         self.conn
             .lock()

@@ -1,8 +1,8 @@
 //! Asynchronous invocations: run what callers left in the queue.
 //!
 //! At-least-once: an invocation is marked running while it runs and its
-//! outcome is recorded after; one left running by a crash is queued again
-//! on start. A 5xx or a failure to run is retried with exponential backoff
+//! outcome is recorded after; one whose taker crashed runs again (on the
+//! node's restart alone, on another node in a cluster). A 5xx or a failure to run is retried with exponential backoff
 //! (1 s, 2 s, 4 s, ... up to 60 s) until the invocation's max retries; then
 //! it stays failed, the dead letter listed by `flare invocations list
 //! --failed`. A 503 (the function is at capacity) is not a failure: the
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use flare_egress::EgressPolicy;
 use flare_executor::Executor;
 use flare_model::ErrorCode;
-use flare_store::invocations::{AsyncQueue, Attempt, Invocation, InvocationStatus};
+use flare_store::invocations::{Attempt, Claimed, Invocation, InvocationQueue, InvocationStatus};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
 
@@ -24,11 +24,9 @@ use tokio::sync::Semaphore;
 const CONCURRENCY: usize = 16;
 /// How long a saturated function's invocation waits before it is tried again.
 const SATURATED_DELAY: Duration = Duration::from_millis(200);
-/// Response bytes kept per invocation.
-const MAX_RESULT: usize = 1 << 20;
 
 pub struct AsyncInvoker {
-    queue: AsyncQueue,
+    queue: Arc<dyn InvocationQueue>,
     executor: Arc<Executor>,
     slots: Arc<Semaphore>,
     egress: Arc<EgressPolicy>,
@@ -41,7 +39,11 @@ fn backoff(attempts: u32) -> Duration {
 impl AsyncInvoker {
     /// Callbacks go only where `egress` allows: a caller of the router
     /// must not reach, through Flare, what it cannot reach itself.
-    pub fn new(queue: AsyncQueue, executor: Arc<Executor>, egress: Arc<EgressPolicy>) -> Arc<Self> {
+    pub fn new(
+        queue: Arc<dyn InvocationQueue>,
+        executor: Arc<Executor>,
+        egress: Arc<EgressPolicy>,
+    ) -> Arc<Self> {
         Arc::new(AsyncInvoker {
             queue,
             executor,
@@ -50,56 +52,48 @@ impl AsyncInvoker {
         })
     }
 
-    /// Runs queued invocations until the process ends.
-    pub async fn run(self: Arc<Self>) {
-        let store = &self.queue.store;
-        match store.requeue_running() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("{n} invocations left running by a crash are queued again"),
-            Err(e) => tracing::error!("cannot requeue running invocations: {e}"),
-        }
-        // Nothing runs before the stored functions are deployed.
+    /// Runs queued invocations until the process ends, once the executor
+    /// has deployed the resources up to `revision` (nothing runs before
+    /// the stored functions are deployed).
+    pub async fn run(self: Arc<Self>, revision: flare_store::Revision) {
         let mut deployed = self.executor.applied();
-        let revision = flare_store::Store::revision(&**store);
         let _ = deployed.wait_for(|r| *r >= revision).await;
         loop {
-            let room = self.slots.available_permits();
-            let claimed = if room > 0 {
-                self.queue
-                    .blocking(move |store| store.claim_due(room))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::error!("cannot read the invocation queue: {e}");
-                        Vec::new()
-                    })
-            } else {
-                Vec::new()
+            // Take only what can start now: what waits in the queue can
+            // be taken by another node.
+            let Ok(first) = self.slots.clone().acquire_owned().await else {
+                return;
             };
-            for invocation in claimed {
-                let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                    return;
+            let room = self.slots.available_permits() + 1;
+            let claimed = match self.queue.take(room).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::error!("cannot take from the invocation queue: {e}");
+                    drop(first);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            for claim in claimed {
+                let slot = match first.take() {
+                    Some(slot) => slot,
+                    None => match self.slots.clone().acquire_owned().await {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
                 };
                 let me = self.clone();
                 tokio::spawn(async move {
-                    me.execute(invocation).await;
+                    me.execute(claim).await;
                     drop(slot);
-                    me.queue.wake.notify_one();
                 });
             }
-            let now_us = flare_model::now_us();
-            let wait = match self.queue.blocking(|store| store.next_due_us()).await {
-                Ok(Some(due)) if self.slots.available_permits() > 0 => {
-                    Duration::from_micros(due.saturating_sub(now_us).max(0) as u64)
-                }
-                _ => Duration::from_secs(1),
-            };
-            let _ =
-                tokio::time::timeout(wait.min(Duration::from_secs(1)), self.queue.wake.notified())
-                    .await;
         }
     }
 
-    async fn execute(&self, invocation: Invocation) {
+    async fn execute(&self, claim: Box<dyn Claimed>) {
+        let invocation = claim.invocation().clone();
         let r = &invocation.request;
         let mut request = http::Request::new(Full::new(Bytes::from(r.body.clone())));
         *request.method_mut() =
@@ -129,13 +123,7 @@ impl AsyncInvoker {
         {
             // Saturated, not failed: wait for capacity without spending a
             // retry (the function's own queue and limits still apply).
-            let id = r.id.clone();
-            let delay = SATURATED_DELAY.as_micros() as i64;
-            if let Err(e) = self
-                .queue
-                .blocking(move |store| store.defer(&id, delay))
-                .await
-            {
+            if let Err(e) = claim.defer(SATURATED_DELAY).await {
                 tracing::error!("invocation {}: cannot defer it: {e}", r.id);
             }
             return;
@@ -143,7 +131,7 @@ impl AsyncInvoker {
         let attempt = match invoked.result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let body = match Limited::new(response.into_body(), MAX_RESULT)
+                let body = match Limited::new(response.into_body(), self.queue.max_result())
                     .collect()
                     .await
                 {
@@ -166,14 +154,7 @@ impl AsyncInvoker {
                 error: Some(e.owner_message()),
             },
         };
-        let recorded = {
-            let (invocation, attempt) = (invocation.clone(), attempt.clone());
-            let delay = backoff(invocation.attempts).as_micros() as i64;
-            self.queue
-                .blocking(move |store| store.record_attempt(&invocation, &attempt, delay))
-                .await
-        };
-        let status = match recorded {
+        let status = match claim.finish(&attempt, backoff(invocation.attempts)).await {
             Ok(status) => status,
             Err(e) => {
                 tracing::error!("invocation {}: cannot record its outcome: {e}", r.id);

@@ -611,3 +611,194 @@ fn a_restarted_node_rejoins_and_losing_nats_keeps_functions_served() {
         (b.get("/fn/other").status() == 200).then_some(())
     });
 }
+
+/// A JetStream client of the test's own on `cluster`.
+fn jetstream_of(cluster: &NatsCluster, runtime: &tokio::runtime::Runtime) -> jetstream::Context {
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .urls()
+        .split(',')
+        .map(|url| url.parse().unwrap())
+        .collect();
+    let client = runtime.block_on(async_nats::connect(servers)).unwrap();
+    let _in = runtime.enter();
+    jetstream::new(client)
+}
+
+/// Submits `path` to `router` for a later run; the invocation's id.
+fn submit_async(router: &str, path: &str) -> String {
+    let response = common::http()
+        .post(format!("{router}{path}"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().unwrap());
+    let json: serde_json::Value = response.json().unwrap();
+    json["invocation"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn async_invocations_survive_the_kill_of_the_node_running_them() {
+    const N: usize = 1000;
+    let cluster = NatsCluster::start(3);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let js = jetstream_of(&cluster, &runtime);
+    // The records bucket made ahead with history, so that every write of
+    // each record can be read back: one outcome stored per invocation.
+    runtime.block_on(within(Duration::from_secs(20), || {
+        js.create_key_value(kv::Config {
+            bucket: "flare-invocations".into(),
+            history: 64,
+            num_replicas: 3,
+            ..Default::default()
+        })
+    }));
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(&cluster, "a", &key);
+    let mut b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
+    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    let code = common::guest("misbehave");
+    a.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "slow",
+        "--code",
+        code.to_str().unwrap(),
+    ]);
+    for node in [&b, &c] {
+        common::eventually(Duration::from_secs(10), || {
+            (node.get("/fn/slow/sleep?ms=1").status() == 200).then_some(())
+        });
+    }
+
+    // 1,000 accepted through all three nodes, from 8 clients at once.
+    let routers = [a.router.clone(), b.router.clone(), c.router.clone()];
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|t| {
+                let routers = &routers;
+                s.spawn(move || {
+                    (0..N / 8)
+                        .map(|i| submit_async(&routers[(t + i) % 3], "/async/fn/slow/sleep?ms=300"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    assert_eq!(ids.len(), N);
+
+    // b dies holding invocations it took; the rest wait in the queue.
+    b.kill9();
+    let finished = common::eventually(Duration::from_secs(180), || {
+        let out = a.ok(&["invocations", "list", "--limit", "10000", "-o", "json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let done = all
+            .iter()
+            .filter(|i| i["status"] == "succeeded" || i["status"] == "failed")
+            .count();
+        (done == N).then_some(all)
+    });
+    let mut listed: Vec<&str> = finished.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    listed.sort_unstable();
+    let mut submitted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    submitted.sort_unstable();
+    assert_eq!(listed, submitted, "every accepted invocation, once");
+    for invocation in &finished {
+        assert_eq!(invocation["status"], "succeeded", "{invocation}");
+        assert_eq!(invocation["result_body"], "slept", "{invocation}");
+    }
+
+    // Every write to the records, in order (the bucket keeps them all):
+    // exactly one outcome per invocation, and some taken over (running,
+    // then running again on another node).
+    let writes = runtime.block_on(async {
+        let stream = js.get_stream("KV_flare-invocations").await.unwrap();
+        let last = stream.get_info().await.unwrap().state.last_sequence;
+        let mut writes: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for sequence in 1..=last {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            let id = message.subject.rsplit('.').next().unwrap().to_string();
+            let record: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            let status = record["status"].as_str().unwrap().to_string();
+            writes.entry(id).or_default().push(status);
+        }
+        writes
+    });
+    let mut taken_over = 0;
+    for id in &ids {
+        let statuses = &writes[id];
+        let outcomes = statuses
+            .iter()
+            .filter(|s| *s == "succeeded" || *s == "failed")
+            .count();
+        assert_eq!(outcomes, 1, "{id}: {statuses:?}");
+        if statuses
+            .windows(2)
+            .any(|w| w[0] == "running" && w[1] == "running")
+        {
+            taken_over += 1;
+        }
+    }
+    assert!(
+        taken_over > 0,
+        "b held none of the invocations when it died"
+    );
+    eprintln!("{taken_over} invocations were taken over from the killed node");
+}
+
+#[test]
+fn an_async_body_too_large_for_one_nats_message_arrives_whole() {
+    let cluster = NatsCluster::start(1);
+    let keys = tempfile::tempdir().unwrap();
+    let a = node(&cluster, "a", &secrets_key(keys.path()));
+    a.python_env("0");
+    a.create_python("probe", "probe.py", &["--max-body", "4194304"]);
+    // 3 MiB, three times NATS's default max_payload, not all one byte.
+    let body: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&body))
+    };
+    let response = common::http()
+        .post(format!("{}/async/fn/probe/digest", a.router))
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().unwrap()["invocation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = common::eventually(Duration::from_secs(60), || {
+        let out = a.ok(&["invocations", "get", "--id", &id, "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (json["status"] == "succeeded").then_some(json)
+    });
+    assert_eq!(done["result_body"], format!("{digest} {}", body.len()));
+
+    // The body was kept apart only until the invocation finished.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let js = jetstream_of(&cluster, &runtime);
+    let left = runtime.block_on(async {
+        let bodies = js
+            .get_object_store("flare-invocation-bodies")
+            .await
+            .unwrap();
+        let mut listed = bodies.list().await.unwrap();
+        let mut left = 0;
+        while let Some(object) = futures::StreamExt::next(&mut listed).await {
+            if !object.unwrap().deleted {
+                left += 1;
+            }
+        }
+        left
+    });
+    assert_eq!(left, 0);
+}

@@ -12,7 +12,7 @@ use flare_executor::Executor;
 use flare_router::Router;
 use flare_runtime_process::{ProcessConfig, ProcessRuntime};
 use flare_runtime_wasm::{RuntimeConfig, WasmRuntime};
-use flare_store::invocations::AsyncQueue;
+use flare_store::invocations::{InvocationQueue, SqliteQueue};
 use flare_store::retention::Retention;
 use flare_store::{PackageStore, SqliteStore, Store};
 use flare_triggers::asynchronous::AsyncInvoker;
@@ -457,8 +457,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
 
     let sqlite = Arc::new(SqliteStore::open(data_dir)?);
-    // Resources and packages: this node's own, or the cluster's. The
-    // queue of async invocations and the logs stay on this node's store.
+    // Resources and packages: this node's own, or the cluster's. The logs
+    // and the audit trail stay on this node's store.
     let (store, cluster_packages): (Arc<dyn Store>, _) = match &cluster {
         Some(cluster) => {
             let store = flare_cluster::store::NatsStore::open(
@@ -524,7 +524,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(shared) = &cluster_packages {
         executor.set_remote_packages(shared.clone());
     }
-    let queue = AsyncQueue::new(sqlite.clone());
+    // Async invocations: this node's own queue, or the cluster's, which
+    // any node takes from.
+    let queue: Arc<dyn InvocationQueue> = match &cluster {
+        Some(cluster) => flare_cluster::invocations::NatsQueue::open(
+            cluster.jetstream().clone(),
+            cluster.replicas(),
+            settings.retention.invocations,
+            cluster.servers(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?,
+        None => Arc::new(SqliteQueue::open(sqlite.clone())?),
+    };
     let tokens = flare_access::Tokens::new();
     let router = Router::new(executor.clone(), Some(queue.clone()), tokens.clone());
     let timers = Timers::new(store.clone(), executor.clone());
@@ -541,7 +553,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(router.clone().run(store.clone()));
     tokio::spawn(timers.run());
     tokio::spawn(mq.clone().run());
-    tokio::spawn(AsyncInvoker::new(queue.clone(), executor.clone(), egress).run());
+    tokio::spawn(AsyncInvoker::new(queue.clone(), executor.clone(), egress).run(store.revision()));
     tokio::spawn(collect_garbage(
         sqlite.clone(),
         store.clone(),
@@ -568,6 +580,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         executor: executor.clone(),
         logs,
         queue: queue.clone(),
+        local: sqlite.clone(),
         mq,
         applied,
         max_package_bytes: settings.max_package_bytes,

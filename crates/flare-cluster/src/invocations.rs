@@ -1,0 +1,550 @@
+//! Asynchronous invocations in a cluster: a JetStream work queue that every
+//! node takes from, and a KV bucket of their records.
+//!
+//! Submitting writes the record (queued) to the bucket `flare-invocations`,
+//! then publishes the request to the stream `FLARE_INVOCATIONS` (work-queue
+//! retention, so a message is gone once acknowledged); the caller's 202
+//! comes after JetStream acknowledged the publish. Every node pulls from
+//! the one durable consumer `flare-async`, so an invocation is taken by one
+//! node at a time. The taker marks the record running and tells JetStream
+//! it is still working every [`PROGRESS`]; a node that dies stops saying
+//! so and, [`ACK_WAIT`] later, JetStream hands the invocation to another.
+//!
+//! The message is acknowledged only after the outcome is in the record.
+//! Each write to a record names the revision it read, so when two nodes
+//! have run one invocation (the first was only slow), the second finds the
+//! outcome stored and stores nothing: one result per invocation id.
+//!
+//! A retry is the message negatively acknowledged with the backoff as its
+//! delay; the attempt count lives in the record. A request too large for
+//! one NATS message (its `max_payload`) keeps its body in the object store
+//! `flare-invocation-bodies` until the invocation is finished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use flare_model::{Error, ErrorCode, Result, now_us};
+use flare_store::invocations::{
+    Attempt, Claimed, Invocation, InvocationFilter, InvocationQueue, InvocationStatus,
+    NewInvocation, outcome,
+};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+const STREAM: &str = "FLARE_INVOCATIONS";
+const SUBJECT: &str = "flare.invocations";
+const CONSUMER: &str = "flare-async";
+const RECORDS_BUCKET: &str = "flare-invocations";
+const BODIES_BUCKET: &str = "flare-invocation-bodies";
+/// How long a taken invocation stays with its taker without word from it;
+/// after that JetStream gives it to another node.
+pub const ACK_WAIT: Duration = Duration::from_secs(6);
+/// How often a taker says it is still running an invocation.
+const PROGRESS: Duration = Duration::from_secs(2);
+/// The request (method, path, headers, ...) of a message, as JSON.
+const REQUEST_HEADER: &str = "Flare-Request";
+/// Set when the body is in the bodies bucket rather than the message.
+const BODY_HEADER: &str = "Flare-Body";
+/// Room left in a message for its headers.
+const HEADROOM: usize = 64 << 10;
+/// Records listed at once.
+const READS_AT_ONCE: usize = 64;
+
+/// The cluster's queue of asynchronous invocations.
+pub struct NatsQueue {
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    records: kv::Store,
+    bodies: object_store::ObjectStore,
+    max_payload: usize,
+    servers: String,
+}
+
+fn unavailable(servers: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("NATS at {servers}: cannot {what}: {e}"),
+    )
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<bytes::Bytes> {
+    serde_json::to_vec(value)
+        .map(Into::into)
+        .map_err(|e| Error::internal(format!("invocation record: {e}")))
+}
+
+fn is_finished(status: InvocationStatus) -> bool {
+    matches!(
+        status,
+        InvocationStatus::Succeeded | InvocationStatus::Failed
+    )
+}
+
+impl NatsQueue {
+    /// Opens the cluster's queue on `js`, creating its stream, consumer
+    /// and buckets with `replicas` where they are missing. Finished
+    /// records are kept for `retention` after their last change.
+    pub async fn open(
+        js: jetstream::Context,
+        replicas: usize,
+        retention: Duration,
+        servers: &str,
+    ) -> Result<Arc<NatsQueue>> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| unavailable(servers, what, e);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                description: Some("Flare asynchronous invocations waiting to run".into()),
+                subjects: vec![SUBJECT.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                num_replicas: replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("open the invocation stream", &e))?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    // Retries are counted in the record, not here.
+                    max_deliver: -1,
+                    max_ack_pending: -1,
+                    num_replicas: replicas,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| failed("open the invocation consumer", &e))?;
+        let records = match js.get_key_value(RECORDS_BUCKET).await {
+            Ok(records) => records,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: RECORDS_BUCKET.into(),
+                    description: "Flare asynchronous invocations and their outcomes".into(),
+                    history: 1,
+                    max_age: retention,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed("open the invocation records", &e))?,
+        };
+        let bodies = match js.get_object_store(BODIES_BUCKET).await {
+            Ok(bodies) => bodies,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: BODIES_BUCKET.into(),
+                    description: Some(
+                        "Bodies of queued invocations too large for a message".into(),
+                    ),
+                    max_age: retention,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed("open the invocation bodies", &e))?,
+        };
+        let max_payload = js.client().server_info().max_payload;
+        Ok(Arc::new(NatsQueue {
+            js,
+            consumer,
+            records,
+            bodies,
+            max_payload,
+            servers: servers.to_string(),
+        }))
+    }
+
+    fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        unavailable(&self.servers, what, e)
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<(Invocation, u64)>> {
+        let entry = self
+            .records
+            .entry(id)
+            .await
+            .map_err(|e| self.unavailable("read an invocation record", e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&entry.value)
+            .map_err(|e| Error::internal(format!("corrupt invocation record {id}: {e}")))?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// Every record, newest first.
+    async fn all(&self) -> Result<Vec<Invocation>> {
+        let keys: Vec<String> = self
+            .records
+            .keys()
+            .await
+            .map_err(|e| self.unavailable("list invocations", e))?
+            .filter_map(|key| async move { key.ok() })
+            .collect()
+            .await;
+        let mut all: Vec<Invocation> = futures::stream::iter(keys)
+            .map(|key| async move { self.record(&key).await })
+            .buffer_unordered(READS_AT_ONCE)
+            .filter_map(|read| async move {
+                match read {
+                    Ok(Some((record, _))) => Some(record),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        None
+                    }
+                }
+            })
+            .collect()
+            .await;
+        all.sort_by(|a, b| (b.created_us, &b.request.id).cmp(&(a.created_us, &a.request.id)));
+        Ok(all)
+    }
+
+    /// Marks what `message` asks for running, for this node; `None` when
+    /// it needs no run (it is finished already, or forgotten).
+    async fn claim(&self, message: jetstream::Message) -> Result<Option<Box<dyn Claimed>>> {
+        let headers = message.headers.clone().unwrap_or_default();
+        let request = headers
+            .get(REQUEST_HEADER)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        let Ok(mut request) = serde_json::from_str::<NewInvocation>(&request) else {
+            tracing::error!("a message in {STREAM} is not an invocation; dropped");
+            let _ = message.ack_with(AckKind::Term).await;
+            return Ok(None);
+        };
+        let id = request.id.clone();
+        loop {
+            let Some((record, revision)) = self.record(&id).await? else {
+                // The record went with its namespace: nothing to run.
+                let _ = message.double_ack().await;
+                return Ok(None);
+            };
+            if is_finished(record.status) {
+                // Run and recorded by a node that died before its ack.
+                let _ = message.double_ack().await;
+                return Ok(None);
+            }
+            let running = Invocation {
+                status: InvocationStatus::Running,
+                updated_us: now_us(),
+                ..record
+            };
+            match self.records.update(&id, json(&running)?, revision).await {
+                Ok(revision) => {
+                    request.body = if headers.get(BODY_HEADER).is_some() {
+                        self.body(&id).await?
+                    } else {
+                        message.payload.to_vec()
+                    };
+                    let message = Arc::new(message);
+                    let progress = tokio::spawn(say_progress(message.clone()));
+                    return Ok(Some(Box::new(NatsClaim {
+                        invocation: Invocation { request, ..running },
+                        revision,
+                        message,
+                        progress,
+                        records: self.records.clone(),
+                        bodies: self.bodies.clone(),
+                        servers: self.servers.clone(),
+                        big_body: headers.get(BODY_HEADER).is_some(),
+                    })));
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(self.unavailable("mark an invocation running", e)),
+            }
+        }
+    }
+
+    async fn body(&self, id: &str) -> Result<Vec<u8>> {
+        let mut object = self
+            .bodies
+            .get(id)
+            .await
+            .map_err(|e| self.unavailable("fetch an invocation's body", e))?;
+        let mut body = Vec::new();
+        object
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| self.unavailable("fetch an invocation's body", e))?;
+        Ok(body)
+    }
+}
+
+/// Tells JetStream, until aborted, that `message` is still being run.
+async fn say_progress(message: Arc<jetstream::Message>) {
+    loop {
+        tokio::time::sleep(PROGRESS).await;
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            tracing::warn!("cannot extend a running invocation: {e}");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl InvocationQueue for NatsQueue {
+    async fn submit(&self, new: NewInvocation) -> Result<()> {
+        let now = now_us();
+        let record = Invocation {
+            request: new.clone(),
+            status: InvocationStatus::Queued,
+            attempts: 0,
+            created_us: now,
+            updated_us: now,
+            result_status: None,
+            result_body: None,
+            error: None,
+        };
+        self.records
+            .create(&new.id, json(&record)?)
+            .await
+            .map_err(|e| self.unavailable("store an invocation", e))?;
+        let request = serde_json::to_string(&new)
+            .map_err(|e| Error::internal(format!("invocation request: {e}")))?;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", new.id.as_str());
+        headers.insert(REQUEST_HEADER, request.as_str());
+        let big = request.len() + new.body.len() + HEADROOM > self.max_payload;
+        let published = async {
+            let payload = if big {
+                headers.insert(BODY_HEADER, "object");
+                self.bodies
+                    .put(new.id.as_str(), &mut new.body.as_slice())
+                    .await
+                    .map_err(|e| self.unavailable("store an invocation's body", e))?;
+                bytes::Bytes::new()
+            } else {
+                bytes::Bytes::from(new.body.clone())
+            };
+            self.js
+                .publish_with_headers(SUBJECT, headers, payload)
+                .await
+                .map_err(|e| self.unavailable("queue an invocation", e))?
+                .await
+                .map_err(|e| self.unavailable("queue an invocation", e))
+        }
+        .await;
+        if let Err(e) = published {
+            // Not queued: no record of it either.
+            let _ = self.records.purge(&new.id).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn take(&self, limit: usize) -> Result<Vec<Box<dyn Claimed>>> {
+        let failed = |e: &dyn std::fmt::Display| self.unavailable("take invocations", e);
+        let mut messages = Vec::with_capacity(limit);
+        let mut now = self
+            .consumer
+            .fetch()
+            .max_messages(limit)
+            .messages()
+            .await
+            .map_err(|e| failed(&e))?;
+        while let Some(message) = now.next().await {
+            match message {
+                Ok(message) => messages.push(message),
+                Err(e) => tracing::debug!("fetching invocations: {e}"),
+            }
+        }
+        if messages.is_empty() {
+            // Nothing waits: wait a while for the next one.
+            let mut next = self
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .map_err(|e| failed(&e))?;
+            while let Some(message) = next.next().await {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(e) => tracing::debug!("waiting for invocations: {e}"),
+                }
+            }
+        }
+        let mut claimed = Vec::with_capacity(messages.len());
+        for message in messages {
+            // One that cannot be marked is left to be delivered again.
+            match self.claim(message).await {
+                Ok(Some(claim)) => claimed.push(claim),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn invocation(&self, id: &str) -> Result<Invocation> {
+        match self.record(id).await? {
+            Some((record, _)) => Ok(record),
+            None => Err(Error::not_found("invocation", id)),
+        }
+    }
+
+    async fn invocations(&self, filter: InvocationFilter) -> Result<Vec<Invocation>> {
+        Ok(self
+            .all()
+            .await?
+            .into_iter()
+            .filter(|i| filter.matches(i))
+            .take(filter.limit)
+            .collect())
+    }
+
+    async fn forget_namespace(&self, namespace: &str) -> Result<u64> {
+        let of_namespace = InvocationFilter {
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        };
+        let mut forgotten = 0;
+        for record in self.all().await? {
+            if of_namespace.matches(&record) {
+                self.records
+                    .purge(&record.request.id)
+                    .await
+                    .map_err(|e| self.unavailable("forget an invocation", e))?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// A record is one KV value: the result must fit in a message.
+    fn max_result(&self) -> usize {
+        (self.max_payload / 2).min(1 << 20)
+    }
+}
+
+/// An invocation this node runs.
+struct NatsClaim {
+    invocation: Invocation,
+    /// The record's revision when this node marked it running.
+    revision: u64,
+    message: Arc<jetstream::Message>,
+    progress: tokio::task::JoinHandle<()>,
+    records: kv::Store,
+    bodies: object_store::ObjectStore,
+    servers: String,
+    big_body: bool,
+}
+
+impl Drop for NatsClaim {
+    fn drop(&mut self) {
+        self.progress.abort();
+    }
+}
+
+impl NatsClaim {
+    /// Writes `record` over the one this node read, unless another node
+    /// has finished the invocation meanwhile: then that outcome stands,
+    /// and is returned.
+    async fn write(&self, record: &Invocation) -> Result<InvocationStatus> {
+        let id = &record.request.id;
+        let mut revision = self.revision;
+        loop {
+            match self.records.update(id, json(record)?, revision).await {
+                Ok(_) => return Ok(record.status),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let entry =
+                        self.records.entry(id).await.map_err(|e| {
+                            unavailable(&self.servers, "read an invocation record", e)
+                        })?;
+                    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                        // Forgotten with its namespace.
+                        return Ok(InvocationStatus::Failed);
+                    };
+                    let stored: Invocation = serde_json::from_slice(&entry.value).map_err(|e| {
+                        Error::internal(format!("corrupt invocation record {id}: {e}"))
+                    })?;
+                    if is_finished(stored.status) {
+                        return Ok(stored.status);
+                    }
+                    revision = entry.revision;
+                }
+                Err(e) => {
+                    return Err(unavailable(
+                        &self.servers,
+                        "record an invocation's outcome",
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Claimed for NatsClaim {
+    fn invocation(&self) -> &Invocation {
+        &self.invocation
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        attempt: &Attempt,
+        backoff: Duration,
+    ) -> Result<InvocationStatus> {
+        self.progress.abort();
+        let record = Invocation {
+            request: NewInvocation {
+                body: Vec::new(),
+                ..self.invocation.request.clone()
+            },
+            status: outcome(&self.invocation, attempt),
+            attempts: self.invocation.attempts + 1,
+            updated_us: now_us(),
+            result_status: attempt.status,
+            result_body: Some(String::from_utf8_lossy(&attempt.body).into_owned()),
+            error: attempt.error.clone(),
+            ..self.invocation.clone()
+        };
+        // Only once the outcome is stored is the message let go.
+        let status = self.write(&record).await?;
+        let acked = if status == InvocationStatus::Queued {
+            self.message.ack_with(AckKind::Nak(Some(backoff))).await
+        } else {
+            self.message.double_ack().await
+        };
+        if let Err(e) = acked {
+            // It comes back, finds its outcome stored and is let go then.
+            tracing::warn!("invocation {}: ack not confirmed: {e}", record.request.id);
+        }
+        if is_finished(status) && self.big_body {
+            let _ = self.bodies.delete(&record.request.id).await;
+        }
+        Ok(status)
+    }
+
+    async fn defer(self: Box<Self>, delay: Duration) -> Result<()> {
+        self.progress.abort();
+        let record = Invocation {
+            request: NewInvocation {
+                body: Vec::new(),
+                ..self.invocation.request.clone()
+            },
+            status: InvocationStatus::Queued,
+            updated_us: now_us(),
+            ..self.invocation.clone()
+        };
+        let acked = if is_finished(self.write(&record).await?) {
+            // Another node finished it meanwhile.
+            self.message.double_ack().await
+        } else {
+            self.message.ack_with(AckKind::Nak(Some(delay))).await
+        };
+        acked.map_err(|e| unavailable(&self.servers, "put an invocation back", e))
+    }
+}
