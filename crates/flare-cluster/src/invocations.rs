@@ -1,10 +1,13 @@
 //! Asynchronous invocations in a cluster: a JetStream work queue that every
 //! node takes from, and a KV bucket of their records.
 //!
-//! Submitting writes the record (queued) to the bucket `flare-invocations`,
-//! then publishes the request to the stream `FLARE_INVOCATIONS` (work-queue
-//! retention, so a message is gone once acknowledged); the caller's 202
-//! comes after JetStream acknowledged the publish. Every node pulls from
+//! Submitting publishes the request to the stream `FLARE_INVOCATIONS`
+//! (work-queue retention, so a message is gone once acknowledged), then
+//! writes its record (queued) to the bucket `flare-invocations`; the
+//! caller's 202 comes after both. The message is the invocation: a node
+//! that takes one whose record is missing (its submitter died between the
+//! two writes) writes the record itself, and a submitter killed before the
+//! publish leaves nothing behind. Every node pulls from
 //! the one durable consumer `flare-async`, so an invocation is taken by one
 //! node at a time. The taker marks the record running and tells JetStream
 //! it is still working every [`PROGRESS`]; a node that dies stops saying
@@ -211,7 +214,7 @@ impl NatsQueue {
     }
 
     /// Marks what `message` asks for running, for this node; `None` when
-    /// it needs no run (it is finished already, or forgotten).
+    /// it needs no run (it is finished already).
     async fn claim(&self, message: jetstream::Message) -> Result<Option<Box<dyn Claimed>>> {
         let headers = message.headers.clone().unwrap_or_default();
         let request = headers
@@ -224,11 +227,20 @@ impl NatsQueue {
             return Ok(None);
         };
         let id = request.id.clone();
+        let big_body = headers.get(BODY_HEADER).is_some();
+        let body = if big_body {
+            self.body(&id).await?
+        } else {
+            message.payload.to_vec()
+        };
         loop {
             let Some((record, revision)) = self.record(&id).await? else {
-                // The record went with its namespace: nothing to run.
-                let _ = message.double_ack().await;
-                return Ok(None);
+                // Its submitter died before writing the record.
+                match self.records.create(&id, json(&queued(&request))?).await {
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(self.unavailable("store an invocation", e)),
+                }
             };
             if is_finished(record.status) {
                 // Run and recorded by a node that died before its ack.
@@ -242,11 +254,7 @@ impl NatsQueue {
             };
             match self.records.update(&id, json(&running)?, revision).await {
                 Ok(revision) => {
-                    request.body = if headers.get(BODY_HEADER).is_some() {
-                        self.body(&id).await?
-                    } else {
-                        message.payload.to_vec()
-                    };
+                    request.body = body;
                     let message = Arc::new(message);
                     let progress = tokio::spawn(say_progress(message.clone()));
                     return Ok(Some(Box::new(NatsClaim {
@@ -257,7 +265,7 @@ impl NatsQueue {
                         records: self.records.clone(),
                         bodies: self.bodies.clone(),
                         servers: self.servers.clone(),
-                        big_body: headers.get(BODY_HEADER).is_some(),
+                        big_body,
                     })));
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -281,6 +289,36 @@ impl NatsQueue {
     }
 }
 
+/// The messages of one pull.
+async fn drain(mut batch: pull::Batch) -> Vec<jetstream::Message> {
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        match message {
+            Ok(message) => messages.push(message),
+            Err(e) => tracing::debug!("pulling invocations: {e}"),
+        }
+    }
+    messages
+}
+
+/// The record of `request`, just queued.
+fn queued(request: &NewInvocation) -> Invocation {
+    let now = now_us();
+    Invocation {
+        request: NewInvocation {
+            body: Vec::new(),
+            ..request.clone()
+        },
+        status: InvocationStatus::Queued,
+        attempts: 0,
+        created_us: now,
+        updated_us: now,
+        result_status: None,
+        result_body: None,
+        error: None,
+    }
+}
+
 /// Tells JetStream, until aborted, that `message` is still being run.
 async fn say_progress(message: Arc<jetstream::Message>) {
     loop {
@@ -293,87 +331,51 @@ async fn say_progress(message: Arc<jetstream::Message>) {
 
 #[async_trait::async_trait]
 impl InvocationQueue for NatsQueue {
-    async fn submit(&self, new: NewInvocation) -> Result<()> {
-        let now = now_us();
-        let record = Invocation {
-            request: new.clone(),
-            status: InvocationStatus::Queued,
-            attempts: 0,
-            created_us: now,
-            updated_us: now,
-            result_status: None,
-            result_body: None,
-            error: None,
-        };
-        self.records
-            .create(&new.id, json(&record)?)
-            .await
-            .map_err(|e| self.unavailable("store an invocation", e))?;
+    async fn submit(&self, mut new: NewInvocation) -> Result<()> {
+        let body = std::mem::take(&mut new.body);
         let request = serde_json::to_string(&new)
             .map_err(|e| Error::internal(format!("invocation request: {e}")))?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", new.id.as_str());
         headers.insert(REQUEST_HEADER, request.as_str());
-        let big = request.len() + new.body.len() + HEADROOM > self.max_payload;
-        let published = async {
-            let payload = if big {
-                headers.insert(BODY_HEADER, "object");
-                self.bodies
-                    .put(new.id.as_str(), &mut new.body.as_slice())
-                    .await
-                    .map_err(|e| self.unavailable("store an invocation's body", e))?;
-                bytes::Bytes::new()
-            } else {
-                bytes::Bytes::from(new.body.clone())
-            };
-            self.js
-                .publish_with_headers(SUBJECT, headers, payload)
+        let payload = if request.len() + body.len() + HEADROOM > self.max_payload {
+            headers.insert(BODY_HEADER, "object");
+            self.bodies
+                .put(new.id.as_str(), &mut body.as_slice())
                 .await
-                .map_err(|e| self.unavailable("queue an invocation", e))?
-                .await
-                .map_err(|e| self.unavailable("queue an invocation", e))
+                .map_err(|e| self.unavailable("store an invocation's body", e))?;
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::from(body)
+        };
+        self.js
+            .publish_with_headers(SUBJECT, headers, payload)
+            .await
+            .map_err(|e| self.unavailable("queue an invocation", e))?
+            .await
+            .map_err(|e| self.unavailable("queue an invocation", e))?;
+        // A node may have taken it, and written its record, already.
+        match self.records.create(&new.id, json(&queued(&new))?).await {
+            Err(e) if e.kind() != kv::CreateErrorKind::AlreadyExists => {
+                Err(self.unavailable("store an invocation", e))
+            }
+            _ => Ok(()),
         }
-        .await;
-        if let Err(e) = published {
-            // Not queued: no record of it either.
-            let _ = self.records.purge(&new.id).await;
-            return Err(e);
-        }
-        Ok(())
     }
 
     async fn take(&self, limit: usize) -> Result<Vec<Box<dyn Claimed>>> {
         let failed = |e: &dyn std::fmt::Display| self.unavailable("take invocations", e);
-        let mut messages = Vec::with_capacity(limit);
-        let mut now = self
-            .consumer
-            .fetch()
-            .max_messages(limit)
-            .messages()
-            .await
-            .map_err(|e| failed(&e))?;
-        while let Some(message) = now.next().await {
-            match message {
-                Ok(message) => messages.push(message),
-                Err(e) => tracing::debug!("fetching invocations: {e}"),
-            }
-        }
+        let waiting = self.consumer.fetch().max_messages(limit).messages();
+        let mut messages = drain(waiting.await.map_err(|e| failed(&e))?).await;
         if messages.is_empty() {
             // Nothing waits: wait a while for the next one.
-            let mut next = self
+            let next = self
                 .consumer
                 .batch()
                 .max_messages(1)
                 .expires(Duration::from_secs(1))
-                .messages()
-                .await
-                .map_err(|e| failed(&e))?;
-            while let Some(message) = next.next().await {
-                match message {
-                    Ok(message) => messages.push(message),
-                    Err(e) => tracing::debug!("waiting for invocations: {e}"),
-                }
-            }
+                .messages();
+            messages = drain(next.await.map_err(|e| failed(&e))?).await;
         }
         let mut claimed = Vec::with_capacity(messages.len());
         for message in messages {
@@ -463,7 +465,7 @@ impl NatsClaim {
                             unavailable(&self.servers, "read an invocation record", e)
                         })?;
                     let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-                        // Forgotten with its namespace.
+                        // Forgotten with its namespace: nothing to record.
                         return Ok(InvocationStatus::Failed);
                     };
                     let stored: Invocation = serde_json::from_slice(&entry.value).map_err(|e| {
@@ -493,16 +495,14 @@ impl Claimed for NatsClaim {
     }
 
     async fn finish(
-        self: Box<Self>,
+        mut self: Box<Self>,
         attempt: &Attempt,
         backoff: Duration,
     ) -> Result<InvocationStatus> {
         self.progress.abort();
+        // The record holds no body.
+        self.invocation.request.body = Vec::new();
         let record = Invocation {
-            request: NewInvocation {
-                body: Vec::new(),
-                ..self.invocation.request.clone()
-            },
             status: outcome(&self.invocation, attempt),
             attempts: self.invocation.attempts + 1,
             updated_us: now_us(),
@@ -528,13 +528,10 @@ impl Claimed for NatsClaim {
         Ok(status)
     }
 
-    async fn defer(self: Box<Self>, delay: Duration) -> Result<()> {
+    async fn defer(mut self: Box<Self>, delay: Duration) -> Result<()> {
         self.progress.abort();
+        self.invocation.request.body = Vec::new();
         let record = Invocation {
-            request: NewInvocation {
-                body: Vec::new(),
-                ..self.invocation.request.clone()
-            },
             status: InvocationStatus::Queued,
             updated_us: now_us(),
             ..self.invocation.clone()

@@ -2,8 +2,8 @@
 //!
 //! At-least-once: an invocation is marked running while it runs and its
 //! outcome is recorded after; one whose taker crashed runs again (on the
-//! node's restart alone, on another node in a cluster). A 5xx or a failure to run is retried with exponential backoff
-//! (1 s, 2 s, 4 s, ... up to 60 s) until the invocation's max retries; then
+//! node's restart alone, on another node in a cluster). A 5xx or a failure
+//! to run is retried with exponential backoff (1 s, 2 s, 4 s, ... up to 60 s) until the invocation's max retries; then
 //! it stays failed, the dead letter listed by `flare invocations list
 //! --failed`. A 503 (the function is at capacity) is not a failure: the
 //! invocation waits and is tried again without spending a retry. When a
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use flare_egress::EgressPolicy;
 use flare_executor::Executor;
 use flare_model::ErrorCode;
-use flare_store::invocations::{Attempt, Claimed, Invocation, InvocationQueue, InvocationStatus};
+use flare_store::invocations::{Attempt, Claimed, InvocationQueue, InvocationStatus};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
 
@@ -59,29 +59,24 @@ impl AsyncInvoker {
         let mut deployed = self.executor.applied();
         let _ = deployed.wait_for(|r| *r >= revision).await;
         loop {
-            // Take only what can start now: what waits in the queue can
-            // be taken by another node.
-            let Ok(first) = self.slots.clone().acquire_owned().await else {
+            // Take only what can start now (what waits in the queue can be
+            // taken by another node): wait for a free slot first. Only this
+            // loop takes slots, so the room seen stays free.
+            if self.slots.acquire().await.is_err() {
                 return;
-            };
-            let room = self.slots.available_permits() + 1;
+            }
+            let room = self.slots.available_permits();
             let claimed = match self.queue.take(room).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::error!("cannot take from the invocation queue: {e}");
-                    drop(first);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            let mut first = Some(first);
             for claim in claimed {
-                let slot = match first.take() {
-                    Some(slot) => slot,
-                    None => match self.slots.clone().acquire_owned().await {
-                        Ok(slot) => slot,
-                        Err(_) => return,
-                    },
+                let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                    return;
                 };
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -93,8 +88,9 @@ impl AsyncInvoker {
     }
 
     async fn execute(&self, claim: Box<dyn Claimed>) {
-        let invocation = claim.invocation().clone();
-        let r = &invocation.request;
+        let r = &claim.invocation().request;
+        let (id, callback_url) = (r.id.clone(), r.callback_url.clone());
+        let attempts = claim.invocation().attempts;
         let mut request = http::Request::new(Full::new(Bytes::from(r.body.clone())));
         *request.method_mut() =
             http::Method::from_bytes(r.method.as_bytes()).unwrap_or(http::Method::POST);
@@ -124,7 +120,7 @@ impl AsyncInvoker {
             // Saturated, not failed: wait for capacity without spending a
             // retry (the function's own queue and limits still apply).
             if let Err(e) = claim.defer(SATURATED_DELAY).await {
-                tracing::error!("invocation {}: cannot defer it: {e}", r.id);
+                tracing::error!("invocation {id}: cannot defer it: {e}");
             }
             return;
         }
@@ -154,17 +150,17 @@ impl AsyncInvoker {
                 error: Some(e.owner_message()),
             },
         };
-        let status = match claim.finish(&attempt, backoff(invocation.attempts)).await {
+        let status = match claim.finish(&attempt, backoff(attempts)).await {
             Ok(status) => status,
             Err(e) => {
-                tracing::error!("invocation {}: cannot record its outcome: {e}", r.id);
+                tracing::error!("invocation {id}: cannot record its outcome: {e}");
                 return;
             }
         };
         if status != InvocationStatus::Queued
-            && let Some(url) = &r.callback_url
+            && let Some(url) = &callback_url
         {
-            self.call_back(url, &invocation, status, &attempt).await;
+            self.call_back(url, &id, status, &attempt).await;
         }
     }
 
@@ -172,14 +168,7 @@ impl AsyncInvoker {
     /// URL's host is resolved and checked against the egress policy, and
     /// the connection goes to exactly the checked addresses; redirects are
     /// not followed.
-    async fn call_back(
-        &self,
-        url: &str,
-        invocation: &Invocation,
-        status: InvocationStatus,
-        attempt: &Attempt,
-    ) {
-        let id = &invocation.request.id;
+    async fn call_back(&self, url: &str, id: &str, status: InvocationStatus, attempt: &Attempt) {
         let client = match callback_client(&self.egress, url).await {
             Ok(client) => client,
             Err(why) => {

@@ -30,16 +30,7 @@ where
 fn the_test_cluster_keeps_a_three_replica_bucket_through_a_kill() {
     let mut cluster = NatsCluster::start(3);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let servers: Vec<async_nats::ServerAddr> = cluster
-        .urls()
-        .split(',')
-        .map(|url| url.parse().unwrap())
-        .collect();
-    let client = runtime.block_on(async_nats::connect(servers)).unwrap();
-    let js = {
-        let _in = runtime.enter();
-        jetstream::new(client)
-    };
+    let js = jetstream_of(&cluster, &runtime);
     let bucket = runtime.block_on(async {
         within(Duration::from_secs(20), || {
             js.create_key_value(kv::Config {
@@ -801,4 +792,46 @@ fn an_async_body_too_large_for_one_nats_message_arrives_whole() {
         left
     });
     assert_eq!(left, 0);
+}
+
+#[test]
+fn a_queued_invocation_without_its_record_still_runs_and_junk_is_dropped() {
+    let cluster = NatsCluster::start(1);
+    let keys = tempfile::tempdir().unwrap();
+    let a = node(&cluster, "a", &secrets_key(keys.path()));
+    a.create("slow", "misbehave", &[]);
+    // A submitter killed between its publish and its record leaves only
+    // the message; one that is not an invocation at all comes first.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let js = jetstream_of(&cluster, &runtime);
+    let request = serde_json::json!({
+        "id": "0000orphan", "function": "slow", "method": "GET",
+        "path": "/sleep?ms=1", "headers": [], "callback_url": null, "max_retries": 0,
+    });
+    runtime.block_on(async {
+        js.publish("flare.invocations", "junk".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Flare-Request", request.to_string().as_str());
+        js.publish_with_headers("flare.invocations", headers, bytes::Bytes::new())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    let done = common::eventually(Duration::from_secs(30), || {
+        let out = a.cli(&["invocations", "get", "--id", "0000orphan", "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (json["status"] == "succeeded").then_some(json)
+    });
+    assert_eq!(done["result_body"], "slept");
+    // Nothing is left in the queue: the junk was dropped, not retried.
+    let pending = runtime.block_on(async {
+        let mut stream = js.get_stream("FLARE_INVOCATIONS").await.unwrap();
+        stream.info().await.unwrap().state.messages
+    });
+    assert_eq!(pending, 0);
 }
