@@ -29,9 +29,21 @@ fn io_err(what: &str, e: std::io::Error) -> Error {
 }
 
 impl PackageStore {
+    /// Opens the store in `dir`, removing uploads a crash left
+    /// half-written: none can be under way before the store is open (one
+    /// server per data dir), while one that is may be older than any grace
+    /// a retention pass could give it (a slow client, a slow fsync).
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir.join("tmp"))
+        let staging = dir.join("tmp");
+        std::fs::create_dir_all(&staging)
             .map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))?;
+        let leftovers =
+            std::fs::read_dir(&staging).map_err(|e| io_err("cannot list uploads", e))?;
+        for entry in leftovers.flatten() {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!("cannot remove a half-written upload: {e}");
+            }
+        }
         Ok(PackageStore {
             dir: dir.to_path_buf(),
         })
@@ -60,8 +72,7 @@ impl PackageStore {
     }
 
     /// Removes blobs whose digest (hex) is not in `keep` and that were not
-    /// uploaded within `grace`, and uploads a crash left half-written.
-    /// Returns how many files and bytes went.
+    /// uploaded within `grace`. Returns how many files and bytes went.
     pub fn prune(
         &self,
         keep: &std::collections::HashSet<String>,
@@ -69,9 +80,7 @@ impl PackageStore {
     ) -> Result<(u64, u64)> {
         let mut removed = (0, 0);
         let blobs = std::fs::read_dir(&self.dir).map_err(|e| io_err("cannot list packages", e))?;
-        let staged = std::fs::read_dir(self.dir.join("tmp"))
-            .map_err(|e| io_err("cannot list uploads", e))?;
-        for entry in blobs.chain(staged).flatten() {
+        for entry in blobs.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let in_use = name
                 .strip_prefix("sha256-")
@@ -243,5 +252,26 @@ mod tests {
         assert_eq!(leftovers, 0);
         let blobs = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(blobs, 1, "only tmp/ remains");
+    }
+
+    #[tokio::test]
+    async fn an_upload_under_way_outlives_a_pass_and_a_crashed_one_goes_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PackageStore::open(dir.path()).unwrap();
+        let staged = store.stage(chunks(&[b"abc"]), 10).await.unwrap();
+        // A pass with no grace while the upload is staged (CI saw one go
+        // between its fsync and its rename).
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store
+            .prune(&Default::default(), std::time::Duration::ZERO)
+            .unwrap();
+        let package = staged.commit().unwrap();
+        assert!(store.contains(&package));
+
+        // A crash leaves a staged file; the next open removes it.
+        let half = tempfile::NamedTempFile::new_in(dir.path().join("tmp")).unwrap();
+        let (_, path) = half.keep().unwrap();
+        PackageStore::open(dir.path()).unwrap();
+        assert!(!path.exists());
     }
 }
