@@ -70,6 +70,7 @@ pub struct Api {
     pub(crate) sealer: Arc<flare_access::seal::Sealer>,
     pub(crate) membership: flare_cluster::Membership,
     pub(crate) cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
+    pub(crate) cluster_logs: Option<Arc<flare_cluster::logs::LogStream>>,
 }
 
 /// The components the API is built on.
@@ -94,6 +95,8 @@ pub struct ApiParts {
     pub membership: flare_cluster::Membership,
     /// In cluster mode, where uploaded packages go so every node has them.
     pub cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
+    /// In cluster mode, the log stream every node keeps a replica of.
+    pub cluster_logs: Option<Arc<flare_cluster::logs::LogStream>>,
 }
 
 impl Api {
@@ -137,6 +140,7 @@ impl Api {
             sealer: parts.sealer,
             membership: parts.membership,
             cluster_packages: parts.cluster_packages,
+            cluster_logs: parts.cluster_logs,
         })
     }
 

@@ -134,6 +134,11 @@ pub(crate) async fn delete(
             .off_thread(move |store| flare_store::retention::forget_namespace(store, &name))
             .await?
     } + api.queue.forget_namespace(&name).await?;
+    // In a cluster every node holds the namespace's lines: the stream tells
+    // them all.
+    if let Some(logs) = &api.cluster_logs {
+        logs.forget_namespace(&name).await?;
+    }
     tracing::info!(
         namespace = deleted.name(),
         records = forgotten,

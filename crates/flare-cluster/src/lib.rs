@@ -9,6 +9,7 @@
 //! stops cleanly deletes its key on the way out.
 
 pub mod invocations;
+pub mod logs;
 pub mod packages;
 pub mod store;
 

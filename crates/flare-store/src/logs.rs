@@ -5,13 +5,21 @@
 //! Invariant: a line is broadcast only after the transaction holding it has
 //! committed, and broadcast ids only grow, so a follower that queries first
 //! and then skips ids it has seen neither loses nor repeats a line.
+//!
+//! In a cluster ([`start_shipped`]) the writer hands this node's lines to a
+//! [`Ship`] (the cluster's log stream) instead of storing them, and every
+//! node stores what the stream holds, its own lines included, through a
+//! [`LogApplier`]: each node's database is a replica of the cluster's log,
+//! so queries and followers stay local. The position applied is stored in
+//! the same transaction as the lines, so a restart neither skips nor
+//! repeats a batch.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use flare_model::{Error, LogEntry, LogRecord, LogStream, Result};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use crate::sqlite::{connect, db_err};
@@ -53,16 +61,37 @@ impl LogQuery {
     }
 }
 
+/// What the writer thread is handed.
+enum Write {
+    /// A line written on this node.
+    Line(LogRecord),
+    /// Lines from the cluster's stream, at `position` in it.
+    Applied {
+        position: u64,
+        records: Vec<LogRecord>,
+    },
+    /// A namespace deleted, at `position` in the cluster's stream: its
+    /// lines go.
+    Forget { position: u64, namespace: String },
+}
+
+/// Where a node of a cluster sends its lines before they are stored.
+pub trait Ship: Send + 'static {
+    /// Ships `batch` (blocking; called on the writer thread) and returns
+    /// the lines it could not ship, which the writer stores here.
+    fn ship(&mut self, batch: Vec<LogRecord>) -> Vec<LogRecord>;
+}
+
 /// Hands lines to the writer thread; cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct LogSender {
-    tx: mpsc::SyncSender<LogRecord>,
+    tx: mpsc::SyncSender<Write>,
     dropped: Arc<AtomicU64>,
 }
 
 impl LogSender {
     pub fn send(&self, record: LogRecord) {
-        if self.tx.try_send(record).is_err() {
+        if self.tx.try_send(Write::Line(record)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -70,6 +99,34 @@ impl LogSender {
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Stores what a cluster's log stream holds, in the stream's order.
+#[derive(Clone)]
+pub struct LogApplier {
+    tx: mpsc::SyncSender<Write>,
+}
+
+impl LogApplier {
+    /// Stores `records`, the lines at `position` in the stream. Blocks
+    /// while the writer is behind; call off the async runtime. An error
+    /// means the writer has stopped.
+    pub fn apply(&self, position: u64, records: Vec<LogRecord>) -> Result<()> {
+        self.tx
+            .send(Write::Applied { position, records })
+            .map_err(|_| Error::internal("the log writer has stopped"))
+    }
+
+    /// Removes the lines of `namespace`'s functions, as the stream says at
+    /// `position`. Blocking, like [`LogApplier::apply`].
+    pub fn forget(&self, position: u64, namespace: String) -> Result<()> {
+        self.tx
+            .send(Write::Forget {
+                position,
+                namespace,
+            })
+            .map_err(|_| Error::internal("the log writer has stopped"))
     }
 }
 
@@ -82,6 +139,21 @@ pub struct Logs {
 /// Starts the writer thread on the database at `db`. The thread ends when
 /// every [`LogSender`] is dropped, after writing what it was given.
 pub fn start(db: &Path) -> Result<(LogSender, Arc<Logs>)> {
+    let (sender, _, logs) = spawn_writer(db, None)?;
+    Ok((sender, logs))
+}
+
+/// Starts the writer of a cluster's node: this node's lines go to `ship`,
+/// and what the cluster's stream holds comes back through the
+/// [`LogApplier`] (lines `ship` could not ship are stored here at once).
+pub fn start_shipped(db: &Path, ship: impl Ship) -> Result<(LogSender, LogApplier, Arc<Logs>)> {
+    spawn_writer(db, Some(Box::new(ship)))
+}
+
+fn spawn_writer(
+    db: &Path,
+    ship: Option<Box<dyn Ship>>,
+) -> Result<(LogSender, LogApplier, Arc<Logs>)> {
     // NORMAL: in WAL mode a process crash loses nothing; only a power loss
     // may lose the last lines, which is the right trade for a log.
     let writer = connect(db, "NORMAL")?;
@@ -94,52 +166,130 @@ pub fn start(db: &Path) -> Result<(LogSender, Arc<Logs>)> {
     });
     std::thread::Builder::new()
         .name("flare-log-writer".into())
-        .spawn(move || write_loop(writer, rx, followers))
+        .spawn(move || write_loop(writer, rx, followers, ship))
         .map_err(|e| Error::internal(format!("cannot start log writer: {e}")))?;
     Ok((
         LogSender {
-            tx,
+            tx: tx.clone(),
             dropped: Arc::default(),
         },
+        LogApplier { tx },
         logs,
     ))
 }
 
 fn write_loop(
     mut conn: Connection,
-    rx: mpsc::Receiver<LogRecord>,
+    rx: mpsc::Receiver<Write>,
     followers: broadcast::Sender<LogEntry>,
+    mut ship: Option<Box<dyn Ship>>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut applied = Vec::new();
     while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(record) => batch.push(record),
-                Err(_) => break,
-            }
-        }
-        match insert(&mut conn, &batch) {
-            Ok(first_id) => {
-                for (i, record) in batch.drain(..).enumerate() {
-                    let _ = followers.send(LogEntry {
-                        id: first_id + i as i64,
-                        record,
-                    });
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
+            match write {
+                Write::Line(record) => batch.push(record),
+                Write::Applied { position, records } => applied.push((position, records)),
+                Write::Forget {
+                    position,
+                    namespace,
+                } => {
+                    // What came before the mark is stored before it goes.
+                    for (position, mut records) in applied.drain(..) {
+                        store(&mut conn, &followers, &mut records, Some(position));
+                    }
+                    if let Err(e) = forget(&mut conn, position, &namespace) {
+                        tracing::error!(
+                            "cannot remove the log lines of namespace {namespace}: {e}"
+                        );
+                    }
                 }
             }
-            Err(e) => {
-                tracing::error!("dropping {} log lines: {e}", batch.len());
-                batch.clear();
+            if batch.len() < BATCH && applied.len() < BATCH {
+                next = rx.try_recv().ok();
             }
+        }
+        if let Some(ship) = &mut ship
+            && !batch.is_empty()
+        {
+            batch = ship.ship(std::mem::take(&mut batch));
+        }
+        if !batch.is_empty() {
+            store(&mut conn, &followers, &mut batch, None);
+        }
+        for (position, mut records) in applied.drain(..) {
+            store(&mut conn, &followers, &mut records, Some(position));
         }
     }
 }
 
-/// Inserts a batch in one transaction; returns the id of its first line.
-/// Ids are consecutive because this thread is the only writer of the table.
-fn insert(conn: &mut Connection, batch: &[LogRecord]) -> Result<i64> {
+/// Stores `batch` (and the stream `position` it came from) and tells the
+/// followers.
+fn store(
+    conn: &mut Connection,
+    followers: &broadcast::Sender<LogEntry>,
+    batch: &mut Vec<LogRecord>,
+    position: Option<u64>,
+) {
+    match insert(conn, batch, position) {
+        Ok(first_id) => {
+            for (i, record) in batch.drain(..).enumerate() {
+                let _ = followers.send(LogEntry {
+                    id: first_id + i as i64,
+                    record,
+                });
+            }
+        }
+        Err(e) => {
+            tracing::error!("dropping {} log lines: {e}", batch.len());
+            batch.clear();
+        }
+    }
+}
+
+/// The `meta` key of the stream position this node's log has applied.
+const POSITION_KEY: &str = "log_stream_position";
+
+fn set_position(tx: &rusqlite::Transaction, position: u64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![POSITION_KEY, i64::try_from(position).unwrap_or(i64::MAX)],
+    )
+    .map(|_| ())
+    .map_err(db_err)
+}
+
+/// Removes the lines of `namespace`'s functions (qualified names end in
+/// `.namespace`) and records `position`, in one transaction.
+fn forget(conn: &mut Connection, position: u64, namespace: &str) -> Result<()> {
     let tx = conn.transaction().map_err(db_err)?;
+    let removed = tx
+        .execute(
+            "DELETE FROM logs WHERE substr(function, -length(?1)) = ?1",
+            params![format!(".{namespace}")],
+        )
+        .map_err(db_err)?;
+    set_position(&tx, position)?;
+    tx.commit().map_err(db_err)?;
+    tracing::info!(
+        namespace,
+        lines = removed,
+        "log lines of a deleted namespace removed"
+    );
+    Ok(())
+}
+
+/// Inserts a batch in one transaction, with the stream position it came
+/// from; returns the id of its first line (0 for an empty batch). Ids are
+/// consecutive because this thread is the only writer of the table.
+fn insert(conn: &mut Connection, batch: &[LogRecord], position: Option<u64>) -> Result<i64> {
+    let tx = conn.transaction().map_err(db_err)?;
+    if let Some(position) = position {
+        set_position(&tx, position)?;
+    }
     let mut first_id = None;
     {
         let mut stmt = tx
@@ -160,7 +310,7 @@ fn insert(conn: &mut Connection, batch: &[LogRecord]) -> Result<i64> {
         }
     }
     tx.commit().map_err(db_err)?;
-    first_id.ok_or_else(|| Error::internal("empty log batch"))
+    Ok(first_id.unwrap_or(0))
 }
 
 impl Logs {
@@ -211,6 +361,24 @@ impl Logs {
         let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
         entries.reverse();
         Ok(entries)
+    }
+
+    /// The position in a cluster's log stream this node has stored up to
+    /// (0: nothing yet).
+    pub fn position(&self) -> Result<u64> {
+        let conn = self
+            .reader
+            .lock()
+            .map_err(|_| Error::internal("logs: reader lock poisoned"))?;
+        let position: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                params![POSITION_KEY],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
     }
 
     /// New lines as they are committed. Subscribe before querying the past.
@@ -271,5 +439,92 @@ mod tests {
         assert_eq!(q(|q| q.since_us = Some(20)), ["other", "world"]);
         assert_eq!(q(|q| q.contains = Some("orl".into())), ["world"]);
         assert_eq!(q(|q| q.limit = 1), ["world"]);
+    }
+
+    /// A ship that keeps what it takes, and refuses everything while
+    /// `down` is set.
+    struct Kept {
+        shipped: Arc<Mutex<Vec<LogRecord>>>,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Ship for Kept {
+        fn ship(&mut self, batch: Vec<LogRecord>) -> Vec<LogRecord> {
+            if self.down.load(Ordering::SeqCst) {
+                return batch;
+            }
+            self.shipped.lock().unwrap().extend(batch);
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_node_ships_its_lines_and_stores_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let shipped = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ship = Kept {
+            shipped: shipped.clone(),
+            down: down.clone(),
+        };
+        let (sender, applier, logs) = start_shipped(store.path(), ship).unwrap();
+        let all = |logs: &Logs| {
+            logs.query(&LogQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.line)
+            .collect::<Vec<_>>()
+        };
+        let eventually = |check: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !check() {
+                assert!(std::time::Instant::now() < deadline, "timed out");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+
+        // This node's line goes to the ship, not to the table.
+        sender.send(record("f", "i1", 10, "mine"));
+        eventually(&|| shipped.lock().unwrap().len() == 1);
+        assert!(all(&logs).is_empty());
+        assert_eq!(logs.position().unwrap(), 0);
+
+        // What the stream holds is stored, with its position; a namespace's
+        // mark removes that namespace's lines only.
+        let mut follow = logs.follow();
+        let mine = shipped.lock().unwrap().clone();
+        let (a2, a3) = (applier.clone(), applier.clone());
+        tokio::task::spawn_blocking(move || {
+            a2.apply(7, mine).unwrap();
+            a2.apply(
+                8,
+                vec![
+                    record("g.team-a", "i2", 20, "theirs"),
+                    record("g", "i3", 30, "default's"),
+                ],
+            )
+            .unwrap();
+            a3.forget(9, "team-a".into()).unwrap();
+        })
+        .await
+        .unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), follow.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.record.line, "mine");
+        eventually(&|| logs.position().unwrap() == 9);
+        assert_eq!(all(&logs), ["mine", "default's"]);
+
+        // While the stream does not take lines, they are stored here.
+        down.store(true, Ordering::SeqCst);
+        sender.send(record("f", "i4", 40, "kept here"));
+        eventually(&|| all(&logs).len() == 3);
+        assert_eq!(logs.position().unwrap(), 9);
+        assert_eq!(shipped.lock().unwrap().len(), 1);
     }
 }

@@ -835,3 +835,138 @@ fn a_queued_invocation_without_its_record_still_runs_and_junk_is_dropped() {
     });
     assert_eq!(pending, 0);
 }
+
+/// `flare fn logs --follow` of `name` on `server`, read line by line.
+fn follow_logs(
+    server: &common::Server,
+    name: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .args(["fn", "logs", "--name", name, "--follow"])
+        .env("FLARE_API", &server.api)
+        .env("FLARE_TOKEN", &server.token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Invokes `path` on `server`'s router; the invocation id.
+fn invoked(server: &common::Server, path: &str) -> String {
+    let response = server.get(path);
+    assert_eq!(response.status(), 200, "{path}");
+    response.headers()["x-flare-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn logs_of_every_node_are_read_and_followed_on_any_node() {
+    let mut cluster = NatsCluster::start(1);
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(&cluster, "a", &key);
+    let mut b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
+    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    a.create("chatty", "misbehave", &[]);
+    for node in [&b, &c] {
+        common::eventually(Duration::from_secs(10), || {
+            (node.get("/fn/chatty/log?n=0").status() == 200).then_some(())
+        });
+    }
+
+    // Followed on a; written on b and on c.
+    let (mut follower, followed) = follow_logs(&a, "chatty");
+    // The follower is connected once it shows a line written after it.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let on_b = loop {
+        let id = invoked(&b, "/fn/chatty/log?n=1");
+        let until = Instant::now() + Duration::from_millis(500);
+        while let Ok(line) = followed.recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            seen.push(line);
+        }
+        if seen.iter().any(|l| l.contains(&id)) {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "nothing followed: {seen:?}");
+    };
+    let on_c = invoked(&c, "/fn/chatty/log?n=2");
+    let wanted = [
+        format!("stdout [{on_b}] line 0"),
+        format!("stdout [{on_c}] line 0"),
+        format!("stdout [{on_c}] line 1"),
+        format!("stderr [{on_c}] to stderr"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !wanted.iter().all(|w| seen.iter().any(|l| l.contains(w))) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match followed.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("followed on a: {seen:#?}, wanted {wanted:#?}"),
+        }
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+
+    // Queried on a: each line once, whichever node wrote it.
+    let logs = a.ok(&["fn", "logs", "--name", "chatty"]);
+    for w in &wanted {
+        assert_eq!(logs.matches(w.as_str()).count(), 1, "{w} in {logs}");
+    }
+    let only_c = a.ok(&["fn", "logs", "--name", "chatty", "--invocation", &on_c]);
+    assert_eq!(only_c.lines().count(), 3, "{only_c}");
+
+    // b dies; a node that joins afterwards, on an empty data dir, still has
+    // b's lines: they were in the stream before they were on b.
+    b.kill9();
+    let d = next_node(&cluster, "d", &key, &a, &keys.path().join("d"));
+    common::eventually(Duration::from_secs(20), || {
+        let logs = d.ok(&["fn", "logs", "--name", "chatty", "--invocation", &on_b]);
+        logs.contains(&wanted[0]).then_some(())
+    });
+
+    // A deleted namespace's lines go from every node; one made again under
+    // the same name starts with none.
+    a.ok(&["ns", "create", "team-x"]);
+    a.create("talk", "misbehave", &["-n", "team-x"]);
+    common::eventually(Duration::from_secs(10), || {
+        (c.get("/fn/talk.team-x/log?n=1").status() == 200).then_some(())
+    });
+    common::eventually(Duration::from_secs(20), || {
+        let logs = d.ok(&["-n", "team-x", "fn", "logs", "--name", "talk"]);
+        logs.contains("line 0").then_some(())
+    });
+    a.ok(&["-n", "team-x", "fn", "delete", "--name", "talk"]);
+    a.ok(&["ns", "delete", "team-x"]);
+    a.ok(&["ns", "create", "team-x"]);
+    a.create("talk", "misbehave", &["-n", "team-x"]);
+    for node in [&a, &c, &d] {
+        common::eventually(Duration::from_secs(20), || {
+            let logs = node.ok(&["-n", "team-x", "fn", "logs", "--name", "talk", "-o", "json"]);
+            (logs.trim() == "[]").then_some(())
+        });
+    }
+
+    // NATS gone: a node keeps its own lines rather than lose them.
+    cluster.kill(0);
+    let alone = invoked(&a, "/fn/chatty/log?n=1");
+    common::eventually(Duration::from_secs(30), || {
+        let logs = a.ok(&["fn", "logs", "--name", "chatty", "--invocation", &alone]);
+        logs.contains("line 0").then_some(())
+    });
+    cluster.restart(0);
+}

@@ -480,7 +480,29 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => (sqlite.clone(), None),
     };
     let packages = PackageStore::open(&data_dir.join("packages"))?;
-    let (log_sender, logs) = flare_store::logs::start(sqlite.path())?;
+    // Logs: this node's own, or a replica of the cluster's log stream.
+    let (log_sender, logs, cluster_logs) = match &cluster {
+        Some(cluster) => {
+            let stream = flare_cluster::logs::LogStream::open(
+                cluster.jetstream().clone(),
+                cluster.replicas(),
+                settings.retention.logs,
+                cluster.servers(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+            let (sender, applier, logs) = flare_store::logs::start_shipped(
+                sqlite.path(),
+                stream.ship(tokio::runtime::Handle::current()),
+            )?;
+            stream.apply(applier, logs.position()?);
+            (sender, logs, Some(Arc::new(stream)))
+        }
+        None => {
+            let (sender, logs) = flare_store::logs::start(sqlite.path())?;
+            (sender, logs, None)
+        }
+    };
     let mut runtime_config = RuntimeConfig::new(data_dir.join("cache"));
     runtime_config.pool_instances = settings.max_instances;
     runtime_config.egress = egress.clone();
@@ -588,6 +610,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         sealer,
         membership,
         cluster_packages,
+        cluster_logs,
     });
     // A cluster sees this node from its first heartbeat on.
     let heartbeat = cluster.as_ref().map(|cluster| {
