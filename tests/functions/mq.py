@@ -1,8 +1,8 @@
 """A Python function for the message-queue tests: processes a message
 unless it says fail; slow-* messages take 50 ms; timed-* messages take
 50 ms and answer with when they started and ended (CLOCK_MONOTONIC, the
-same in every sandbox), so a test can see which ran side by side; big-N
-answers N bytes."""
+same in every sandbox), so a test can see which ran side by side; nap-*
+messages take 500 ms; big-N answers N bytes."""
 import time
 
 
@@ -14,6 +14,9 @@ def main(req):
         started = time.monotonic_ns()
         time.sleep(0.05)
         return "processed:%s:%d:%d" % (text, started, time.monotonic_ns())
+    if text.startswith("nap"):
+        time.sleep(0.5)
+        return "processed:" + text
     if text.startswith("big-"):
         return "y" * int(text[4:])
     if text.startswith("slow"):

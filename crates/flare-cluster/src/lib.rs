@@ -9,6 +9,7 @@
 //! stops cleanly deletes its key on the way out.
 
 pub mod invocations;
+pub mod leases;
 pub mod logs;
 pub mod packages;
 pub mod store;
@@ -280,6 +281,31 @@ impl Cluster {
             tracing::warn!("cannot remove this node from the cluster's list: {e}");
         }
     }
+}
+
+/// The KV bucket `name`, created when it is missing: one value per key,
+/// `replicas`, and with `max_age` a key goes that long after its last
+/// write.
+pub(crate) async fn kv_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+    max_age: Option<Duration>,
+) -> Result<kv::Store, String> {
+    if let Ok(bucket) = js.get_key_value(name).await {
+        return Ok(bucket);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.into(),
+        description: description.into(),
+        history: 1,
+        num_replicas: replicas,
+        max_age: max_age.unwrap_or_default(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Creates the nodes bucket, replicated where the NATS cluster can.

@@ -17,6 +17,7 @@
 pub mod audit;
 mod follow;
 pub mod invocations;
+pub mod leases;
 pub mod logs;
 mod packages;
 pub mod retention;

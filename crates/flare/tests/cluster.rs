@@ -970,3 +970,154 @@ fn logs_of_every_node_are_read_and_followed_on_any_node() {
     });
     cluster.restart(0);
 }
+
+/// The status of message-queue trigger `name` as `node` reports it.
+fn mq_status(node: &common::Server, name: &str) -> serde_json::Value {
+    let out = node.ok(&["mqt", "get", "--name", name, "-o", "json"]);
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    view["status"].clone()
+}
+
+#[test]
+fn an_ordered_nats_trigger_keeps_each_key_in_order_when_its_node_dies() {
+    use futures::StreamExt;
+    let cluster = NatsCluster::start(1);
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(&cluster, "a", &key);
+    let b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
+    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    a.python_env("1");
+    let code = common::function_file("mq.py");
+    a.ok(&[
+        "fn",
+        "create",
+        "--name",
+        "worker",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+    ]);
+    // The trigger's broker is the cluster's own NATS.
+    a.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "orders",
+        "--function",
+        "worker",
+        "--mqtype",
+        "nats",
+        "--broker",
+        &cluster.url(0),
+        "--topic",
+        "orders.in.>",
+        "--resptopic",
+        "orders.out",
+        "--ordered",
+        "--concurrency",
+        "8",
+    ]);
+
+    // One node consumes; the others stand by.
+    let mut nodes = vec![a, b, c];
+    let holder = common::eventually(Duration::from_secs(30), || {
+        let states: Vec<serde_json::Value> = nodes.iter().map(|n| mq_status(n, "orders")).collect();
+        let consuming: Vec<usize> = (0..3).filter(|i| states[*i]["connected"] == true).collect();
+        let standing_by = states.iter().filter(|s| s["standby"] == true).count();
+        (consuming.len() == 1 && standing_by == 2).then(|| consuming[0])
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let js = jetstream_of(&cluster, &runtime);
+    let client = js.client();
+    let mut answers = runtime.block_on(client.subscribe("orders.out")).unwrap();
+    runtime.block_on(client.flush()).unwrap();
+    // Each message takes 500 ms and each key gets one every 550 ms, before
+    // and after the kill: when the consumer dies it is running a message
+    // of most keys while later ones of those keys are still to come, and
+    // it holds fewer messages than the consumer may have unacknowledged,
+    // so JetStream would hand its successor the later ones first.
+    const KEYS: usize = 4;
+    const EACH: usize = 40;
+    let publisher = {
+        let js = js.clone();
+        runtime.spawn(async move {
+            for i in 0..EACH {
+                for k in 0..KEYS {
+                    js.publish(format!("orders.in.k{k}"), format!("nap-{k}-{i}").into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(550)).await;
+            }
+        })
+    };
+    // Per key, every answer is the next message published or a repeat of
+    // one answered already: a message the dead node answered but never
+    // acknowledged is answered again (at least once).
+    let mut answered: Vec<(usize, usize)> = Vec::new();
+    let mut done = [0usize; KEYS];
+    let mut next = |answered: &mut Vec<(usize, usize)>, limit: Duration| {
+        let m = runtime
+            .block_on(async { tokio::time::timeout(limit, answers.next()).await })
+            .expect("answers keep coming")
+            .unwrap();
+        let text = String::from_utf8(m.payload.to_vec()).unwrap();
+        let name: Vec<&str> = text.split(':').nth(1).unwrap().split('-').collect();
+        let (k, i): (usize, usize) = (name[1].parse().unwrap(), name[2].parse().unwrap());
+        answered.push((k, i));
+        if i < done[k] {
+            return;
+        }
+        assert_eq!(
+            i, done[k],
+            "key k{k}: message {i} answered before {}; answers {answered:?}",
+            done[k]
+        );
+        done[k] += 1;
+    };
+
+    // kill -9 of the consuming node under way, while it runs messages it
+    // has not acknowledged.
+    while answered.len() < KEYS * 8 {
+        next(&mut answered, Duration::from_secs(30));
+    }
+    runtime.block_on(async {
+        let stream = js.get_stream("FLARE_ORDERS").await.unwrap();
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer("flare-orders").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while consumer.info().await.unwrap().num_ack_pending == 0 {
+            assert!(Instant::now() < deadline, "the consumer holds nothing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    nodes.remove(holder).kill9();
+    let killed = Instant::now();
+
+    // Another node takes over (the lease expires, then the dead node's
+    // unacknowledged messages come back first) and every message is
+    // answered, per key in the order published.
+    while answered.len() < KEYS * EACH || {
+        let mut seen = std::collections::HashSet::new();
+        answered.iter().filter(|a| seen.insert(**a)).count() < KEYS * EACH
+    } {
+        next(&mut answered, Duration::from_secs(90));
+    }
+    runtime.block_on(publisher).unwrap();
+    eprintln!(
+        "every message answered {:?} after the kill ({} answers for {} messages)",
+        killed.elapsed(),
+        answered.len(),
+        KEYS * EACH
+    );
+    let consuming = nodes
+        .iter()
+        .filter(|n| mq_status(n, "orders")["connected"] == true)
+        .count();
+    assert_eq!(consuming, 1, "one node consumes after the takeover");
+}

@@ -22,6 +22,15 @@
 //!
 //! A broker that is down or goes away is reported in the trigger's status
 //! and retried with backoff; the rest of the server is unaffected.
+//!
+//! In a cluster every node runs every trigger, and the broker shares the
+//! messages out (a JetStream durable, a Kafka group, AMQP competing
+//! consumers), except where one consumer must be alone: an `ordered`
+//! trigger (per-key order), and MQTT and Redis triggers (one session, one
+//! consumer name). Those consume on the node that holds the trigger's
+//! lease ([`Leases`]) and on no other; when that node dies, its lease
+//! expires and another node takes over, resuming where the broker says
+//! the dead one stopped ([`while_held`]).
 
 mod amqp;
 mod kafka;
@@ -40,7 +49,10 @@ use flare_executor::Executor;
 use flare_model::{
     Document, ErrorCode, Kind, MessageQueueTriggerSpec, MqKind, Resource, qualified,
 };
+use flare_store::leases::Leases;
 use flare_store::{Change, Follower, Revision, Store, Update, advance};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
@@ -126,6 +138,10 @@ pub struct MqStatus {
     /// Why its last session ended, kept after it reconnected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// In a cluster: another node consumes this trigger now (it runs on
+    /// one node at a time); this one takes over if that node goes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
     /// Sessions restarted after one ended (a broker outage, a dropped
     /// connection, a failure inside the connector).
     #[serde(default)]
@@ -194,6 +210,16 @@ impl Context {
     pub fn connected(&self) {
         self.report(|s| {
             s.connected = true;
+            s.standby = false;
+            s.error = None;
+        });
+    }
+
+    /// Another node holds the trigger's lease.
+    fn standing_by(&self) {
+        self.report(|s| {
+            s.connected = false;
+            s.standby = true;
             s.error = None;
         });
     }
@@ -202,6 +228,7 @@ impl Context {
         tracing::warn!("mq trigger {}: {error}; retrying", self.name);
         self.report(|s| {
             s.connected = false;
+            s.standby = false;
             s.last_error = Some(error.clone());
             s.error = Some(error);
             s.restarts += 1;
@@ -439,21 +466,85 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Whether a trigger consumes on one node of a cluster at a time: an
+/// ordered one keeps per-key order only with one consumer, an MQTT session
+/// (its client id) and a Redis consumer (its pending entries) are one.
+fn one_node_at_a_time(spec: &MessageQueueTriggerSpec) -> bool {
+    spec.ordered || matches!(spec.mqtype, MqKind::Mqtt | MqKind::Redis)
+}
+
+/// A trigger's connector, kept consuming.
+fn session(context: Arc<Context>) -> BoxFuture<'static, ()> {
+    match context.spec.mqtype {
+        MqKind::Nats => keep_consuming(context, nats::consume).boxed(),
+        MqKind::Redis => keep_consuming(context, redis::consume).boxed(),
+        MqKind::Mqtt => keep_consuming(context, mqtt::consume).boxed(),
+        MqKind::Amqp => keep_consuming(context, amqp::consume).boxed(),
+        MqKind::Kafka => keep_consuming(context, kafka::consume).boxed(),
+    }
+}
+
+/// Consumes while this node holds the trigger's lease: waits for it,
+/// renews it every quarter of its TTL, and stops consuming the moment it
+/// is lost, or when it could not be renewed for so long that it may have
+/// expired (another node may hold it by then). What the stopped session
+/// had not acknowledged, the broker hands to the next holder.
+async fn while_held(leases: Arc<dyn Leases>, context: Arc<Context>) {
+    let key = format!("mq/{}", context.name);
+    let renew = leases.ttl() / 4;
+    loop {
+        let mut held = loop {
+            match leases.hold(&key, None).await {
+                Ok(Some(revision)) => break revision,
+                Ok(None) => context.standing_by(),
+                Err(e) => context.disconnected(e.message),
+            }
+            tokio::time::sleep(renew).await;
+        };
+        tracing::info!(trigger = %context.name, "this node consumes the trigger");
+        let consuming = AbortOnDrop(tokio::spawn(session(context.clone()).map(Ok)));
+        let mut renewed = tokio::time::Instant::now();
+        let lost = loop {
+            tokio::time::sleep(renew).await;
+            match leases.hold(&key, Some(held)).await {
+                Ok(Some(revision)) => {
+                    held = revision;
+                    renewed = tokio::time::Instant::now();
+                }
+                Ok(None) => break "another node took the trigger over".to_string(),
+                Err(e) if renewed.elapsed() + renew >= leases.ttl() => {
+                    break format!("its lease could not be renewed: {}", e.message);
+                }
+                Err(_) => {}
+            }
+        };
+        drop(consuming);
+        context.disconnected(lost);
+    }
+}
+
 /// The message-queue component: one connector task per trigger.
 pub struct MqTriggers {
     store: Arc<dyn Store>,
     executor: Arc<Executor>,
     status: Arc<Mutex<HashMap<String, MqStatus>>>,
     applied: watch::Sender<Revision>,
+    /// A cluster's leases; `None` for a node alone.
+    leases: Option<Arc<dyn Leases>>,
 }
 
 impl MqTriggers {
-    pub fn new(store: Arc<dyn Store>, executor: Arc<Executor>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        executor: Arc<Executor>,
+        leases: Option<Arc<dyn Leases>>,
+    ) -> Arc<Self> {
         Arc::new(MqTriggers {
             store,
             executor,
             status: Arc::default(),
             applied: watch::Sender::new(0),
+            leases,
         })
     }
 
@@ -477,12 +568,11 @@ impl MqTriggers {
             deliveries: Mutex::default(),
         });
         context.report(|s| *s = MqStatus::default());
-        let task = match context.spec.mqtype {
-            MqKind::Nats => tokio::spawn(keep_consuming(context, nats::consume)),
-            MqKind::Redis => tokio::spawn(keep_consuming(context, redis::consume)),
-            MqKind::Mqtt => tokio::spawn(keep_consuming(context, mqtt::consume)),
-            MqKind::Amqp => tokio::spawn(keep_consuming(context, amqp::consume)),
-            MqKind::Kafka => tokio::spawn(keep_consuming(context, kafka::consume)),
+        let task = match &self.leases {
+            Some(leases) if one_node_at_a_time(&context.spec) => {
+                tokio::spawn(while_held(leases.clone(), context))
+            }
+            _ => tokio::spawn(session(context)),
         };
         Some((generation, task))
     }

@@ -61,6 +61,9 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("cannot create consumer: {e}"))?;
+    if spec.ordered {
+        wait_for_redeliveries(context, &consumer).await?;
+    }
     let messages = consumer
         .messages()
         .await
@@ -75,6 +78,34 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
         |message| handle(context, &client, message),
     )
     .await
+}
+
+/// Before an ordered trigger consumes: messages an earlier session took
+/// and never acknowledged (a node that died, this one before it
+/// reconnected) come back only once their ack wait is over, and JetStream
+/// then delivers them before any newer one. Consuming before that would
+/// run a newer message of a key before an older one, so wait for it.
+async fn wait_for_redeliveries(
+    context: &Context,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+) -> Result<(), String> {
+    let mut consumer = consumer.clone();
+    let info = consumer
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the consumer: {e}"))?;
+    if info.num_ack_pending > 0 {
+        tracing::info!(
+            trigger = %context.name,
+            pending = info.num_ack_pending,
+            "waiting for the messages an earlier session left unacknowledged to come back first"
+        );
+        // The last progress ack of the earlier session was at most
+        // ACK_WAIT / 3 before it ended, which is before now; a second of
+        // slack for the server's redelivery timer.
+        tokio::time::sleep(ACK_WAIT + Duration::from_secs(1)).await;
+    }
+    Ok(())
 }
 
 /// Runs one message, publishes its outcome, then acknowledges it. While the

@@ -562,7 +562,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let tokens = flare_access::Tokens::new();
     let router = Router::new(executor.clone(), Some(queue.clone()), tokens.clone());
     let timers = Timers::new(store.clone(), executor.clone());
-    let mq = MqTriggers::new(store.clone(), executor.clone());
+    // Triggers that consume on one node at a time take a lease.
+    let leases: Option<Arc<dyn flare_store::leases::Leases>> = match &cluster {
+        Some(cluster) => Some(Arc::new(
+            flare_cluster::leases::NatsLeases::open(
+                cluster.jetstream(),
+                cluster.replicas(),
+                cluster.name(),
+                cluster.servers(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?,
+        )),
+        None => None,
+    };
+    let mq = MqTriggers::new(store.clone(), executor.clone(), leases);
     let mut applied = vec![
         executor.applied(),
         router.applied(),
