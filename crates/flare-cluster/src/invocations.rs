@@ -62,6 +62,8 @@ pub struct NatsQueue {
     js: jetstream::Context,
     consumer: PullConsumer,
     records: kv::Store,
+    /// The stream under `records`, for reads its leader answers.
+    records_stream: stream::Stream,
     bodies: object_store::ObjectStore,
     max_payload: usize,
     servers: String,
@@ -88,6 +90,42 @@ fn is_finished(status: InvocationStatus) -> bool {
 }
 
 impl NatsQueue {
+    /// Writes the queued record of `request` unless a record exists.
+    ///
+    /// Not `kv::Store::create`: when the key exists it reads it back from
+    /// any replica (a direct get), and a replica that has not seen the
+    /// record yet made it fail. An update from revision 0 fails when the
+    /// record exists, and also while another node's write of it is in
+    /// flight (nats-server 2.11+ answers both with an error code the client
+    /// does not name); whether the record exists is then asked of the
+    /// stream's leader, a few times while such a write lands.
+    async fn create_record(&self, request: &NewInvocation) -> Result<()> {
+        let subject = format!("$KV.{RECORDS_BUCKET}.{}", request.id);
+        let mut tries = 0;
+        loop {
+            let Err(e) = self
+                .records
+                .update(&request.id, json(&queued(request))?, 0)
+                .await
+            else {
+                return Ok(());
+            };
+            let exists = self
+                .records_stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .is_ok();
+            tries += 1;
+            if exists {
+                return Ok(());
+            }
+            if tries == 5 {
+                return Err(self.unavailable("store an invocation", e));
+            }
+            tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+        }
+    }
+
     /// Opens the cluster's queue on `js`, creating its stream, consumer
     /// and buckets with `replicas` where they are missing. Finished
     /// records are kept for `retention` after their last change.
@@ -126,20 +164,19 @@ impl NatsQueue {
             )
             .await
             .map_err(|e| failed("open the invocation consumer", &e))?;
-        let records = match js.get_key_value(RECORDS_BUCKET).await {
-            Ok(records) => records,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: RECORDS_BUCKET.into(),
-                    description: "Flare asynchronous invocations and their outcomes".into(),
-                    history: 1,
-                    max_age: retention,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed("open the invocation records", &e))?,
-        };
+        let records = crate::kv_bucket(
+            &js,
+            RECORDS_BUCKET,
+            "Flare asynchronous invocations and their outcomes",
+            replicas,
+            Some(retention),
+        )
+        .await
+        .map_err(|e| failed("open the invocation records", &e))?;
+        let records_stream = js
+            .get_stream(format!("KV_{RECORDS_BUCKET}"))
+            .await
+            .map_err(|e| failed("open the invocation records", &e))?;
         let bodies = match js.get_object_store(BODIES_BUCKET).await {
             Ok(bodies) => bodies,
             Err(_) => js
@@ -157,6 +194,7 @@ impl NatsQueue {
         };
         let max_payload = js.client().server_info().max_payload;
         Ok(Arc::new(NatsQueue {
+            records_stream,
             js,
             consumer,
             records,
@@ -235,12 +273,10 @@ impl NatsQueue {
         };
         loop {
             let Some((record, revision)) = self.record(&id).await? else {
-                // Its submitter died before writing the record.
-                match self.records.create(&id, json(&queued(&request))?).await {
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(self.unavailable("store an invocation", e)),
-                }
+                // Its submitter died before writing the record (or has not
+                // written it yet).
+                self.create_record(&request).await?;
+                continue;
             };
             if is_finished(record.status) {
                 // Run and recorded by a node that died before its ack.
@@ -355,12 +391,7 @@ impl InvocationQueue for NatsQueue {
             .await
             .map_err(|e| self.unavailable("queue an invocation", e))?;
         // A node may have taken it, and written its record, already.
-        match self.records.create(&new.id, json(&queued(&new))?).await {
-            Err(e) if e.kind() != kv::CreateErrorKind::AlreadyExists => {
-                Err(self.unavailable("store an invocation", e))
-            }
-            _ => Ok(()),
-        }
+        self.create_record(&new).await
     }
 
     async fn take(&self, limit: usize) -> Result<Vec<Box<dyn Claimed>>> {

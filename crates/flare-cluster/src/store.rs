@@ -86,15 +86,21 @@ impl NatsStore {
                 format!("NATS at {servers}: cannot {what}: {e}"),
             )
         };
-        let resources = open_bucket(&js, RESOURCES_BUCKET, replicas, None)
+        let resources = crate::kv_bucket(&js, RESOURCES_BUCKET, "Flare resources", replicas, None)
             .await
             .map_err(|e| unavailable("open the resources bucket", &e))?;
-        let state = open_bucket(&js, STATE_BUCKET, replicas, None)
+        let state = crate::kv_bucket(&js, STATE_BUCKET, "Flare components' state", replicas, None)
             .await
             .map_err(|e| unavailable("open the state bucket", &e))?;
-        let claims = open_bucket(&js, CLAIMS_BUCKET, replicas, Some(CLAIMS_KEPT))
-            .await
-            .map_err(|e| unavailable("open the claims bucket", &e))?;
+        let claims = crate::kv_bucket(
+            &js,
+            CLAIMS_BUCKET,
+            "Flare claims: what happens once",
+            replicas,
+            Some(CLAIMS_KEPT),
+        )
+        .await
+        .map_err(|e| unavailable("open the claims bucket", &e))?;
         let last = resources
             .status()
             .await
@@ -178,7 +184,15 @@ impl NatsStore {
         let timed = async {
             tokio::time::timeout(WRITE_TIMEOUT, f)
                 .await
-                .map_err(|_| self.unavailable("no answer within 10 s"))?
+                .map_err(|_| {
+                    Error::new(
+                        flare_model::ErrorCode::Unavailable,
+                        format!(
+                            "the cluster's store (NATS at {}) did not answer within 10 s; the change may still have been made: read it back before trying again",
+                            self.servers
+                        ),
+                    )
+                })?
         };
         match tokio::runtime::Handle::try_current() {
             Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(timed)),
@@ -228,26 +242,6 @@ impl NatsStore {
 
 /// The bucket `name`, created (one value per key, kept `max_age` when
 /// given) if it is missing.
-async fn open_bucket(
-    js: &jetstream::Context,
-    name: &str,
-    replicas: usize,
-    max_age: Option<Duration>,
-) -> std::result::Result<kv::Store, String> {
-    if let Ok(bucket) = js.get_key_value(name).await {
-        return Ok(bucket);
-    }
-    js.create_key_value(kv::Config {
-        bucket: name.into(),
-        history: 1,
-        num_replicas: replicas,
-        max_age: max_age.unwrap_or_default(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())
-}
-
 impl Store for NatsStore {
     fn create(&self, doc: Document) -> Result<Written> {
         let (kind, name) = (doc.kind, doc.metadata.name.clone());
