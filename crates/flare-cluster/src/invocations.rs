@@ -90,7 +90,9 @@ fn is_finished(status: InvocationStatus) -> bool {
 }
 
 impl NatsQueue {
-    /// Writes the queued record of `request` unless a record exists.
+    /// Writes the queued record of `request` unless a record exists;
+    /// `false` when its record was removed (its namespace was deleted), so
+    /// it must not run.
     ///
     /// Not `kv::Store::create`: when the key exists it reads it back from
     /// any replica (a direct get), and a replica that has not seen the
@@ -99,7 +101,7 @@ impl NatsQueue {
     /// flight (nats-server 2.11+ answers both with an error code the client
     /// does not name); whether the record exists is then asked of the
     /// stream's leader, a few times while such a write lands.
-    async fn create_record(&self, request: &NewInvocation) -> Result<()> {
+    async fn create_record(&self, request: &NewInvocation) -> Result<bool> {
         let subject = format!("$KV.{RECORDS_BUCKET}.{}", request.id);
         let mut tries = 0;
         loop {
@@ -108,17 +110,21 @@ impl NatsQueue {
                 .update(&request.id, json(&queued(request))?, 0)
                 .await
             else {
-                return Ok(());
+                return Ok(true);
             };
-            let exists = self
+            let last = self
                 .records_stream
                 .get_last_raw_message_by_subject(&subject)
-                .await
-                .is_ok();
-            tries += 1;
-            if exists {
-                return Ok(());
+                .await;
+            if let Ok(last) = last {
+                // A delete or purge marker: forgotten with its namespace.
+                let removed = last
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                return Ok(!removed);
             }
+            tries += 1;
             if tries == 5 {
                 return Err(self.unavailable("store an invocation", e));
             }
@@ -271,11 +277,30 @@ impl NatsQueue {
         } else {
             message.payload.to_vec()
         };
+        // Reads may come from a replica a write has not reached yet: each
+        // retry waits a little longer, and a few are enough.
+        let mut retries = 0u64;
+        let mut retry = || {
+            retries += 1;
+            (retries <= 10).then(|| Duration::from_millis(10 * retries))
+        };
         loop {
             let Some((record, revision)) = self.record(&id).await? else {
                 // Its submitter died before writing the record (or has not
                 // written it yet).
-                self.create_record(&request).await?;
+                if !self.create_record(&request).await? {
+                    tracing::info!(invocation = %id, "its namespace was deleted; dropped");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    return Ok(None);
+                }
+                match retry() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => {
+                        return Err(
+                            self.unavailable("read an invocation record", "it stays unreadable")
+                        );
+                    }
+                }
                 continue;
             };
             if is_finished(record.status) {
@@ -304,7 +329,10 @@ impl NatsQueue {
                         big_body,
                     })));
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => match retry() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(self.unavailable("mark an invocation running", e)),
+                },
                 Err(e) => return Err(self.unavailable("mark an invocation running", e)),
             }
         }
@@ -391,7 +419,7 @@ impl InvocationQueue for NatsQueue {
             .await
             .map_err(|e| self.unavailable("queue an invocation", e))?;
         // A node may have taken it, and written its record, already.
-        self.create_record(&new).await
+        self.create_record(&new).await.map(|_| ())
     }
 
     async fn take(&self, limit: usize) -> Result<Vec<Box<dyn Claimed>>> {
