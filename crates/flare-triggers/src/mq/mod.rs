@@ -162,6 +162,8 @@ pub(crate) struct Context {
     status: Arc<Mutex<HashMap<String, MqStatus>>>,
     /// Deliveries seen per message identity, until it is settled.
     deliveries: Mutex<HashMap<String, u64>>,
+    /// The cluster's own NATS, which is no broker for a trigger.
+    pub reserved: Option<ReservedNats>,
 }
 
 impl Context {
@@ -486,40 +488,87 @@ fn session(context: Arc<Context>) -> BoxFuture<'static, ()> {
 
 /// Consumes while this node holds the trigger's lease: waits for it,
 /// renews it every quarter of its TTL, and stops consuming the moment it
-/// is lost, or when it could not be renewed for so long that it may have
-/// expired (another node may hold it by then). What the stopped session
-/// had not acknowledged, the broker hands to the next holder.
+/// is lost, or a quarter of the TTL before it would expire when renewals
+/// do not get through (another node may take it at expiry). A lease is
+/// counted from when its take or renewal was sent, not answered, and no
+/// renewal is waited for past that point. What the stopped session had
+/// not acknowledged, the broker hands to the next holder.
 async fn while_held(leases: Arc<dyn Leases>, context: Arc<Context>) {
+    use tokio::time::{Instant, sleep, sleep_until, timeout_at};
     let key = format!("mq/{}", context.name);
-    let renew = leases.ttl() / 4;
+    let ttl = leases.ttl();
+    let renew = ttl / 4;
+    // Until when a lease sent at `sent` is surely still this node's.
+    let valid = |sent: Instant| sent + ttl - renew;
+    let mut failing = false;
     loop {
-        let mut held = loop {
-            match leases.hold(&key, None).await {
-                Ok(Some(revision)) => break revision,
-                Ok(None) => context.standing_by(),
-                Err(e) => context.disconnected(e.message),
+        let (mut held, mut until) = loop {
+            let sent = Instant::now();
+            match timeout_at(valid(sent), leases.hold(&key, None)).await {
+                Ok(Ok(Some(revision))) => break (revision, valid(sent)),
+                Ok(Ok(None)) => {
+                    failing = false;
+                    context.standing_by();
+                }
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    context.disconnected(e.message);
+                }
+                _ => {}
             }
-            tokio::time::sleep(renew).await;
+            sleep(renew).await;
         };
+        failing = false;
         tracing::info!(trigger = %context.name, "this node consumes the trigger");
-        let consuming = AbortOnDrop(tokio::spawn(session(context.clone()).map(Ok)));
-        let mut renewed = tokio::time::Instant::now();
+        let mut consuming = AbortOnDrop(tokio::spawn(session(context.clone()).map(Ok)));
+        // A trigger updated or deleted aborts this task: its lease goes at
+        // once rather than at expiry.
+        let mut release = Release {
+            leases: leases.clone(),
+            key: key.clone(),
+            held,
+        };
         let lost = loop {
-            tokio::time::sleep(renew).await;
-            match leases.hold(&key, Some(held)).await {
-                Ok(Some(revision)) => {
+            tokio::select! {
+                _ = sleep_until(until) => break "its lease could not be renewed in time".to_string(),
+                _ = sleep(renew) => {}
+                _ = &mut consuming.0 => break "its consumer stopped".to_string(),
+            }
+            let sent = Instant::now();
+            match timeout_at(until, leases.hold(&key, Some(held))).await {
+                Ok(Ok(Some(revision))) => {
                     held = revision;
-                    renewed = tokio::time::Instant::now();
+                    release.held = revision;
+                    until = valid(sent);
                 }
-                Ok(None) => break "another node took the trigger over".to_string(),
-                Err(e) if renewed.elapsed() + renew >= leases.ttl() => {
-                    break format!("its lease could not be renewed: {}", e.message);
-                }
-                Err(_) => {}
+                Ok(Ok(None)) => break "another node took the trigger over".to_string(),
+                Ok(Err(_)) | Err(_) => {}
             }
         };
         drop(consuming);
+        drop(release);
         context.disconnected(lost);
+    }
+}
+
+/// Gives a lease up when dropped (the trigger's task ended or was
+/// aborted).
+struct Release {
+    leases: Arc<dyn Leases>,
+    key: String,
+    held: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let (leases, key, held) = (
+            self.leases.clone(),
+            std::mem::take(&mut self.key),
+            self.held,
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { leases.release(&key, held).await });
+        }
     }
 }
 
@@ -529,22 +578,52 @@ pub struct MqTriggers {
     executor: Arc<Executor>,
     status: Arc<Mutex<HashMap<String, MqStatus>>>,
     applied: watch::Sender<Revision>,
-    /// A cluster's leases; `None` for a node alone.
-    leases: Option<Arc<dyn Leases>>,
+    /// What a node of a cluster shares with the others; `None` alone.
+    cluster: Option<InCluster>,
+}
+
+/// What message-queue triggers need of a cluster.
+pub struct InCluster {
+    /// Who consumes the triggers that run on one node at a time.
+    pub leases: Arc<dyn Leases>,
+    /// The cluster's own NATS, when triggers could reach its state.
+    pub reserved: Option<ReservedNats>,
+}
+
+/// The NATS that holds a cluster's own state, when Flare reaches it as
+/// anyone does (no credentials, so no account of its own). No trigger may
+/// use it as its broker: a tenant's trigger would read every namespace's
+/// logs and invocations there, or write into them. Known by the server
+/// Flare is connected to and by its NATS cluster's name.
+#[derive(Debug, Clone, Default)]
+pub struct ReservedNats {
+    pub server_id: String,
+    pub cluster: Option<String>,
+}
+
+impl ReservedNats {
+    /// Whether the server that answered `info` is one of the reserved.
+    pub(crate) fn holds(&self, info: &async_nats::ServerInfo) -> bool {
+        info.server_id == self.server_id
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.is_empty() && info.cluster.as_ref() == Some(c))
+    }
 }
 
 impl MqTriggers {
     pub fn new(
         store: Arc<dyn Store>,
         executor: Arc<Executor>,
-        leases: Option<Arc<dyn Leases>>,
+        cluster: Option<InCluster>,
     ) -> Arc<Self> {
         Arc::new(MqTriggers {
             store,
             executor,
             status: Arc::default(),
             applied: watch::Sender::new(0),
-            leases,
+            cluster,
         })
     }
 
@@ -566,11 +645,12 @@ impl MqTriggers {
             executor: self.executor.clone(),
             status: self.status.clone(),
             deliveries: Mutex::default(),
+            reserved: self.cluster.as_ref().and_then(|c| c.reserved.clone()),
         });
         context.report(|s| *s = MqStatus::default());
-        let task = match &self.leases {
-            Some(leases) if one_node_at_a_time(&context.spec) => {
-                tokio::spawn(while_held(leases.clone(), context))
+        let task = match &self.cluster {
+            Some(cluster) if one_node_at_a_time(&context.spec) => {
+                tokio::spawn(while_held(cluster.leases.clone(), context))
             }
             _ => tokio::spawn(session(context)),
         };
@@ -688,6 +768,7 @@ mod tests {
             ),
             status: Default::default(),
             deliveries: Default::default(),
+            reserved: None,
         };
         let message = |delivered| Message {
             key: "k".into(),

@@ -26,6 +26,16 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
         .connect(spec.broker_url())
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", spec.broker_url()))?;
+    if context
+        .reserved
+        .as_ref()
+        .is_some_and(|reserved| reserved.holds(&client.server_info()))
+    {
+        return Err(format!(
+            "{} is the NATS that holds this Flare cluster's own state, which no trigger may use; use another NATS, or give Flare an account of its own (--nats-creds)",
+            spec.broker_url()
+        ));
+    }
     let js = jetstream::new(client.clone());
     let stream = match js.stream_by_subject(&spec.topic).await {
         Ok(name) => js.get_stream(name).await.map_err(|e| e.to_string())?,

@@ -562,21 +562,34 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let tokens = flare_access::Tokens::new();
     let router = Router::new(executor.clone(), Some(queue.clone()), tokens.clone());
     let timers = Timers::new(store.clone(), executor.clone());
-    // Triggers that consume on one node at a time take a lease.
-    let leases: Option<Arc<dyn flare_store::leases::Leases>> = match &cluster {
-        Some(cluster) => Some(Arc::new(
-            flare_cluster::leases::NatsLeases::open(
-                cluster.jetstream(),
-                cluster.replicas(),
-                cluster.name(),
-                cluster.servers(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(e.message))?,
-        )),
+    // Triggers that consume on one node at a time take a lease, and none
+    // may use the cluster's own NATS as its broker.
+    let in_cluster = match &cluster {
+        Some(cluster) => Some(flare_triggers::mq::InCluster {
+            leases: Arc::new(
+                flare_cluster::leases::NatsLeases::open(
+                    cluster.jetstream(),
+                    cluster.replicas(),
+                    cluster.name(),
+                    cluster.servers(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?,
+            ),
+            reserved: match settings.cluster.as_ref().and_then(|c| c.creds.as_ref()) {
+                Some(_) => None,
+                None => {
+                    let info = cluster.jetstream().client().server_info();
+                    Some(flare_triggers::mq::ReservedNats {
+                        server_id: info.server_id,
+                        cluster: info.cluster,
+                    })
+                }
+            },
+        }),
         None => None,
     };
-    let mq = MqTriggers::new(store.clone(), executor.clone(), leases);
+    let mq = MqTriggers::new(store.clone(), executor.clone(), in_cluster);
     let mut applied = vec![
         executor.applied(),
         router.applied(),
