@@ -135,9 +135,18 @@ pub(crate) async fn delete(
             .await?
     } + api.queue.forget_namespace(&name).await?;
     // In a cluster every node holds the namespace's lines: the stream tells
-    // them all.
-    if let Some(logs) = &api.cluster_logs {
-        logs.forget_namespace(&name).await?;
+    // them all. The namespace is gone already, so this must happen even
+    // while NATS does not answer: tried again until it does.
+    if let Some(logs) = api.cluster_logs.clone() {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut pause = std::time::Duration::from_millis(100);
+            while let Err(e) = logs.forget_namespace(&name).await {
+                tracing::warn!("the log lines of deleted namespace {name}: {e}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+        });
     }
     tracing::info!(
         namespace = deleted.name(),

@@ -86,6 +86,13 @@ impl LogStream {
         })
     }
 
+    /// When the stream was made (nanoseconds since the epoch): a stream
+    /// made again starts its positions over.
+    pub fn made(&self) -> i64 {
+        let created = self.stream.cached_info().created.unix_timestamp_nanos();
+        i64::try_from(created).unwrap_or(i64::MAX)
+    }
+
     /// What ships this node's lines to the stream; runs on the log
     /// writer's thread and publishes on `runtime`.
     pub fn ship(&self, runtime: tokio::runtime::Handle) -> StreamShip {
@@ -105,15 +112,17 @@ impl LogStream {
         let stream = self.stream.clone();
         let servers = self.servers.clone();
         tokio::spawn(async move {
-            let mut failing = false;
+            // The position it last failed at: a failure after progress is
+            // a new outage, and said again.
+            let mut failed_at = None;
             loop {
                 match follow(&stream, &applier, &mut position).await {
                     Ok(()) => return,
                     Err(e) => {
-                        if !failing {
+                        if failed_at != Some(position) {
                             tracing::warn!("log stream on NATS at {servers}: {e}; retrying");
                         }
-                        failing = true;
+                        failed_at = Some(position);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -129,8 +138,9 @@ impl LogStream {
             .filter(format!("{LINES}.{namespace}.>"))
             .await
             .map_err(|e| unavailable(&self.servers, "purge a namespace's log lines", e))?;
+        let deleted = flare_model::now_us().to_string();
         self.js
-            .publish(format!("{FORGET}.{namespace}"), bytes::Bytes::new())
+            .publish(format!("{FORGET}.{namespace}"), deleted.into())
             .await
             .map_err(|e| unavailable(&self.servers, "mark a namespace's log lines gone", &e))?
             .await
@@ -167,7 +177,14 @@ async fn follow(
                 .strip_prefix(FORGET)
                 .and_then(|s| s.strip_prefix('.'))
             {
-                Some(namespace) => applier.forget(at, namespace.to_string()),
+                Some(namespace) => {
+                    // The mark says when the namespace went.
+                    let before_us = std::str::from_utf8(&payload)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(i64::MAX);
+                    applier.forget(at, namespace.to_string(), before_us)
+                }
                 None => {
                     let records = serde_json::from_slice::<Vec<LogRecord>>(&payload)
                         .unwrap_or_else(|e| {
@@ -181,7 +198,8 @@ async fn follow(
         .await
         .map_err(|e| e.to_string())?;
         if applied.is_err() {
-            // The writer is gone: the server is stopping.
+            // The writer is gone (it lives as long as the process, so
+            // this is the process ending).
             return Ok(());
         }
         *position = at;
@@ -261,11 +279,13 @@ impl Ship for StreamShip {
                         .and_then(|sent| sent.map_err(|e| e.to_string()));
                 pending.push((ack, records));
             }
+            // One deadline for every acknowledgement, however many.
+            let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
             let mut unshipped = Vec::new();
             let mut failure = None;
             for (ack, records) in pending {
                 let stored = match ack {
-                    Ok(ack) => match tokio::time::timeout(PUBLISH_TIMEOUT, ack).await {
+                    Ok(ack) => match tokio::time::timeout_at(deadline, ack).await {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => Err(e.to_string()),
                         Err(_) => Err("no acknowledgement".to_string()),

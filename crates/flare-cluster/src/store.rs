@@ -240,8 +240,6 @@ impl NatsStore {
     }
 }
 
-/// The bucket `name`, created (one value per key, kept `max_age` when
-/// given) if it is missing.
 impl Store for NatsStore {
     fn create(&self, doc: Document) -> Result<Written> {
         let (kind, name) = (doc.kind, doc.metadata.name.clone());

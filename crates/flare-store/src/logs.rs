@@ -14,9 +14,10 @@
 //! the same transaction as the lines, so a restart neither skips nor
 //! repeats a batch.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use flare_model::{Error, LogEntry, LogRecord, LogStream, Result};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -71,8 +72,47 @@ enum Write {
         records: Vec<LogRecord>,
     },
     /// A namespace deleted, at `position` in the cluster's stream: its
-    /// lines go.
-    Forget { position: u64, namespace: String },
+    /// lines go, and any of its lines written before `before_us` that
+    /// arrive later are not stored.
+    Forget {
+        position: u64,
+        namespace: String,
+        before_us: i64,
+    },
+}
+
+/// Stream writes handed to the writer and not yet stored, at most: a node
+/// catching up on the stream neither crowds out its own lines nor holds
+/// more than this many messages of lines in memory.
+const APPLIED_IN_FLIGHT: usize = 16;
+
+/// Counts the stream writes in the writer's queue.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Gate {
+    fn enter(&self) {
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        while *held >= APPLIED_IN_FLIGHT {
+            held = match self.freed.wait(held) {
+                Ok(held) => held,
+                Err(_) => return,
+            };
+        }
+        *held += 1;
+    }
+
+    fn leave(&self) {
+        if let Ok(mut held) = self.held.lock() {
+            *held = held.saturating_sub(1);
+            self.freed.notify_one();
+        }
+    }
 }
 
 /// Where a node of a cluster sends its lines before they are stored.
@@ -106,6 +146,7 @@ impl LogSender {
 #[derive(Clone)]
 pub struct LogApplier {
     tx: mpsc::SyncSender<Write>,
+    gate: Arc<Gate>,
 }
 
 impl LogApplier {
@@ -113,20 +154,27 @@ impl LogApplier {
     /// while the writer is behind; call off the async runtime. An error
     /// means the writer has stopped.
     pub fn apply(&self, position: u64, records: Vec<LogRecord>) -> Result<()> {
-        self.tx
-            .send(Write::Applied { position, records })
-            .map_err(|_| Error::internal("the log writer has stopped"))
+        self.send(Write::Applied { position, records })
     }
 
     /// Removes the lines of `namespace`'s functions, as the stream says at
-    /// `position`. Blocking, like [`LogApplier::apply`].
-    pub fn forget(&self, position: u64, namespace: String) -> Result<()> {
-        self.tx
-            .send(Write::Forget {
-                position,
-                namespace,
-            })
-            .map_err(|_| Error::internal("the log writer has stopped"))
+    /// `position`, and keeps out its lines written before `before_us` that
+    /// arrive later (from a node that was still writing them). Blocking,
+    /// like [`LogApplier::apply`].
+    pub fn forget(&self, position: u64, namespace: String, before_us: i64) -> Result<()> {
+        self.send(Write::Forget {
+            position,
+            namespace,
+            before_us,
+        })
+    }
+
+    fn send(&self, write: Write) -> Result<()> {
+        self.gate.enter();
+        self.tx.send(write).map_err(|_| {
+            self.gate.leave();
+            Error::internal("the log writer has stopped")
+        })
     }
 }
 
@@ -158,99 +206,179 @@ fn spawn_writer(
     // may lose the last lines, which is the right trade for a log.
     let writer = connect(db, "NORMAL")?;
     let reader = connect(db, "NORMAL")?;
+    writer
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS log_forgotten (
+                 namespace TEXT PRIMARY KEY,
+                 before_us INTEGER NOT NULL
+             )",
+        )
+        .map_err(db_err)?;
     let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
     let (followers, _) = broadcast::channel(QUEUE_CAPACITY);
     let logs = Arc::new(Logs {
         reader: Mutex::new(reader),
         followers: followers.clone(),
     });
+    let gate = Arc::new(Gate::default());
+    let writer = Writer {
+        forgotten: forgotten(&writer)?,
+        conn: writer,
+        followers,
+        gate: gate.clone(),
+    };
     std::thread::Builder::new()
         .name("flare-log-writer".into())
-        .spawn(move || write_loop(writer, rx, followers, ship))
+        .spawn(move || writer.run(rx, ship))
         .map_err(|e| Error::internal(format!("cannot start log writer: {e}")))?;
     Ok((
         LogSender {
             tx: tx.clone(),
             dropped: Arc::default(),
         },
-        LogApplier { tx },
+        LogApplier { tx, gate },
         logs,
     ))
 }
 
-fn write_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Write>,
-    followers: broadcast::Sender<LogEntry>,
-    mut ship: Option<Box<dyn Ship>>,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut applied = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(write) = next.take() {
-            match write {
-                Write::Line(record) => batch.push(record),
-                Write::Applied { position, records } => applied.push((position, records)),
-                Write::Forget {
-                    position,
-                    namespace,
-                } => {
-                    // What came before the mark is stored before it goes.
-                    for (position, mut records) in applied.drain(..) {
-                        store(&mut conn, &followers, &mut records, Some(position));
-                    }
-                    if let Err(e) = forget(&mut conn, position, &namespace) {
-                        tracing::error!(
-                            "cannot remove the log lines of namespace {namespace}: {e}"
-                        );
-                    }
-                }
-            }
-            if batch.len() < BATCH && applied.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if let Some(ship) = &mut ship
-            && !batch.is_empty()
-        {
-            batch = ship.ship(std::mem::take(&mut batch));
-        }
-        if !batch.is_empty() {
-            store(&mut conn, &followers, &mut batch, None);
-        }
-        for (position, mut records) in applied.drain(..) {
-            store(&mut conn, &followers, &mut records, Some(position));
-        }
-    }
+/// The deleted namespaces whose late lines are kept out: namespace, and
+/// the time before which its lines are dropped.
+fn forgotten(conn: &Connection) -> Result<HashMap<String, i64>> {
+    let mut stmt = conn
+        .prepare("SELECT namespace, before_us FROM log_forgotten")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(db_err)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(db_err)
 }
 
-/// Stores `batch` (and the stream `position` it came from) and tells the
-/// followers.
-fn store(
-    conn: &mut Connection,
-    followers: &broadcast::Sender<LogEntry>,
-    batch: &mut Vec<LogRecord>,
-    position: Option<u64>,
-) {
-    match insert(conn, batch, position) {
-        Ok(first_id) => {
-            for (i, record) in batch.drain(..).enumerate() {
-                let _ = followers.send(LogEntry {
-                    id: first_id + i as i64,
-                    record,
-                });
+/// The writer thread: the only writer of the log table.
+struct Writer {
+    conn: Connection,
+    followers: broadcast::Sender<LogEntry>,
+    forgotten: HashMap<String, i64>,
+    gate: Arc<Gate>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Write>, mut ship: Option<Box<dyn Ship>>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut applied = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(write) = next.take() {
+                match write {
+                    Write::Line(record) => batch.push(record),
+                    Write::Applied { position, records } => applied.push((position, records)),
+                    Write::Forget {
+                        position,
+                        namespace,
+                        before_us,
+                    } => {
+                        // What came before the mark is stored before it goes.
+                        for (position, mut records) in applied.drain(..) {
+                            self.store(&mut records, Some(position));
+                            self.gate.leave();
+                        }
+                        if let Err(e) = self.forget(position, &namespace, before_us) {
+                            tracing::error!(
+                                "cannot remove the log lines of namespace {namespace}: {e}"
+                            );
+                        }
+                        self.gate.leave();
+                    }
+                }
+                if batch.len() < BATCH && applied.len() < BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if let Some(ship) = &mut ship
+                && !batch.is_empty()
+            {
+                batch = ship.ship(std::mem::take(&mut batch));
+            }
+            if !batch.is_empty() {
+                self.store(&mut batch, None);
+            }
+            for (position, mut records) in applied.drain(..) {
+                self.store(&mut records, Some(position));
+                self.gate.leave();
             }
         }
-        Err(e) => {
-            tracing::error!("dropping {} log lines: {e}", batch.len());
-            batch.clear();
+    }
+
+    /// Stores `batch` (and the stream `position` it came from) and tells
+    /// the followers. Lines of a deleted namespace written before it was
+    /// deleted are dropped.
+    fn store(&mut self, batch: &mut Vec<LogRecord>, position: Option<u64>) {
+        if !self.forgotten.is_empty() {
+            batch.retain(|r| {
+                let namespace = r.function.split_once('.').map_or("default", |(_, ns)| ns);
+                self.forgotten
+                    .get(namespace)
+                    .is_none_or(|before| r.ts_us >= *before)
+            });
         }
+        match insert(&mut self.conn, batch, position) {
+            Ok(first_id) => {
+                for (i, record) in batch.drain(..).enumerate() {
+                    let _ = self.followers.send(LogEntry {
+                        id: first_id + i as i64,
+                        record,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!("dropping {} log lines: {e}", batch.len());
+                batch.clear();
+            }
+        }
+    }
+
+    /// Removes the lines of `namespace`'s functions (qualified names end
+    /// in `.namespace`), keeps out those written before `before_us` from
+    /// now on, and records `position`, in one transaction.
+    fn forget(&mut self, position: u64, namespace: &str, before_us: i64) -> Result<()> {
+        let tx = self.conn.transaction().map_err(db_err)?;
+        let removed = tx
+            .execute(
+                "DELETE FROM logs WHERE substr(function, -length(?1)) = ?1",
+                params![format!(".{namespace}")],
+            )
+            .map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO log_forgotten (namespace, before_us) VALUES (?1, ?2)
+             ON CONFLICT (namespace) DO UPDATE SET before_us = excluded.before_us",
+            params![namespace, before_us],
+        )
+        .map_err(db_err)?;
+        set_position(&tx, position)?;
+        tx.commit().map_err(db_err)?;
+        self.forgotten.insert(namespace.to_string(), before_us);
+        tracing::info!(
+            namespace,
+            lines = removed,
+            "log lines of a deleted namespace removed"
+        );
+        Ok(())
     }
 }
 
 /// The `meta` key of the stream position this node's log has applied.
 const POSITION_KEY: &str = "log_stream_position";
+/// The `meta` key of when the stream that position is in was made.
+const MADE_KEY: &str = "log_stream_made";
+
+fn meta(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = ?1",
+        params![key],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(db_err)
+}
 
 fn set_position(tx: &rusqlite::Transaction, position: u64) -> Result<()> {
     tx.execute(
@@ -260,26 +388,6 @@ fn set_position(tx: &rusqlite::Transaction, position: u64) -> Result<()> {
     )
     .map(|_| ())
     .map_err(db_err)
-}
-
-/// Removes the lines of `namespace`'s functions (qualified names end in
-/// `.namespace`) and records `position`, in one transaction.
-fn forget(conn: &mut Connection, position: u64, namespace: &str) -> Result<()> {
-    let tx = conn.transaction().map_err(db_err)?;
-    let removed = tx
-        .execute(
-            "DELETE FROM logs WHERE substr(function, -length(?1)) = ?1",
-            params![format!(".{namespace}")],
-        )
-        .map_err(db_err)?;
-    set_position(&tx, position)?;
-    tx.commit().map_err(db_err)?;
-    tracing::info!(
-        namespace,
-        lines = removed,
-        "log lines of a deleted namespace removed"
-    );
-    Ok(())
 }
 
 /// Inserts a batch in one transaction, with the stream position it came
@@ -370,15 +478,29 @@ impl Logs {
             .reader
             .lock()
             .map_err(|_| Error::internal("logs: reader lock poisoned"))?;
-        let position: Option<i64> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                params![POSITION_KEY],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db_err)?;
-        Ok(position.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
+        Ok(meta(&conn, POSITION_KEY)?.map_or(0, |p| u64::try_from(p).unwrap_or(0)))
+    }
+
+    /// The position this node has stored up to in the stream made at
+    /// `made` (any number that changes when the stream is made again). A
+    /// stream made again (its data lost) starts over from 0: its positions
+    /// are not the old one's. Call before applying anything.
+    pub fn position_in(&self, made: i64) -> Result<u64> {
+        {
+            let conn = self
+                .reader
+                .lock()
+                .map_err(|_| Error::internal("logs: reader lock poisoned"))?;
+            if meta(&conn, MADE_KEY)? != Some(made) {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, 0), (?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![POSITION_KEY, MADE_KEY, made],
+                )
+                .map_err(db_err)?;
+            }
+        }
+        self.position()
     }
 
     /// New lines as they are committed. Subscribe before querying the past.
@@ -508,7 +630,18 @@ mod tests {
                 ],
             )
             .unwrap();
-            a3.forget(9, "team-a".into()).unwrap();
+            a3.forget(9, "team-a".into(), 25).unwrap();
+            // A line of the deleted namespace written before it went,
+            // arriving late, stays out; one of a namespace made again
+            // under that name afterwards is kept.
+            a3.apply(
+                10,
+                vec![
+                    record("late.team-a", "i5", 24, "late"),
+                    record("new.team-a", "i6", 26, "new"),
+                ],
+            )
+            .unwrap();
         })
         .await
         .unwrap();
@@ -517,14 +650,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(first.record.line, "mine");
-        eventually(&|| logs.position().unwrap() == 9);
-        assert_eq!(all(&logs), ["mine", "default's"]);
+        eventually(&|| logs.position().unwrap() == 10);
+        assert_eq!(all(&logs), ["mine", "default's", "new"]);
 
         // While the stream does not take lines, they are stored here.
         down.store(true, Ordering::SeqCst);
         sender.send(record("f", "i4", 40, "kept here"));
-        eventually(&|| all(&logs).len() == 3);
-        assert_eq!(logs.position().unwrap(), 9);
+        eventually(&|| all(&logs).len() == 4);
+        assert_eq!(logs.position().unwrap(), 10);
         assert_eq!(shipped.lock().unwrap().len(), 1);
     }
 }

@@ -495,7 +495,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 sqlite.path(),
                 stream.ship(tokio::runtime::Handle::current()),
             )?;
-            stream.apply(applier, logs.position()?);
+            stream.apply(applier, logs.position_in(stream.made())?);
             (sender, logs, Some(Arc::new(stream)))
         }
         None => {
