@@ -27,6 +27,9 @@ pub(crate) struct Deployment {
     /// The generations of the secrets and configs it was prepared with:
     /// a change to one of them prepares it again.
     pub inputs: Vec<u64>,
+    /// The node's share of the cluster it was prepared with; `spec`'s
+    /// limits are that share's.
+    pub share: crate::Share,
     pub spec: FunctionSpec,
     pub state: State,
 }
@@ -89,6 +92,8 @@ pub struct Executor {
     sealer: std::sync::OnceLock<Arc<flare_access::seal::Sealer>>,
     /// Where a package missing here comes from (a cluster's object store).
     remote: std::sync::OnceLock<Arc<flare_cluster::packages::NatsPackages>>,
+    /// This node's share of every function's limits (a cluster's).
+    share: watch::Sender<crate::Share>,
 }
 
 /// How long a client may take to send a request body, unless the server
@@ -117,7 +122,19 @@ impl Executor {
             body_timeout,
             sealer: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
+            share: watch::Sender::new(crate::Share::default()),
         })
+    }
+
+    /// Serves this node's `share` of every function's limits from now on
+    /// (a cluster's nodes came or went): the functions are prepared again
+    /// with it.
+    pub fn set_share(&self, share: crate::Share) {
+        self.share.send_if_modified(|held| {
+            let changed = *held != share;
+            *held = share;
+            changed
+        });
     }
 
     /// The key that opens secrets; functions that use secrets fail to
@@ -222,7 +239,17 @@ impl Executor {
     /// Follows the store until it closes: the executor's control loop.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut follower = Follower::new(&*store);
-        while let Some(update) = follower.next(&*store).await {
+        let mut share = self.share.subscribe();
+        loop {
+            let update = tokio::select! {
+                update = follower.next(&*store) => update,
+                Ok(()) = share.changed() => {
+                    tracing::info!(share = ?*share.borrow_and_update(), "the cluster changed: functions get this node's new share");
+                    self.resync(&*store).await;
+                    continue;
+                }
+            };
+            let Some(update) = update else { break };
             let revision = update.revision();
             match update {
                 Update::Reload { .. } => self.resync(&*store).await,
@@ -376,14 +403,16 @@ impl Executor {
                 return;
             }
         };
-        let spec = function.spec;
+        let mut spec = function.spec;
         let inputs = Self::inputs(store, &namespace, &spec);
+        let share = *self.share.borrow();
         if self
             .get(&name)
-            .is_some_and(|d| d.generation == generation && d.inputs == inputs)
+            .is_some_and(|d| d.generation == generation && d.inputs == inputs && d.share == share)
         {
             return;
         }
+        spec.limits = share.limits(spec.limits);
         // A function created on another node: its code comes first.
         let fetched = match self.remote.get() {
             Some(remote) => remote.fetch(&self.packages, &spec.package).await,
@@ -418,6 +447,7 @@ impl Executor {
             namespace,
             generation,
             inputs,
+            share,
             spec,
             state,
         });

@@ -13,9 +13,11 @@
 mod deploy;
 mod invoke;
 mod metrics;
+mod share;
 mod submit;
 
 pub use deploy::{DEFAULT_BODY_TIMEOUT, DeploymentStatus, Executor, InstanceStatus};
 pub use flare_runtime::{ResponseBody, Runtime, full_body};
 pub use invoke::{INVOCATION_HEADER, Invoked};
+pub use share::Share;
 pub use submit::{ASYNC_HEADER, CALLBACK_HEADER, RETRIES_HEADER, accepted};

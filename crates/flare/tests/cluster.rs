@@ -1308,3 +1308,54 @@ fn a_one_second_timer_fires_each_slot_once_across_nodes_and_a_kill() {
     // c is still serving; it and a shared the slots after the kill.
     assert_eq!(c.get("/fn/ticker").status(), 200);
 }
+
+/// `fn get` of `name` on `node`: the function and this node's status.
+fn function_view(node: &common::Server, name: &str) -> serde_json::Value {
+    serde_json::from_str(&node.ok(&["fn", "get", "--name", name, "-o", "json"])).unwrap()
+}
+
+/// What `node` serves of its share: `(max concurrency of hello, warm
+/// instances of py)`.
+fn shares(node: &common::Server) -> (u64, u64) {
+    let hello = function_view(node, "hello");
+    let py = function_view(node, "py");
+    let instances = &py["status"]["instances"];
+    (
+        hello["status"]["maxConcurrency"].as_u64().unwrap_or(0),
+        instances["warm"].as_u64().unwrap_or(0) + instances["busy"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn each_node_serves_its_share_of_a_functions_limits() {
+    let cluster = NatsCluster::start(1);
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(&cluster, "a", &key);
+    let b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
+    let mut c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    common::eventually(Duration::from_secs(10), || {
+        (node_names(&a) == ["a", "b", "c"]).then_some(())
+    });
+    a.create("hello", "hello_rust", &["--concurrency", "30"]);
+    a.python_env("0");
+    a.create_python("py", "probe.py", &["--minscale", "3", "--maxscale", "4"]);
+
+    // Three nodes: a third each of the concurrency; minscale 3 spread one
+    // warm instance per node.
+    for node in [&a, &b, &c] {
+        common::eventually(Duration::from_secs(30), || {
+            (shares(node) == (10, 1)).then_some(())
+        });
+    }
+    // The cluster-wide values are what the function says.
+    let py = function_view(&b, "py");
+    assert_eq!(py["spec"]["limits"]["minScale"], 3, "{py}");
+
+    // c dies: once it has left the list, a and b share what it had (a,
+    // first by name, keeps the odd warm instance).
+    c.kill9();
+    common::eventually(Duration::from_secs(40), || {
+        (shares(&a) == (15, 2) && shares(&b) == (15, 1)).then_some(())
+    });
+}

@@ -598,6 +598,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokens.applied(),
     ];
     tokio::spawn(tokens.clone().run(store.clone()));
+    // In a cluster each node serves its share of every function's limits,
+    // known before the first function is prepared.
+    if let Some(cluster) = &cluster {
+        share_limits(cluster, &executor).await;
+        let (cluster, executor) = (cluster.clone(), executor.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(flare_cluster::HEARTBEAT).await;
+                share_limits(&cluster, &executor).await;
+            }
+        });
+    }
     tokio::spawn(executor.clone().run(store.clone()));
     tokio::spawn(router.clone().run(store.clone()));
     tokio::spawn(timers.run());
@@ -761,5 +773,17 @@ async fn collect_garbage(
             Ok(Err(e)) => tracing::error!("retention pass failed: {e:#}"),
             Err(e) => tracing::error!("retention pass failed: {e}"),
         }
+    }
+}
+
+/// Gives the executor this node's share of the cluster as the live nodes
+/// stand now; while they cannot be listed (NATS away) the last share holds.
+async fn share_limits(cluster: &flare_cluster::Cluster, executor: &Executor) {
+    match cluster.nodes().await {
+        Ok(nodes) => executor.set_share(flare_executor::Share::among(
+            cluster.name(),
+            nodes.iter().map(|n| n.name.as_str()),
+        )),
+        Err(e) => tracing::debug!("the cluster's nodes: {e}"),
     }
 }
