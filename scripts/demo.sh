@@ -15,7 +15,6 @@ echo "== building the example functions and flare (release)"
 scripts/build-guests.sh >/dev/null
 cargo build --release --quiet -p flare
 flare=target/release/flare
-guests=target/guests/wasm32-wasip2/release
 
 export FLARE_DATA_DIR="${FLARE_DATA_DIR:-$PWD/target/demo-data}"
 out=$(mktemp)
@@ -35,21 +34,7 @@ token_file="$FLARE_DATA_DIR/admin.token"
 [ -r "$token_file" ] || { echo "no $token_file: start with an empty FLARE_DATA_DIR, or set FLARE_TOKEN"; exit 1; }
 export FLARE_TOKEN="${FLARE_TOKEN:-$(cat "$token_file")}"
 
-deploy() { # name, code, extra flags...
-  local name=$1 code=$2; shift 2
-  "$flare" fn get --name "$name" >/dev/null 2>&1 || "$flare" fn create --name "$name" --code "$code" "$@" >/dev/null
-}
-deploy hello "$guests/hello_rust.wasm"
-deploy echo "$guests/echo.wasm" --env GREETING="hello from the echo example"
-"$flare" env get --name python >/dev/null 2>&1 || "$flare" env create --name python --runtime python >/dev/null
-"$flare" env get --name node >/dev/null 2>&1 || "$flare" env create --name node --runtime node --poolsize 1 >/dev/null
-deploy pyhello examples/python/hello.py --env python
-deploy jshello examples/node/hello.js --env node
-examples/java/build.sh target/hello.jar >/dev/null
-"$flare" env get --name java >/dev/null 2>&1 || "$flare" env create --name java --runtime java --poolsize 1 >/dev/null
-deploy javahello target/hello.jar --env java
-"$flare" ht get --name greet >/dev/null 2>&1 ||
-  "$flare" ht create --name greet --url '/greet/{name}' --method GET --function echo >/dev/null
+scripts/examples.sh "$flare"
 
 cat <<TXT
 
