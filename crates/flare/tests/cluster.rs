@@ -971,6 +971,30 @@ fn logs_of_every_node_are_read_and_followed_on_any_node() {
     cluster.restart(0);
 }
 
+/// A NATS trigger `sneaky` of `function` on `broker`'s Flare log subjects,
+/// which must not connect: the error its status reports.
+fn snooping_trigger(node: &common::Server, function: &str, broker: &str) -> String {
+    node.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        "sneaky",
+        "--function",
+        function,
+        "--mqtype",
+        "nats",
+        "--broker",
+        broker,
+        "--topic",
+        "flare.logs.>",
+    ]);
+    common::eventually(Duration::from_secs(30), || {
+        mq_status(node, "sneaky")["error"]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
 /// The status of message-queue trigger `name` as `node` reports it.
 fn mq_status(node: &common::Server, name: &str) -> serde_json::Value {
     let out = node.ok(&["mqt", "get", "--name", name, "-o", "json"]);
@@ -1001,24 +1025,7 @@ fn an_ordered_nats_trigger_keeps_each_key_in_order_when_its_node_dies() {
     ]);
     // The cluster's own NATS is no trigger's broker: through it a tenant
     // would read every namespace's logs.
-    a.ok(&[
-        "mqt",
-        "create",
-        "--name",
-        "sneaky",
-        "--function",
-        "worker",
-        "--mqtype",
-        "nats",
-        "--broker",
-        &cluster.url(0),
-        "--topic",
-        "flare.logs.>",
-    ]);
-    let refused = common::eventually(Duration::from_secs(30), || {
-        let status = mq_status(&a, "sneaky");
-        status["error"].as_str().map(str::to_string)
-    });
+    let refused = snooping_trigger(&a, "worker", &cluster.url(0));
     assert!(
         refused.contains("holds this Flare cluster's own state"),
         "{refused}"
@@ -1358,4 +1365,86 @@ fn each_node_serves_its_share_of_a_functions_limits() {
     common::eventually(Duration::from_secs(40), || {
         (shares(&a) == (15, 2) && shares(&b) == (15, 1)).then_some(())
     });
+}
+
+#[test]
+fn a_node_joins_with_nats_credentials_and_nothing_outside_its_account_reaches_its_state() {
+    use futures::StreamExt;
+    // NATS with accounts: Flare's own, and a tenant's.
+    let accounts = common::nats::Accounts::new(&["flare", "tenant"]);
+    let cluster = NatsCluster::start_configured(1, &accounts.server_config());
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let creds = keys.path().join("flare.creds");
+    std::fs::write(&creds, accounts.creds("flare")).unwrap();
+    let url = cluster.url(0);
+
+    // Without credentials, or with a file that holds none, a clear error.
+    let (err, untouched) =
+        failed_start(&["--cluster", &url, "--node-name", "a", "--secrets-key", &key]);
+    assert!(
+        err.contains(&format!("cannot reach NATS at {url}")),
+        "{err}"
+    );
+    assert!(untouched);
+    let junk = keys.path().join("junk.creds");
+    std::fs::write(&junk, "not credentials").unwrap();
+    let (err, _) = failed_start(&[
+        "--cluster",
+        &url,
+        "--nats-creds",
+        junk.to_str().unwrap(),
+        "--node-name",
+        "a",
+        "--secrets-key",
+        &key,
+    ]);
+    assert!(
+        err.contains(&format!(
+            "cannot read the NATS credentials {}",
+            junk.display()
+        )),
+        "{err}"
+    );
+
+    // With its account's credentials the node keeps its state there.
+    let a = common::Server::start_with(&[
+        "--cluster",
+        &url,
+        "--nats-creds",
+        creds.to_str().unwrap(),
+        "--node-name",
+        "a",
+        "--secrets-key",
+        &key,
+    ]);
+    a.create("hello", "hello_rust", &[]);
+    assert_eq!(a.get("/fn/hello").status(), 200);
+    assert_eq!(node_names(&a), ["a"]);
+
+    // A tenant on the same server, in its own account, sees none of it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tenant_creds = keys.path().join("tenant.creds");
+    std::fs::write(&tenant_creds, accounts.creds("tenant")).unwrap();
+    let streams: Vec<String> = runtime.block_on(async {
+        let client = async_nats::ConnectOptions::with_credentials_file(&tenant_creds)
+            .await
+            .unwrap()
+            .connect(&url)
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        js.stream_names()
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .map(|name| name.unwrap())
+            .collect()
+    });
+    assert!(streams.is_empty(), "the tenant sees {streams:?}");
+    // And a trigger on that server, which carries no credentials, is
+    // refused by NATS itself (Flare's own guard is for a NATS without
+    // accounts).
+    let refused = snooping_trigger(&a, "hello", &url);
+    assert!(refused.to_lowercase().contains("authoriz"), "{refused}");
 }

@@ -67,6 +67,11 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_configured(n, "")
+    }
+
+    /// `n` servers with `extra` added to each one's configuration.
+    pub fn start_configured(n: usize, extra: &str) -> NatsCluster {
         let program = nats_server();
         let dir = tempfile::tempdir().unwrap();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -91,7 +96,7 @@ impl NatsCluster {
                 &config,
                 format!(
                     "server_name: n{i}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\n\
-                     jetstream {{ store_dir: \"{}\" }}\n{cluster}\n",
+                     jetstream {{ store_dir: \"{}\" }}\n{cluster}\n{extra}\n",
                     store.display()
                 ),
             )
@@ -187,5 +192,106 @@ impl Drop for NatsCluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+    }
+}
+
+/// NATS accounts in operator mode (decentralized JWT auth), made by the
+/// test: an operator, the system account, and named accounts with
+/// JetStream, each with one user whose credentials file it can write.
+pub struct Accounts {
+    operator: nkeys::KeyPair,
+    system: (nkeys::KeyPair, String),
+    accounts: Vec<(String, nkeys::KeyPair, String)>,
+}
+
+/// A JWT of `nats` claims about `subject`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "iat": issued, "iss": issuer.public_key(), "name": name, "sub": subject, "nats": nats,
+    });
+    claims["jti"] = hex::encode(sha2::Sha256::digest(claims.to_string())).into();
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let payload = b64.encode(claims.to_string());
+    let signature = issuer
+        .sign(format!("{header}.{payload}").as_bytes())
+        .unwrap();
+    format!("{header}.{payload}.{}", b64.encode(signature))
+}
+
+impl Accounts {
+    pub fn new(names: &[&str]) -> Accounts {
+        let operator = nkeys::KeyPair::new_operator();
+        let unlimited = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+        });
+        let system = nkeys::KeyPair::new_account();
+        let system_jwt = jwt(
+            &operator,
+            &system.public_key(),
+            "SYS",
+            serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+        );
+        let mut limits = unlimited;
+        for key in ["mem_storage", "disk_storage", "streams", "consumer"] {
+            limits[key] = (-1).into();
+        }
+        let accounts = names
+            .iter()
+            .map(|name| {
+                let account = nkeys::KeyPair::new_account();
+                let claims = serde_json::json!({"type": "account", "version": 2, "limits": limits});
+                let token = jwt(&operator, &account.public_key(), name, claims);
+                (name.to_string(), account, token)
+            })
+            .collect();
+        Accounts {
+            operator,
+            system: (system, system_jwt),
+            accounts,
+        }
+    }
+
+    /// What a server's configuration says to trust these accounts.
+    pub fn server_config(&self) -> String {
+        let operator = jwt(
+            &self.operator,
+            &self.operator.public_key(),
+            "flare-test",
+            serde_json::json!({"type": "operator", "version": 2}),
+        );
+        let mut preload = format!("  {}: {}\n", self.system.0.public_key(), self.system.1);
+        for (_, account, token) in &self.accounts {
+            preload.push_str(&format!("  {}: {token}\n", account.public_key()));
+        }
+        format!(
+            "operator: {operator}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n{preload}}}\n",
+            self.system.0.public_key()
+        )
+    }
+
+    /// A credentials file's text for a new user of account `name`.
+    pub fn creds(&self, name: &str) -> String {
+        let (_, account, _) = self
+            .accounts
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .expect("a known account");
+        let user = nkeys::KeyPair::new_user();
+        let claims = serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+            "subs": -1, "data": -1, "payload": -1});
+        let token = jwt(account, &user.public_key(), name, claims);
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
     }
 }
