@@ -89,6 +89,25 @@ fn node_flags(cluster: &NatsCluster, name: &str, key: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Nodes a, b and c of `cluster`, sharing one secrets key; the directory
+/// holds the key and b's and c's data dirs.
+fn three_nodes(
+    cluster: &NatsCluster,
+) -> (
+    tempfile::TempDir,
+    String,
+    common::Server,
+    common::Server,
+    common::Server,
+) {
+    let keys = tempfile::tempdir().unwrap();
+    let key = secrets_key(keys.path());
+    let a = node(cluster, "a", &key);
+    let b = next_node(cluster, "b", &key, &a, &keys.path().join("b"));
+    let c = next_node(cluster, "c", &key, &a, &keys.path().join("c"));
+    (keys, key, a, b, c)
+}
+
 /// The first node of a cluster (it makes the cluster's admin token).
 fn node(cluster: &NatsCluster, name: &str, key: &str) -> common::Server {
     let flags = node_flags(cluster, name, key);
@@ -98,11 +117,7 @@ fn node(cluster: &NatsCluster, name: &str, key: &str) -> common::Server {
 #[test]
 fn nodes_find_each_other_and_a_dead_one_leaves_the_list() {
     let cluster = NatsCluster::start(3);
-    let keys = tempfile::tempdir().unwrap();
-    let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
-    let mut b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
-    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    let (_keys, _, a, mut b, c) = three_nodes(&cluster);
     common::eventually(Duration::from_secs(10), || {
         (node_names(&a) == ["a", "b", "c"]).then_some(())
     });
@@ -643,11 +658,7 @@ fn async_invocations_survive_the_kill_of_the_node_running_them() {
         })
     }));
 
-    let keys = tempfile::tempdir().unwrap();
-    let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
-    let mut b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
-    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    let (_keys, _, a, mut b, c) = three_nodes(&cluster);
     let code = common::guest("misbehave");
     a.ok(&[
         "fn",
@@ -875,11 +886,7 @@ fn invoked(server: &common::Server, path: &str) -> String {
 #[test]
 fn logs_of_every_node_are_read_and_followed_on_any_node() {
     let mut cluster = NatsCluster::start(1);
-    let keys = tempfile::tempdir().unwrap();
-    let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
-    let mut b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
-    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    let (keys, key, a, mut b, c) = three_nodes(&cluster);
     a.create("chatty", "misbehave", &[]);
     for node in [&b, &c] {
         common::eventually(Duration::from_secs(10), || {
@@ -995,6 +1002,30 @@ fn snooping_trigger(node: &common::Server, function: &str, broker: &str) -> Stri
     })
 }
 
+/// A NATS trigger `name` of function `worker` on `broker`: from
+/// `<name>.in.>`, answers to `<name>.out`.
+fn worker_trigger(node: &common::Server, name: &str, broker: &NatsCluster, extra: &[&str]) {
+    let (url, topic, out) = (broker.url(0), format!("{name}.in.>"), format!("{name}.out"));
+    let mut args = vec![
+        "mqt",
+        "create",
+        "--name",
+        name,
+        "--function",
+        "worker",
+        "--mqtype",
+        "nats",
+        "--broker",
+        &url,
+        "--topic",
+        &topic,
+        "--resptopic",
+        &out,
+    ];
+    args.extend_from_slice(extra);
+    node.ok(&args);
+}
+
 /// The status of message-queue trigger `name` as `node` reports it.
 fn mq_status(node: &common::Server, name: &str) -> serde_json::Value {
     let out = node.ok(&["mqt", "get", "--name", name, "-o", "json"]);
@@ -1006,11 +1037,7 @@ fn mq_status(node: &common::Server, name: &str) -> serde_json::Value {
 fn an_ordered_nats_trigger_keeps_each_key_in_order_when_its_node_dies() {
     use futures::StreamExt;
     let cluster = NatsCluster::start(1);
-    let keys = tempfile::tempdir().unwrap();
-    let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
-    let b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
-    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    let (_keys, _, a, b, c) = three_nodes(&cluster);
     a.python_env("1");
     let code = common::function_file("mq.py");
     a.ok(&[
@@ -1034,25 +1061,7 @@ fn an_ordered_nats_trigger_keeps_each_key_in_order_when_its_node_dies() {
 
     // The trigger's broker: a NATS of its own.
     let broker = NatsCluster::start(1);
-    a.ok(&[
-        "mqt",
-        "create",
-        "--name",
-        "orders",
-        "--function",
-        "worker",
-        "--mqtype",
-        "nats",
-        "--broker",
-        &broker.url(0),
-        "--topic",
-        "orders.in.>",
-        "--resptopic",
-        "orders.out",
-        "--ordered",
-        "--concurrency",
-        "8",
-    ]);
+    worker_trigger(&a, "orders", &broker, &["--ordered", "--concurrency", "8"]);
 
     // One node consumes; the others stand by.
     let mut nodes = vec![a, b, c];
@@ -1252,11 +1261,7 @@ fn fired_slots(node: &common::Server, function: &str) -> Vec<chrono::DateTime<ch
 #[test]
 fn a_one_second_timer_fires_each_slot_once_across_nodes_and_a_kill() {
     let cluster = NatsCluster::start(1);
-    let keys = tempfile::tempdir().unwrap();
-    let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
-    let mut b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
-    let c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    let (_keys, _, a, mut b, c) = three_nodes(&cluster);
     a.python_env("1");
     a.create_python("ticker", "mq.py", &[]);
     a.ok(&[
@@ -1336,11 +1341,7 @@ fn shares(node: &common::Server) -> (u64, u64) {
 #[test]
 fn each_node_serves_its_share_of_a_functions_limits() {
     let cluster = NatsCluster::start(1);
-    let keys = tempfile::tempdir().unwrap();
-    let key = secrets_key(keys.path());
-    let a = node(&cluster, "a", &key);
-    let b = next_node(&cluster, "b", &key, &a, &keys.path().join("b"));
-    let mut c = next_node(&cluster, "c", &key, &a, &keys.path().join("c"));
+    let (_keys, _, a, b, mut c) = three_nodes(&cluster);
     common::eventually(Duration::from_secs(10), || {
         (node_names(&a) == ["a", "b", "c"]).then_some(())
     });
@@ -1447,4 +1448,68 @@ fn a_node_joins_with_nats_credentials_and_nothing_outside_its_account_reaches_it
     // accounts).
     let refused = snooping_trigger(&a, "hello", &url);
     assert!(refused.to_lowercase().contains("authoriz"), "{refused}");
+}
+
+#[test]
+fn a_nats_trigger_shares_its_messages_across_nodes_and_survives_a_kill() {
+    use futures::StreamExt;
+    let cluster = NatsCluster::start(1);
+    let broker = NatsCluster::start(1);
+    let (_keys, _, a, b, c) = three_nodes(&cluster);
+    a.python_env("1");
+    a.create_python("worker", "mq.py", &[]);
+    worker_trigger(&a, "jobs", &broker, &["--concurrency", "2"]);
+    let mut nodes = vec![a, b, c];
+    // Not ordered: every node consumes (one durable, shared).
+    for node in &nodes {
+        common::eventually(Duration::from_secs(30), || {
+            (mq_status(node, "jobs")["connected"] == true).then_some(())
+        });
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let js = jetstream_of(&broker, &runtime);
+    let client = js.client();
+    let mut answers = runtime.block_on(client.subscribe("jobs.out")).unwrap();
+    runtime.block_on(client.flush()).unwrap();
+    const N: usize = 120;
+    runtime.block_on(async {
+        for i in 0..N {
+            js.publish("jobs.in.all", format!("slow-{i}").into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    let mut answered = std::collections::HashSet::new();
+    let mut next = |answered: &mut std::collections::HashSet<String>| {
+        let m = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(90), answers.next()).await })
+            .expect("answers keep coming")
+            .unwrap();
+        answered.insert(String::from_utf8(m.payload.to_vec()).unwrap());
+    };
+
+    // More than one node takes messages; then one that did is killed.
+    let processed =
+        |node: &common::Server| mq_status(node, "jobs")["processed"].as_u64().unwrap_or(0);
+    let busy = common::eventually(Duration::from_secs(60), || {
+        next(&mut answered);
+        let busy: Vec<usize> = (0..3).filter(|i| processed(&nodes[*i]) > 0).collect();
+        (busy.len() >= 2).then_some(busy)
+    });
+    nodes.remove(busy[0]).kill9();
+
+    // Every message is answered (what the dead node held comes back after
+    // the ack wait).
+    while answered.len() < N {
+        next(&mut answered);
+    }
+    for i in 0..N {
+        assert!(
+            answered.contains(&format!("processed:slow-{i}")),
+            "{i} lost"
+        );
+    }
 }
