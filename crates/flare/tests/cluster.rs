@@ -1513,3 +1513,85 @@ fn a_nats_trigger_shares_its_messages_across_nodes_and_survives_a_kill() {
         );
     }
 }
+
+#[test]
+fn a_redis_trigger_shares_its_entries_across_nodes_and_claims_a_dead_nodes() {
+    use std::io::Write;
+    let cluster = NatsCluster::start(1);
+    let (_keys, _, a, b, c) = three_nodes(&cluster);
+    a.python_env("1");
+    a.create_python("worker", "mq.py", &[]);
+    let stamp = format!("{}-{}", std::process::id(), common::nats::free_port());
+    let (input, output, trigger) = (
+        format!("flare-cluster-in-{stamp}"),
+        format!("flare-cluster-out-{stamp}"),
+        format!("rq{}", common::nats::free_port()),
+    );
+    a.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &trigger,
+        "--function",
+        "worker",
+        "--mqtype",
+        "redis",
+        "--topic",
+        &input,
+        "--resptopic",
+        &output,
+        "--concurrency",
+        "2",
+    ]);
+    let mut nodes = vec![a, b, c];
+    for node in &nodes {
+        common::eventually(Duration::from_secs(30), || {
+            (mq_status(node, &trigger)["connected"] == true).then_some(())
+        });
+    }
+    const N: usize = 300;
+    let mut cli = std::process::Command::new("redis-cli")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = cli.stdin.take().unwrap();
+    for i in 0..N {
+        writeln!(stdin, "XADD {input} * payload slow-{i}").unwrap();
+    }
+    drop(stdin);
+    assert!(cli.wait().unwrap().success());
+
+    // Each node is its own consumer of the group; kill -9 one that holds
+    // entries it has read and not acknowledged.
+    let group = format!("flare-{trigger}");
+    let holding = common::eventually(Duration::from_secs(30), || {
+        let pending = common::redis(&["--raw", "XPENDING", &input, &group]);
+        let lines: Vec<&str> = pending.lines().collect();
+        // total, first id, last id, then consumer / count pairs.
+        let holders: Vec<&str> = lines.get(3..)?.chunks(2).map(|pair| pair[0]).collect();
+        let consumers: std::collections::HashSet<&str> = holders.iter().copied().collect();
+        (consumers.len() >= 2).then(|| holders[0].rsplit('-').next().unwrap().to_string())
+    });
+    let index = ["a", "b", "c"].iter().position(|n| *n == holding).unwrap();
+    nodes.remove(index).kill9();
+
+    // Every entry is answered: the dead node's after they have been idle
+    // for 30 s, claimed by a live node.
+    let answered = common::eventually(Duration::from_secs(120), || {
+        let out = common::redis(&["--raw", "XRANGE", &output, "-", "+"]);
+        let answered: std::collections::HashSet<String> = out
+            .lines()
+            .filter(|l| l.starts_with("processed:"))
+            .map(str::to_string)
+            .collect();
+        (answered.len() == N).then_some(answered)
+    });
+    for i in 0..N {
+        assert!(
+            answered.contains(&format!("processed:slow-{i}")),
+            "{i} lost"
+        );
+    }
+    common::redis(&["DEL", &input, &output]);
+}

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, eventually, function_file};
+use common::{Server, eventually, function_file, redis};
 
 /// A name no earlier run used: brokers outlive test runs.
 fn unique(prefix: &str) -> String {
@@ -16,19 +16,6 @@ fn unique(prefix: &str) -> String {
         .unwrap()
         .subsec_nanos();
     format!("{prefix}-{}-{n:x}", std::process::id())
-}
-
-fn redis(args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    assert!(
-        out.status.success(),
-        "redis-cli {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The `payload` (and `error`) values of a stream, in order.

@@ -25,9 +25,9 @@
 //!
 //! In a cluster every node runs every trigger, and the broker shares the
 //! messages out (a JetStream durable, a Kafka group, AMQP competing
-//! consumers), except where one consumer must be alone: an `ordered`
-//! trigger (per-key order), and MQTT and Redis triggers (one session, one
-//! consumer name). Those consume on the node that holds the trigger's
+//! consumers, a Redis group with a consumer per node), except where one
+//! consumer must be alone: an `ordered` trigger (per-key order) and an
+//! MQTT trigger (one session). Those consume on the node that holds the trigger's
 //! lease ([`Leases`]) and on no other; when that node dies, its lease
 //! expires and another node takes over, resuming where the broker says
 //! the dead one stopped ([`while_held`]).
@@ -164,6 +164,8 @@ pub(crate) struct Context {
     deliveries: Mutex<HashMap<String, u64>>,
     /// The cluster's own NATS, which is no broker for a trigger.
     pub reserved: Option<ReservedNats>,
+    /// This node's name, in a cluster.
+    pub node: Option<String>,
 }
 
 impl Context {
@@ -469,10 +471,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// Whether a trigger consumes on one node of a cluster at a time: an
-/// ordered one keeps per-key order only with one consumer, an MQTT session
-/// (its client id) and a Redis consumer (its pending entries) are one.
+/// ordered one keeps per-key order only with one consumer, and an MQTT
+/// session (its client id) is one. (MQTT shared subscriptions would share
+/// the messages, but a broker such as mosquitto keeps what it sent a
+/// member that died for that member's return: nothing would take it
+/// over.)
 fn one_node_at_a_time(spec: &MessageQueueTriggerSpec) -> bool {
-    spec.ordered || matches!(spec.mqtype, MqKind::Mqtt | MqKind::Redis)
+    spec.ordered || spec.mqtype == MqKind::Mqtt
 }
 
 /// A trigger's connector, kept consuming.
@@ -584,6 +589,8 @@ pub struct MqTriggers {
 
 /// What message-queue triggers need of a cluster.
 pub struct InCluster {
+    /// This node's name (a Redis consumer's, for one).
+    pub node: String,
     /// Who consumes the triggers that run on one node at a time.
     pub leases: Arc<dyn Leases>,
     /// The cluster's own NATS, when triggers could reach its state.
@@ -646,6 +653,7 @@ impl MqTriggers {
             status: self.status.clone(),
             deliveries: Mutex::default(),
             reserved: self.cluster.as_ref().and_then(|c| c.reserved.clone()),
+            node: self.cluster.as_ref().map(|c| c.node.clone()),
         });
         context.report(|s| *s = MqStatus::default());
         let task = match &self.cluster {
@@ -769,6 +777,7 @@ mod tests {
             status: Default::default(),
             deliveries: Default::default(),
             reserved: None,
+            node: None,
         };
         let message = |delivered| Message {
             key: "k".into(),

@@ -566,6 +566,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // may use the cluster's own NATS as its broker.
     let in_cluster = match &cluster {
         Some(cluster) => Some(flare_triggers::mq::InCluster {
+            node: cluster.name().to_string(),
             leases: Arc::new(
                 flare_cluster::leases::NatsLeases::open(
                     cluster.jetstream(),

@@ -349,3 +349,18 @@ pub fn http_ok_server_on(ip: &str) -> String {
     });
     addr
 }
+
+/// redis-cli `args` against the machine's Redis (scripts/services.sh
+/// starts it); its output.
+pub fn redis(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
