@@ -1026,6 +1026,54 @@ fn worker_trigger(node: &common::Server, name: &str, broker: &NatsCluster, extra
     node.ok(&args);
 }
 
+/// Where a trigger of [`worker_on_three_nodes`] reads and answers, and its
+/// name: names no earlier run used (brokers outlive test runs).
+struct Queues {
+    input: String,
+    output: String,
+    trigger: String,
+}
+
+/// Nodes a, b and c of `cluster` with function `worker` (mq.py) and an
+/// `mqtype` trigger of it (concurrency 2) that every node has connected.
+fn worker_on_three_nodes(
+    cluster: &NatsCluster,
+    mqtype: &str,
+) -> (tempfile::TempDir, Vec<common::Server>, Queues) {
+    let (keys, _, a, b, c) = three_nodes(cluster);
+    a.python_env("1");
+    a.create_python("worker", "mq.py", &[]);
+    let stamp = format!("{}-{}", std::process::id(), common::nats::free_port());
+    let queues = Queues {
+        input: format!("flare-cluster-in-{stamp}"),
+        output: format!("flare-cluster-out-{stamp}"),
+        trigger: format!("q{}", common::nats::free_port()),
+    };
+    a.ok(&[
+        "mqt",
+        "create",
+        "--name",
+        &queues.trigger,
+        "--function",
+        "worker",
+        "--mqtype",
+        mqtype,
+        "--topic",
+        &queues.input,
+        "--resptopic",
+        &queues.output,
+        "--concurrency",
+        "2",
+    ]);
+    let nodes = vec![a, b, c];
+    for node in &nodes {
+        common::eventually(Duration::from_secs(30), || {
+            (mq_status(node, &queues.trigger)["connected"] == true).then_some(())
+        });
+    }
+    (keys, nodes, queues)
+}
+
 /// The status of message-queue trigger `name` as `node` reports it.
 fn mq_status(node: &common::Server, name: &str) -> serde_json::Value {
     let out = node.ok(&["mqt", "get", "--name", name, "-o", "json"]);
@@ -1518,37 +1566,12 @@ fn a_nats_trigger_shares_its_messages_across_nodes_and_survives_a_kill() {
 fn a_redis_trigger_shares_its_entries_across_nodes_and_claims_a_dead_nodes() {
     use std::io::Write;
     let cluster = NatsCluster::start(1);
-    let (_keys, _, a, b, c) = three_nodes(&cluster);
-    a.python_env("1");
-    a.create_python("worker", "mq.py", &[]);
-    let stamp = format!("{}-{}", std::process::id(), common::nats::free_port());
-    let (input, output, trigger) = (
-        format!("flare-cluster-in-{stamp}"),
-        format!("flare-cluster-out-{stamp}"),
-        format!("rq{}", common::nats::free_port()),
-    );
-    a.ok(&[
-        "mqt",
-        "create",
-        "--name",
-        &trigger,
-        "--function",
-        "worker",
-        "--mqtype",
-        "redis",
-        "--topic",
-        &input,
-        "--resptopic",
-        &output,
-        "--concurrency",
-        "2",
-    ]);
-    let mut nodes = vec![a, b, c];
-    for node in &nodes {
-        common::eventually(Duration::from_secs(30), || {
-            (mq_status(node, &trigger)["connected"] == true).then_some(())
-        });
-    }
+    let (_keys, mut nodes, queues) = worker_on_three_nodes(&cluster, "redis");
+    let Queues {
+        input,
+        output,
+        trigger,
+    } = queues;
     const N: usize = 300;
     let mut cli = std::process::Command::new("redis-cli")
         .stdin(std::process::Stdio::piped())
@@ -1594,4 +1617,55 @@ fn a_redis_trigger_shares_its_entries_across_nodes_and_claims_a_dead_nodes() {
         );
     }
     common::redis(&["DEL", &input, &output]);
+}
+
+#[test]
+fn an_amqp_trigger_has_a_competing_consumer_on_every_node_and_survives_a_kill() {
+    use lapin::options::QueueDeleteOptions;
+    let cluster = NatsCluster::start(1);
+    let (_keys, mut nodes, queues) = worker_on_three_nodes(&cluster, "amqp");
+    let Queues {
+        input,
+        output,
+        trigger,
+    } = queues;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let (_connection, channel) = runtime.block_on(common::amqp_channel());
+    const N: usize = 200;
+    runtime.block_on(async {
+        for i in 0..N {
+            common::amqp_publish(&channel, "", &input, &format!("slow-{i}")).await;
+        }
+    });
+
+    // More than one node takes messages; one that did is killed while
+    // messages remain (RabbitMQ requeues what its connection held).
+    let processed =
+        |node: &common::Server| mq_status(node, &trigger)["processed"].as_u64().unwrap_or(0);
+    let busy = common::eventually(Duration::from_secs(30), || {
+        let busy: Vec<usize> = (0..3).filter(|i| processed(&nodes[*i]) > 0).collect();
+        (busy.len() >= 2).then_some(busy)
+    });
+    nodes.remove(busy[0]).kill9();
+
+    let answered = runtime.block_on(async {
+        let got = common::amqp_take(&channel, &output, |got| {
+            got.iter().collect::<std::collections::HashSet<_>>().len() >= N
+        })
+        .await;
+        for queue in [&input, &output] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        got
+    });
+    for i in 0..N {
+        assert!(
+            answered.contains(&format!("processed:slow-{i}")),
+            "{i} lost"
+        );
+    }
 }

@@ -659,13 +659,11 @@ fn mqtt_success_failure_order_and_kill_9() {
 
 #[test]
 fn amqp_success_failure_order_and_kill_9() {
-    use futures::StreamExt;
+    use lapin::ExchangeKind;
     use lapin::options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions,
-        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeleteOptions,
     };
     use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _context = runtime.enter();
@@ -695,63 +693,10 @@ fn amqp_success_failure_order_and_kill_9() {
     ]);
     wait_connected(&server, &trigger);
 
-    let connection = runtime
-        .block_on(Connection::connect(
-            "amqp://127.0.0.1:5672/%2f",
-            ConnectionProperties::default(),
-        ))
-        .unwrap();
-    let channel = runtime.block_on(connection.create_channel()).unwrap();
-    let publish = |text: &str| {
-        runtime.block_on(async {
-            channel
-                .basic_publish(
-                    "".into(),
-                    input.as_str().into(),
-                    BasicPublishOptions::default(),
-                    text.as_bytes(),
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        })
-    };
+    let (_connection, channel) = runtime.block_on(common::amqp_channel());
+    let publish = |text: &str| runtime.block_on(common::amqp_publish(&channel, "", &input, text));
     let collect = |queue: &str, count: usize| -> Vec<String> {
-        runtime.block_on(async {
-            channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-            let mut consumer = channel
-                .basic_consume(
-                    queue.into(),
-                    unique("test").as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-            let mut got = Vec::new();
-            while got.len() < count {
-                let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
-                    .await
-                    .expect("answers arrive")
-                    .unwrap()
-                    .unwrap();
-                got.push(String::from_utf8(delivery.data.clone()).unwrap());
-                delivery.ack(BasicAckOptions::default()).await.unwrap();
-            }
-            got
-        })
+        runtime.block_on(common::amqp_take(&channel, queue, |got| got.len() >= count))
     };
 
     for i in 0..6 {
@@ -795,20 +740,12 @@ fn amqp_success_failure_order_and_kill_9() {
             .unwrap();
     });
     publish_concurrently(3, 8, |p, i| {
-        runtime.block_on(async {
-            channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    format!("k{p}").as_str().into(),
-                    BasicPublishOptions::default(),
-                    format!("timed-{p}-{i}").as_bytes(),
-                    BasicProperties::default(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        })
+        runtime.block_on(common::amqp_publish(
+            &channel,
+            &exchange,
+            &format!("k{p}"),
+            &format!("timed-{p}-{i}"),
+        ))
     });
     let keys_overlapped = check_keyed_order(&collect(&output, 3 * 8), 3, 8);
     assert!(keys_overlapped, "different routing keys never overlapped");

@@ -364,3 +364,87 @@ pub fn redis(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Takes messages from the durable AMQP queue `queue` (declaring it),
+/// acknowledging each, until `done` says it has them all; their texts,
+/// in arrival order. Each wait for the next is bounded (60 s).
+pub async fn amqp_take(
+    channel: &lapin::Channel,
+    queue: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            {
+                static TAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = TAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("test-{}-{n}", std::process::id()).as_str().into()
+            },
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !done(&got) {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+            .await
+            .expect("answers arrive")
+            .unwrap()
+            .unwrap();
+        got.push(String::from_utf8(delivery.data.clone()).unwrap());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // The next take on this channel consumes afresh.
+    let _ = channel
+        .basic_cancel(
+            consumer.tag(),
+            lapin::options::BasicCancelOptions::default(),
+        )
+        .await;
+    got
+}
+
+/// Publishes `text` through AMQP `exchange` ("" for the default one, where
+/// the routing key is the queue) and waits for the broker's confirmation.
+pub async fn amqp_publish(channel: &lapin::Channel, exchange: &str, routing_key: &str, text: &str) {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions::default(),
+            text.as_bytes(),
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// A channel to the machine's RabbitMQ (scripts/services.sh starts it),
+/// with the connection that must outlive it.
+pub async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(
+        "amqp://127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
