@@ -1035,10 +1035,13 @@ struct Queues {
 }
 
 /// Nodes a, b and c of `cluster` with function `worker` (mq.py) and an
-/// `mqtype` trigger of it (concurrency 2) that every node has connected.
+/// `mqtype` trigger of it (concurrency 2, and `extra` flags) that every
+/// node has connected; `prepare` runs before the trigger is made.
 fn worker_on_three_nodes(
     cluster: &NatsCluster,
     mqtype: &str,
+    extra: &[&str],
+    prepare: impl FnOnce(&Queues),
 ) -> (tempfile::TempDir, Vec<common::Server>, Queues) {
     let (keys, _, a, b, c) = three_nodes(cluster);
     a.python_env("1");
@@ -1049,7 +1052,8 @@ fn worker_on_three_nodes(
         output: format!("flare-cluster-out-{stamp}"),
         trigger: format!("q{}", common::nats::free_port()),
     };
-    a.ok(&[
+    prepare(&queues);
+    let mut args = vec![
         "mqt",
         "create",
         "--name",
@@ -1064,7 +1068,9 @@ fn worker_on_three_nodes(
         &queues.output,
         "--concurrency",
         "2",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    a.ok(&args);
     let nodes = vec![a, b, c];
     for node in &nodes {
         common::eventually(Duration::from_secs(30), || {
@@ -1566,7 +1572,7 @@ fn a_nats_trigger_shares_its_messages_across_nodes_and_survives_a_kill() {
 fn a_redis_trigger_shares_its_entries_across_nodes_and_claims_a_dead_nodes() {
     use std::io::Write;
     let cluster = NatsCluster::start(1);
-    let (_keys, mut nodes, queues) = worker_on_three_nodes(&cluster, "redis");
+    let (_keys, mut nodes, queues) = worker_on_three_nodes(&cluster, "redis", &[], |_| {});
     let Queues {
         input,
         output,
@@ -1623,7 +1629,7 @@ fn a_redis_trigger_shares_its_entries_across_nodes_and_claims_a_dead_nodes() {
 fn an_amqp_trigger_has_a_competing_consumer_on_every_node_and_survives_a_kill() {
     use lapin::options::QueueDeleteOptions;
     let cluster = NatsCluster::start(1);
-    let (_keys, mut nodes, queues) = worker_on_three_nodes(&cluster, "amqp");
+    let (_keys, mut nodes, queues) = worker_on_three_nodes(&cluster, "amqp", &[], |_| {});
     let Queues {
         input,
         output,
@@ -1668,4 +1674,66 @@ fn an_amqp_trigger_has_a_competing_consumer_on_every_node_and_survives_a_kill() 
             "{i} lost"
         );
     }
+}
+
+#[test]
+fn a_kafka_trigger_splits_its_partitions_across_nodes_and_survives_a_kill() {
+    use rdkafka::consumer::Consumer;
+    let (mock, kafka) = common::kafka::Kafka::start(&[]);
+    let cluster = NatsCluster::start(1);
+    let url = kafka.url();
+    let (_keys, mut nodes, queues) =
+        worker_on_three_nodes(&cluster, "kafka", &["--broker", &url], |queues| {
+            mock.create_topic(&queues.input, 6, 1).unwrap();
+            mock.create_topic(&queues.output, 1, 1).unwrap();
+        });
+    let Queues {
+        input,
+        output,
+        trigger,
+    } = queues;
+    let answers = kafka.reader("cluster-test", &output);
+    const N: usize = 120;
+    for i in 0..N {
+        kafka.send(
+            &input,
+            &format!("k{i}"),
+            Some((i % 6) as i32),
+            &format!("slow-{i}"),
+        );
+    }
+
+    // The group shares the partitions out: more than one node processes;
+    // one that did is killed, and the group gives its partitions to the
+    // others, from their last committed offsets.
+    let processed =
+        |node: &common::Server| mq_status(node, &trigger)["processed"].as_u64().unwrap_or(0);
+    let busy = common::eventually(Duration::from_secs(60), || {
+        let busy: Vec<usize> = (0..3).filter(|i| processed(&nodes[*i]) > 0).collect();
+        (busy.len() >= 2).then_some(busy)
+    });
+    nodes.remove(busy[0]).kill9();
+    for i in 0..N {
+        kafka.send(
+            &input,
+            &format!("k{i}"),
+            Some((i % 6) as i32),
+            &format!("slow-after-{i}"),
+        );
+    }
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < 2 * N {
+        answered.extend(kafka.read(&answers, 1));
+    }
+    for i in 0..N {
+        assert!(
+            answered.contains(&format!("processed:slow-{i}")),
+            "{i} lost"
+        );
+        assert!(
+            answered.contains(&format!("processed:slow-after-{i}")),
+            "after-{i} lost"
+        );
+    }
+    answers.unsubscribe();
 }

@@ -1,6 +1,7 @@
 //! A real `flare server` on port 0, driven through the CLI and HTTP.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod nats;
 pub mod walls;
 
