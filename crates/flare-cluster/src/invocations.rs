@@ -553,6 +553,10 @@ impl Claimed for NatsClaim {
         &self.invocation
     }
 
+    fn take_body(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.invocation.request.body)
+    }
+
     async fn finish(
         mut self: Box<Self>,
         attempt: &Attempt,

@@ -367,6 +367,10 @@ pub trait InvocationQueue: Send + Sync {
 pub trait Claimed: Send {
     fn invocation(&self) -> &Invocation;
 
+    /// The request's body, handed over to run it (it is not needed again:
+    /// a retry reads it from the queue anew).
+    fn take_body(&mut self) -> Vec<u8>;
+
     /// Records `attempt`: the invocation is done, failed for good, or
     /// queued again after `backoff`. Returns what it is now.
     async fn finish(
@@ -465,6 +469,10 @@ struct SqliteClaim {
 impl Claimed for SqliteClaim {
     fn invocation(&self) -> &Invocation {
         &self.invocation
+    }
+
+    fn take_body(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.invocation.request.body)
     }
 
     async fn finish(

@@ -58,6 +58,8 @@ impl AsyncInvoker {
     pub async fn run(self: Arc<Self>, revision: flare_store::Revision) {
         let mut deployed = self.executor.applied();
         let _ = deployed.wait_for(|r| *r >= revision).await;
+        // A queue that cannot be read (NATS away) is said once per outage.
+        let mut failing = false;
         loop {
             // Take only what can start now (what waits in the queue can be
             // taken by another node): wait for a free slot first. Only this
@@ -67,9 +69,16 @@ impl AsyncInvoker {
             }
             let room = self.slots.available_permits();
             let claimed = match self.queue.take(room).await {
-                Ok(claimed) => claimed,
+                Ok(claimed) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("the invocation queue can be read again");
+                    }
+                    claimed
+                }
                 Err(e) => {
-                    tracing::error!("cannot take from the invocation queue: {e}");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::error!("cannot take from the invocation queue: {e}; retrying");
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -87,11 +96,14 @@ impl AsyncInvoker {
         }
     }
 
-    async fn execute(&self, claim: Box<dyn Claimed>) {
+    async fn execute(&self, mut claim: Box<dyn Claimed>) {
+        // The body moves into the request: no copy of up to the largest
+        // body a function takes.
+        let body = claim.take_body();
         let r = &claim.invocation().request;
         let (id, callback_url) = (r.id.clone(), r.callback_url.clone());
         let attempts = claim.invocation().attempts;
-        let mut request = http::Request::new(Full::new(Bytes::from(r.body.clone())));
+        let mut request = http::Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() =
             http::Method::from_bytes(r.method.as_bytes()).unwrap_or(http::Method::POST);
         if let Ok(uri) = r.path.parse() {
@@ -160,7 +172,7 @@ impl AsyncInvoker {
         if status != InvocationStatus::Queued
             && let Some(url) = &callback_url
         {
-            self.call_back(url, &id, status, &attempt).await;
+            self.call_back(url, &id, status, attempt).await;
         }
     }
 
@@ -168,7 +180,7 @@ impl AsyncInvoker {
     /// URL's host is resolved and checked against the egress policy, and
     /// the connection goes to exactly the checked addresses; redirects are
     /// not followed.
-    async fn call_back(&self, url: &str, id: &str, status: InvocationStatus, attempt: &Attempt) {
+    async fn call_back(&self, url: &str, id: &str, status: InvocationStatus, attempt: Attempt) {
         let client = match callback_client(&self.egress, url).await {
             Ok(client) => client,
             Err(why) => {
@@ -184,7 +196,7 @@ impl AsyncInvoker {
                 "x-flare-function-status",
                 attempt.status.unwrap_or(0).to_string(),
             )
-            .body(attempt.body.clone())
+            .body(attempt.body)
             .send()
             .await;
         if let Err(e) = sent {
