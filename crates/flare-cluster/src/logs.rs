@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use flare_model::{DEFAULT_NAMESPACE, Error, ErrorCode, LogRecord, Result};
+use flare_model::{Error, ErrorCode, LogRecord, Result};
 use flare_store::logs::{LogApplier, Ship};
 use futures::StreamExt;
 
@@ -39,9 +39,7 @@ const MAX_MESSAGE: usize = 256 << 10;
 /// The subject of `function`'s lines (a qualified name: `name` or
 /// `name.namespace`; names are DNS labels, so they are subject tokens).
 fn subject(function: &str) -> String {
-    let (name, namespace) = function
-        .split_once('.')
-        .unwrap_or((function, DEFAULT_NAMESPACE));
+    let (name, namespace) = flare_model::split_qualified(function);
     format!("{LINES}.{namespace}.{name}")
 }
 

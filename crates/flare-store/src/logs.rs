@@ -314,7 +314,7 @@ impl Writer {
     fn store(&mut self, batch: &mut Vec<LogRecord>, position: Option<u64>) {
         if !self.forgotten.is_empty() {
             batch.retain(|r| {
-                let namespace = r.function.split_once('.').map_or("default", |(_, ns)| ns);
+                let (_, namespace) = flare_model::split_qualified(&r.function);
                 self.forgotten
                     .get(namespace)
                     .is_none_or(|before| r.ts_us >= *before)

@@ -1604,6 +1604,15 @@ fn a_redis_trigger_shares_its_entries_across_nodes_and_claims_a_dead_nodes() {
     });
     let index = ["a", "b", "c"].iter().position(|n| *n == holding).unwrap();
     nodes.remove(index).kill9();
+    // What it held stays pending under its name: only a claim moves it.
+    let pending = common::redis(&["--raw", "XPENDING", &input, &group]);
+    let lines: Vec<&str> = pending.lines().collect();
+    let dead = format!("{group}-{holding}");
+    let held = lines[3..]
+        .chunks(2)
+        .find(|pair| pair[0] == dead)
+        .map_or(0, |pair| pair[1].parse::<u64>().unwrap());
+    assert!(held > 0, "the killed node held nothing: {pending}");
 
     // Every entry is answered: the dead node's after they have been idle
     // for 30 s, claimed by a live node.
