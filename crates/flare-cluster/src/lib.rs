@@ -8,6 +8,7 @@
 //! node that is killed is gone from the list within [`NODE_TTL`]; one that
 //! stops cleanly deletes its key on the way out.
 
+pub mod idle;
 pub mod invocations;
 pub mod leases;
 pub mod logs;

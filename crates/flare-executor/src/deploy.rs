@@ -64,6 +64,23 @@ pub struct DeploymentStatus {
     /// process functions: specialized instances, busy ones, ones starting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<InstanceStatus>,
+    /// process functions with `keepAlive: adaptive`: what it has learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<KeepAliveStatus>,
+}
+
+/// What an adaptive keep-alive has learned: from how many idle times (in
+/// a cluster, `from_other_nodes` of them the other nodes'), whether that is
+/// enough, and the windows it applies after an invocation: unloaded for
+/// `prewarm_seconds`, then one instance loaded for `keep_alive_seconds`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepAliveStatus {
+    pub samples: u64,
+    pub from_other_nodes: u64,
+    pub learned: bool,
+    pub prewarm_seconds: u64,
+    pub keep_alive_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -174,6 +191,13 @@ impl Executor {
                     busy: i.busy,
                     specializing: i.starting,
                 }),
+                keep_alive: ready.function.keep_alive().map(|k| KeepAliveStatus {
+                    samples: k.samples,
+                    from_other_nodes: k.from_peers,
+                    learned: k.learned,
+                    prewarm_seconds: k.windows.prewarm.as_secs(),
+                    keep_alive_seconds: k.windows.keep_alive.as_secs(),
+                }),
             },
             State::Failed(reason) => DeploymentStatus {
                 generation: deployment.generation,
@@ -183,6 +207,7 @@ impl Executor {
                 queued: 0,
                 max_concurrency: 0,
                 instances: None,
+                keep_alive: None,
             },
         })
     }
@@ -230,6 +255,30 @@ impl Executor {
 
     pub fn deployed(&self) -> usize {
         self.deployments.read().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// The idle times each adaptive function saw on this node, by
+    /// qualified name.
+    pub fn idle_times(&self) -> Vec<(Arc<str>, flare_scaling::IdleTimes)> {
+        let Ok(deployments) = self.deployments.read() else {
+            return Vec::new();
+        };
+        deployments
+            .values()
+            .filter_map(|d| match &d.state {
+                State::Ready(ready) => Some((d.name.clone(), ready.function.idle_times()?)),
+                State::Failed(_) => None,
+            })
+            .collect()
+    }
+
+    /// Teaches the function `name` the idle times the other nodes saw.
+    pub fn learn_idle_times(&self, name: &str, peers: &flare_scaling::IdleTimes) {
+        if let Some(d) = self.get(name)
+            && let State::Ready(ready) = &d.state
+        {
+            ready.function.learn_idle_times(peers);
+        }
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Deployment>> {
@@ -433,10 +482,20 @@ impl Executor {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
         let state = match prepared {
-            Ok(function) => State::Ready(Ready {
-                permits: Arc::new(Semaphore::new(function.capacity())),
-                function,
-            }),
+            Ok(function) => {
+                // Callers' habits outlive a new generation or share: an
+                // adaptive keep-alive goes on from what it learned.
+                if let Some(previous) = self.get(&name)
+                    && let State::Ready(previous) = &previous.state
+                    && let Some(seen) = previous.function.idle_times()
+                {
+                    function.resume_idle_times(&seen);
+                }
+                State::Ready(Ready {
+                    permits: Arc::new(Semaphore::new(function.capacity())),
+                    function,
+                })
+            }
             Err(e) => {
                 tracing::error!("function \"{name}\" cannot be deployed: {e}");
                 State::Failed(e.message)

@@ -16,7 +16,9 @@ mod metrics;
 mod share;
 mod submit;
 
-pub use deploy::{DEFAULT_BODY_TIMEOUT, DeploymentStatus, Executor, InstanceStatus};
+pub use deploy::{
+    DEFAULT_BODY_TIMEOUT, DeploymentStatus, Executor, InstanceStatus, KeepAliveStatus,
+};
 pub use flare_runtime::{ResponseBody, Runtime, full_body};
 pub use invoke::{INVOCATION_HEADER, Invoked};
 pub use share::Share;

@@ -450,4 +450,30 @@ impl Function for Served {
     fn instances(&self) -> Option<Instances> {
         Some(self.function.counts())
     }
+
+    fn idle_times(&self) -> Option<flare_scaling::IdleTimes> {
+        let policy = self.function.policy.lock().ok()?;
+        policy.adaptive.as_ref().map(AdaptiveKeepAlive::own)
+    }
+
+    fn learn_idle_times(&self, peers: &flare_scaling::IdleTimes) {
+        if let Ok(mut policy) = self.function.policy.lock()
+            && let Some(adaptive) = policy.adaptive.as_mut()
+        {
+            adaptive.learn(peers);
+        }
+    }
+
+    fn resume_idle_times(&self, seen: &flare_scaling::IdleTimes) {
+        if let Ok(mut policy) = self.function.policy.lock()
+            && let Some(adaptive) = policy.adaptive.as_mut()
+        {
+            adaptive.resume(seen);
+        }
+    }
+
+    fn keep_alive(&self) -> Option<flare_scaling::Learned> {
+        let mut policy = self.function.policy.lock().ok()?;
+        policy.adaptive.as_mut().map(AdaptiveKeepAlive::learned)
+    }
 }

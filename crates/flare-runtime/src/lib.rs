@@ -148,6 +148,25 @@ pub trait Function: Send + Sync + 'static {
     fn instances(&self) -> Option<Instances> {
         None
     }
+
+    /// With an adaptive keep-alive: the idle times this node saw, to share
+    /// with the cluster's other nodes.
+    fn idle_times(&self) -> Option<flare_scaling::IdleTimes> {
+        None
+    }
+
+    /// With an adaptive keep-alive: learns the other nodes' idle times,
+    /// replacing what it knew of them.
+    fn learn_idle_times(&self, _peers: &flare_scaling::IdleTimes) {}
+
+    /// With an adaptive keep-alive: goes on from the idle times the
+    /// function's previous deployment on this node saw.
+    fn resume_idle_times(&self, _seen: &flare_scaling::IdleTimes) {}
+
+    /// With an adaptive keep-alive: what it has learned.
+    fn keep_alive(&self) -> Option<flare_scaling::Learned> {
+        None
+    }
 }
 
 /// A function's instances, for `flare fn get` and `/metrics`.

@@ -16,4 +16,4 @@ mod autoscale;
 mod keepalive;
 
 pub use autoscale::{Autoscaler, AutoscalerConfig};
-pub use keepalive::{AdaptiveKeepAlive, Windows};
+pub use keepalive::{AdaptiveKeepAlive, IdleTimes, Learned, Windows};

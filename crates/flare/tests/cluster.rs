@@ -1422,6 +1422,84 @@ fn each_node_serves_its_share_of_a_functions_limits() {
     });
 }
 
+/// What `node`'s adaptive keep-alive of `name` has learned.
+fn keep_alive(node: &common::Server, name: &str) -> serde_json::Value {
+    function_view(node, name)["status"]["keepAlive"].clone()
+}
+
+#[test]
+fn an_adaptive_keep_alive_learns_from_every_nodes_idle_times() {
+    let cluster = NatsCluster::start(1);
+    let (_keys, _, a, b, c) = three_nodes(&cluster);
+    common::eventually(Duration::from_secs(10), || {
+        (node_names(&a) == ["a", "b", "c"]).then_some(())
+    });
+    a.python_env("0");
+    a.create_python("py", "probe.py", &["--keepalive", "adaptive"]);
+    // Six calls one after another on b and on c: five idle times each
+    // (the first call follows no idle time); none on a.
+    for node in [&b, &c] {
+        common::eventually(Duration::from_secs(30), || {
+            function_view(node, "py")["status"]["ready"]
+                .as_bool()
+                .filter(|&ready| ready)
+        });
+        for _ in 0..6 {
+            let response = node.get("/fn/py/id");
+            assert_eq!(response.status(), 200, "{:?}", response.text());
+        }
+    }
+    assert_eq!(
+        keep_alive(&b, "py")["samples"],
+        5,
+        "{}",
+        keep_alive(&b, "py")
+    );
+    // a learns from both: ten short gaps, enough to keep an instance
+    // loaded for the minute after each call and never to unload it first.
+    let learned = serde_json::json!({
+        "samples": 10,
+        "fromOtherNodes": 10,
+        "learned": true,
+        "prewarmSeconds": 0,
+        "keepAliveSeconds": 60,
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = keep_alive(&a, "py");
+        if seen == learned {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a learned {seen}, not {learned}; b {}, c {}",
+            keep_alive(&b, "py"),
+            keep_alive(&c, "py")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // b counts its own five once and c's five: nothing echoes back.
+    common::eventually(Duration::from_secs(60), || {
+        let k = keep_alive(&b, "py");
+        (k["samples"] == 10 && k["fromOtherNodes"] == 5).then_some(())
+    });
+    let shown = a.ok(&["fn", "get", "--name", "py"]);
+    assert!(
+        shown.contains(
+            "adaptive (learned from 10 idle times, 10 from other nodes: prewarm 0s, keep 1m)"
+        ),
+        "{shown}"
+    );
+    // A new generation goes on from what each node learned.
+    a.ok(&["fn", "update", "--name", "py", "--timeout", "20s"]);
+    common::eventually(Duration::from_secs(60), || {
+        let py = function_view(&b, "py");
+        let k = &py["status"]["keepAlive"];
+        (py["status"]["generation"] == 2 && k["samples"] == 10 && k["fromOtherNodes"] == 5)
+            .then_some(())
+    });
+}
+
 #[test]
 fn a_node_joins_with_nats_credentials_and_nothing_outside_its_account_reaches_its_state() {
     use futures::StreamExt;

@@ -276,7 +276,9 @@ fn metrics_and_policy_are_visible() {
     ]);
     let table = server.ok(&["fn", "get", "--name", "py"]);
     assert!(
-        table.contains("2/instance, scale 0-4, keepalive adaptive, queue 0"),
+        table.contains(
+            "2/instance, scale 0-4, keepalive adaptive (learning, 0 idle times; keep 10m), queue 0"
+        ),
         "{table}"
     );
     assert_eq!(server.get("/fn/py/").status(), 200);

@@ -334,7 +334,7 @@ fn show(output: OutputFlag, views: &[FunctionView], single: bool) -> anyhow::Res
                             f.spec.limits.instance_concurrency,
                             f.spec.limits.min_scale,
                             f.spec.limits.max_scale,
-                            f.spec.limits.keep_alive,
+                            keep_alive_text(f, v.status.as_ref()),
                             f.spec.limits.queue
                         ),
                     },
@@ -348,6 +348,33 @@ fn show(output: OutputFlag, views: &[FunctionView], single: bool) -> anyhow::Res
         "NAME", "RUNTIME", "PACKAGE", "MEMORY", "TIMEOUT", "POLICY", "GEN", "STATUS",
     ];
     print_resources(output.format, views, single, &headers, rows)
+}
+
+/// The function's keep-alive, with what an adaptive one has learned.
+fn keep_alive_text(
+    f: &flare_model::Resource<flare_model::FunctionSpec>,
+    status: Option<&flare_executor::DeploymentStatus>,
+) -> String {
+    let Some(k) = status.and_then(|s| s.keep_alive) else {
+        return f.spec.limits.keep_alive.to_string();
+    };
+    let from = match k.from_other_nodes {
+        0 => format!("{} idle times", k.samples),
+        n => format!("{} idle times, {n} from other nodes", k.samples),
+    };
+    let secs = |s| humantime::format_duration(Duration::from_secs(s));
+    if k.learned {
+        format!(
+            "adaptive (learned from {from}: prewarm {}, keep {})",
+            secs(k.prewarm_seconds),
+            secs(k.keep_alive_seconds)
+        )
+    } else {
+        format!(
+            "adaptive (learning, {from}; keep {})",
+            secs(k.keep_alive_seconds)
+        )
+    }
 }
 
 fn format_entry(entry: &LogEntry) -> String {

@@ -611,6 +611,30 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // ... and an adaptive keep-alive learns from every node's idle times.
+    if let Some(cluster) = &cluster {
+        let exchange = flare_cluster::idle::IdleExchange::new(
+            cluster.jetstream(),
+            cluster.replicas(),
+            cluster.name(),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the idle-times bucket on NATS at {}: {e}",
+                cluster.servers()
+            )
+        })?;
+        let executor = executor.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(flare_cluster::idle::EXCHANGE).await;
+                for (function, peers) in exchange.share(executor.idle_times()).await {
+                    executor.learn_idle_times(&function, &peers);
+                }
+            }
+        });
+    }
     tokio::spawn(executor.clone().run(store.clone()));
     tokio::spawn(router.clone().run(store.clone()));
     tokio::spawn(timers.run());
