@@ -195,12 +195,12 @@ impl Client {
         Ok(Part::stream_with_length(reqwest::Body::wrap_stream(stream), len).file_name(name))
     }
 
-    async fn submit(
+    async fn submit<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
         doc: &Document,
         code: Option<&Path>,
-    ) -> Result<FunctionView> {
+    ) -> Result<T> {
         let doc = &self.placed(doc);
         match code {
             None => self.json(request.json(doc)).await,
@@ -218,6 +218,68 @@ impl Client {
                 self.json(request.multipart(form)).await
             }
         }
+    }
+
+    /// The API path of a kind's collection, for kinds a spec file holds.
+    fn collection(kind: flare_model::Kind) -> Result<&'static str> {
+        use flare_model::Kind;
+        Ok(match kind {
+            Kind::Function => "/v1/functions",
+            Kind::HttpTrigger => "/v1/httptriggers",
+            Kind::Environment => "/v1/environments",
+            Kind::TimerTrigger => "/v1/timertriggers",
+            Kind::MessageQueueTrigger => "/v1/mqtriggers",
+            other => {
+                return Err(Error::invalid(format!(
+                    "a {} is not managed through documents",
+                    other.noun()
+                )));
+            }
+        })
+    }
+
+    /// The stored document of `kind` named `name`, or `None`.
+    pub async fn get_document(
+        &self,
+        kind: flare_model::Kind,
+        name: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let url = self.scoped(&format!("{}/{name}", Self::collection(kind)?));
+        match self.json(self.http.get(url)).await {
+            Ok(doc) => Ok(Some(doc)),
+            Err(e) if e.code == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stored documents of `kind` in this client's namespace.
+    pub async fn list_documents(&self, kind: flare_model::Kind) -> Result<Vec<serde_json::Value>> {
+        self.json(self.http.get(self.scoped(Self::collection(kind)?)))
+            .await
+    }
+
+    /// Creates (`existing` false) or replaces `doc`; a function's `code`
+    /// goes with it when given.
+    pub async fn put_document(
+        &self,
+        doc: &Document,
+        existing: bool,
+        code: Option<&Path>,
+    ) -> Result<serde_json::Value> {
+        let collection = Self::collection(doc.kind)?;
+        let request = if existing {
+            let url = self.scoped(&format!("{collection}/{}", doc.metadata.name));
+            self.http.put(url)
+        } else {
+            self.http.post(self.scoped(collection))
+        };
+        self.submit(request, doc, code).await
+    }
+
+    /// Deletes the document of `kind` named `name`.
+    pub async fn delete_document(&self, kind: flare_model::Kind, name: &str) -> Result<()> {
+        let url = self.scoped(&format!("{}/{name}", Self::collection(kind)?));
+        self.send(self.http.delete(url)).await.map(drop)
     }
 
     pub async fn whoami(&self) -> Result<TokenView> {

@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod spec;
 
 use clap::{Parser, Subcommand};
 
@@ -67,6 +68,17 @@ enum Command {
     Whoami(commands::token::WhoamiArgs),
     /// Who changed what, when (admin only).
     Audit(commands::token::AuditArgs),
+    /// Start a function project from a template: source, a test, a
+    /// README and flare.yaml (`flare new -l python hello`).
+    New(commands::project::NewArgs),
+    /// Build the project here into its package (rust: a wasm component;
+    /// python, node: a zip with dependencies; java: a jar).
+    Build(commands::project::BuildArgs),
+    /// Build, then apply the spec: what `flare new` makes, served.
+    Deploy(commands::project::DeployArgs),
+    /// Spec files: declare resources in flare.yaml and specs/*.yaml,
+    /// validate, apply (idempotent, --dry-run, --prune), destroy.
+    Spec(commands::spec::SpecArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +115,10 @@ fn main() -> std::process::ExitCode {
             Command::Config(args) => commands::secret::run_config(args).await,
             Command::Whoami(args) => commands::token::whoami(args).await,
             Command::Audit(args) => commands::token::audit(args).await,
+            Command::New(args) => commands::project::new(args),
+            Command::Build(args) => commands::project::build(args),
+            Command::Deploy(args) => commands::project::deploy(args).await,
+            Command::Spec(args) => commands::spec::run(args).await,
         }
     });
     match result {

@@ -11,16 +11,7 @@ use common::{Server, error_of, eventually, function_file};
 
 fn server_with(runtime: &str) -> Server {
     let server = Server::start();
-    server.ok(&[
-        "env",
-        "create",
-        "--name",
-        runtime,
-        "--runtime",
-        runtime,
-        "--poolsize",
-        "1",
-    ]);
+    server.environment(runtime, "1");
     let file = match runtime {
         "node" => "last_words.js",
         _ => "last_words.py",

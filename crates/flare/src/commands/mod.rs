@@ -6,8 +6,10 @@ pub mod invocations;
 pub mod mqtrigger;
 pub mod namespace;
 pub mod node;
+pub mod project;
 pub mod secret;
 pub mod server;
+pub mod spec;
 pub mod timetrigger;
 pub mod token;
 

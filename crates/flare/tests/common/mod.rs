@@ -142,6 +142,26 @@ impl Server {
         command.output().expect("run flare")
     }
 
+    /// Runs the CLI in `dir` and insists that it succeeds; returns stdout.
+    pub fn ok_in(&self, dir: &Path, args: &[&str]) -> String {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flare"));
+        command
+            .args(args)
+            .current_dir(dir)
+            .env("FLARE_API", &self.api)
+            .env("FLARE_TOKEN", &self.token)
+            .env("XDG_CONFIG_HOME", &self.config_home);
+        let out = command.output().expect("run flare");
+        assert!(
+            out.status.success(),
+            "flare {args:?} in {} failed: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// An HTTP client that sends the admin token: for the API.
     pub fn api_client(&self) -> reqwest::blocking::Client {
         client_with_token(&self.token)
@@ -186,13 +206,19 @@ impl Server {
 
     /// Creates the `python` environment with `poolsize` pooled workers.
     pub fn python_env(&self, poolsize: &str) {
+        self.environment("python", poolsize);
+    }
+
+    /// Creates the environment of `runtime`, named after it, with
+    /// `poolsize` pooled workers.
+    pub fn environment(&self, runtime: &str, poolsize: &str) {
         self.ok(&[
             "env",
             "create",
             "--name",
-            "python",
+            runtime,
             "--runtime",
-            "python",
+            runtime,
             "--poolsize",
             poolsize,
         ]);

@@ -1,0 +1,269 @@
+//! From an empty directory to a function served: `flare new`, `flare
+//! build`, `flare deploy`, and spec files applied, pruned and checked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+
+fn generation(server: &common::Server, name: &str) -> u64 {
+    let view: serde_json::Value =
+        serde_json::from_str(&server.ok(&["fn", "get", "--name", name, "-o", "json"])).unwrap();
+    view["metadata"]["generation"].as_u64().unwrap()
+}
+
+/// `flare new -l <language> hello && cd hello && flare deploy`, then the
+/// function answers, on /fn/hello and on its route; a second deploy
+/// changes nothing.
+fn journey(language: &str) {
+    let server = common::Server::start();
+    if language != "rust" {
+        server.environment(language, "0");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let created = server.ok_in(work.path(), &["new", "-l", language, "hello"]);
+    assert!(created.contains("cd hello && flare deploy"), "{created}");
+    let project = work.path().join("hello");
+    for file in ["README.md", "flare.yaml", ".gitignore"] {
+        assert!(project.join(file).is_file(), "{language}: {file}");
+    }
+    let deployed = server.ok_in(&project, &["deploy"]);
+    assert!(
+        deployed.contains("create function hello (code)"),
+        "{deployed}"
+    );
+    assert!(deployed.contains("create http trigger hello"), "{deployed}");
+    let answer = server.get("/fn/hello?name=ada");
+    assert_eq!(answer.status(), 200, "{language}");
+    assert_eq!(answer.text().unwrap(), "Hello, ada!\n", "{language}");
+    assert_eq!(server.get("/hello").text().unwrap(), "Hello, world!\n");
+
+    // Built again from the same files: the same package, nothing to do.
+    let again = server.ok_in(&project, &["deploy"]);
+    assert!(again.contains("unchanged function hello"), "{again}");
+    assert!(again.contains("0 changed, 2 unchanged"), "{again}");
+    assert_eq!(generation(&server, "hello"), 1, "{language}");
+}
+
+#[test]
+fn a_new_python_project_deploys_and_serves() {
+    journey("python");
+}
+
+#[test]
+fn a_new_node_project_deploys_and_serves() {
+    journey("node");
+}
+
+#[test]
+fn a_new_java_project_deploys_and_serves() {
+    journey("java");
+}
+
+#[test]
+fn a_new_rust_project_deploys_and_serves() {
+    journey("rust");
+}
+
+#[test]
+fn an_unknown_language_lists_the_known_ones_and_writes_nothing() {
+    let server = common::Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .args(["new", "-l", "cobol", "hello"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[possible values: rust, python, node, java]"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+    // An existing directory is never overwritten.
+    std::fs::create_dir(work.path().join("taken")).unwrap();
+    std::fs::write(work.path().join("taken/keep"), "mine").unwrap();
+    let err = server.fails(&[
+        "new",
+        "-l",
+        "python",
+        "taken",
+        "--dir",
+        work.path().join("taken").to_str().unwrap(),
+    ]);
+    assert!(err.contains("exists and is not empty"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("taken/keep")).unwrap(),
+        "mine"
+    );
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn function(name: &str, code: &str) -> String {
+    format!(
+        "---\napiVersion: flare.dev/v1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  environment: python\n  code: {code}\n"
+    )
+}
+
+const PROJECT: &str = "apiVersion: flare.dev/v1\nkind: Project\nmetadata:\n  name: shop\n";
+
+#[test]
+fn a_spec_applies_once_prunes_only_its_own_and_reports_typos_by_line() {
+    let server = common::Server::start();
+    server.environment("python", "0");
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let d = dir.to_str().unwrap();
+    write(dir, "cart.py", "def main(req):\n    return 'cart'\n");
+    write(dir, "list.py", "def main(req):\n    return 'list'\n");
+    write(
+        dir,
+        "flare.yaml",
+        &format!(
+            "{PROJECT}{}{}",
+            function("cart", "cart.py"),
+            function("list", "list.py")
+        ),
+    );
+    write(
+        dir,
+        "specs/route.yaml",
+        "apiVersion: flare.dev/v1\nkind: HttpTrigger\nmetadata:\n  name: cart\nspec:\n  path: /cart\n  function: cart\n",
+    );
+    // Something the project does not own, with a name it does not use.
+    server.create_python("other", "probe.py", &[]);
+
+    // A dry run prints the plan and changes nothing.
+    let plan = server.ok(&["spec", "apply", "--dir", d, "--dry-run"]);
+    assert!(plan.contains("create function cart (code)"), "{plan}");
+    assert!(plan.contains("(dry run: nothing changed)"), "{plan}");
+    server.fails(&["fn", "get", "--name", "cart"]);
+
+    let applied = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(applied.contains("3 changed, 0 unchanged"), "{applied}");
+    assert_eq!(server.get("/cart").text().unwrap(), "cart");
+    let again = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(again.contains("0 changed, 3 unchanged"), "{again}");
+    assert_eq!(
+        (generation(&server, "cart"), generation(&server, "list")),
+        (1, 1)
+    );
+
+    // Changed code is uploaded and only that function updated.
+    write(dir, "cart.py", "def main(req):\n    return 'cart v2'\n");
+    let changed = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(changed.contains("update function cart (code)"), "{changed}");
+    assert!(changed.contains("unchanged function list"), "{changed}");
+    assert_eq!(server.get("/cart").text().unwrap(), "cart v2");
+
+    // list leaves the directory: --prune deletes it and only it.
+    write(
+        dir,
+        "flare.yaml",
+        &format!("{PROJECT}{}", function("cart", "cart.py")),
+    );
+    let kept = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(!kept.contains("delete"), "{kept}");
+    server.ok(&["fn", "get", "--name", "list"]);
+    let pruned = server.ok(&["spec", "apply", "--dir", d, "--prune"]);
+    assert!(pruned.contains("delete function list"), "{pruned}");
+    server.fails(&["fn", "get", "--name", "list"]);
+    server.ok(&["fn", "get", "--name", "other"]);
+    server.ok(&["fn", "get", "--name", "cart"]);
+
+    // A resource made outside the spec is not taken over.
+    write(
+        dir,
+        "specs/other.yaml",
+        function("other", "../cart.py").trim_start_matches(
+            "---
+",
+        ),
+    );
+    let err = server.fails(&["spec", "apply", "--dir", d]);
+    assert!(
+        err.contains("function \"other\" exists and is not project shop's"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    std::fs::remove_file(dir.join("specs/other.yaml")).unwrap();
+
+    // A typo'd field: its file and line, a non-zero exit, nothing changed.
+    write(
+        dir,
+        "flare.yaml",
+        &format!(
+            "{PROJECT}{}  limits:\n    timout: 3s\n",
+            function("cart", "cart.py")
+        ),
+    );
+    let err = server.fails(&["spec", "validate", "--dir", d]);
+    assert!(
+        err.contains("flare.yaml:14: unknown field \"spec.limits.timout\""),
+        "{err}"
+    );
+    let err = server.fails(&["spec", "apply", "--dir", d]);
+    assert!(err.contains("1 problem in the spec"), "{err}");
+    // A reference to nothing: named with its line too.
+    write(
+        dir,
+        "flare.yaml",
+        &format!(
+            "{PROJECT}{}",
+            function("cart", "cart.py").replace("python", "cobol")
+        ),
+    );
+    let err = server.fails(&["spec", "validate", "--dir", d]);
+    assert!(
+        err.contains("flare.yaml:6: function \"cart\" refers to environment \"cobol\", which is neither declared here nor on the server"),
+        "{err}"
+    );
+    assert_eq!(generation(&server, "cart"), 2);
+
+    // destroy removes what the project owns, nothing else.
+    write(
+        dir,
+        "flare.yaml",
+        &format!("{PROJECT}{}", function("cart", "cart.py")),
+    );
+    let destroyed = server.ok(&["spec", "destroy", "--dir", d]);
+    assert!(
+        destroyed.contains("delete http trigger cart"),
+        "{destroyed}"
+    );
+    server.fails(&["fn", "get", "--name", "cart"]);
+    server.ok(&["fn", "get", "--name", "other"]);
+}
+
+#[test]
+fn a_build_that_fails_shows_its_log_and_changes_nothing_live() {
+    let server = common::Server::start();
+    server.environment("java", "0");
+    let work = tempfile::tempdir().unwrap();
+    server.ok_in(work.path(), &["new", "-l", "java", "hello"]);
+    let project = work.path().join("hello");
+    server.ok_in(&project, &["deploy"]);
+    assert_eq!(server.get("/fn/hello").text().unwrap(), "Hello, world!\n");
+    let main = project.join("src/app/Main.java");
+    let source = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, source.replace("return", "retrun")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .arg("deploy")
+        .current_dir(&project)
+        .env("FLARE_API", &server.api)
+        .env("FLARE_TOKEN", &server.token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("javac failed"), "{err}");
+    assert!(err.contains("Main.java"), "{err}");
+    assert_eq!(server.get("/fn/hello").text().unwrap(), "Hello, world!\n");
+    assert_eq!(generation(&server, "hello"), 1);
+}
