@@ -349,6 +349,26 @@ impl Client {
         self.submit(self.http.put(url), doc, code).await
     }
 
+    /// The versions of function `name`, oldest first.
+    pub async fn list_versions(&self, name: &str) -> Result<Vec<crate::versions::VersionView>> {
+        self.json(
+            self.http
+                .get(self.scoped(&format!("/v1/functions/{name}/versions"))),
+        )
+        .await
+    }
+
+    /// Makes function `name` serve its version `version` again.
+    pub async fn rollback(&self, name: &str, version: u64) -> Result<FunctionView> {
+        let url = self.scoped(&format!("/v1/functions/{name}/rollback"));
+        self.json(
+            self.http
+                .post(url)
+                .json(&serde_json::json!({ "version": version })),
+        )
+        .await
+    }
+
     pub async fn delete_function(&self, name: &str) -> Result<FunctionView> {
         self.json(
             self.http

@@ -32,17 +32,17 @@ pub struct FunctionView {
 }
 
 impl Api {
-    fn view(&self, function: Resource<FunctionSpec>) -> FunctionView {
+    pub(crate) fn view(&self, function: Resource<FunctionSpec>) -> FunctionView {
         let status = self.executor.status(&function.qualified_name());
         FunctionView { function, status }
     }
 
-    fn load(&self, scope: &Scope, name: &str) -> Result<Resource<FunctionSpec>> {
+    pub(crate) fn load(&self, scope: &Scope, name: &str) -> Result<Resource<FunctionSpec>> {
         Resource::from_document(self.store.get(Kind::Function, scope.one()?, name)?)
     }
 
     /// The namespace's quotas admit `function` beside its other functions.
-    fn check_quota(&self, function: &Resource<FunctionSpec>) -> Result<()> {
+    pub(crate) fn check_quota(&self, function: &Resource<FunctionSpec>) -> Result<()> {
         let namespace = &function.metadata.namespace;
         let quota = self.namespace(namespace)?;
         let others: Vec<FunctionSpec> = crud::all::<FunctionSpec>(&*self.store)?
@@ -54,7 +54,7 @@ impl Api {
     }
 
     /// A process function's environment must exist.
-    fn check_environment(&self, spec: &FunctionSpec) -> Result<()> {
+    pub(crate) fn check_environment(&self, spec: &FunctionSpec) -> Result<()> {
         let Some(environment) = &spec.environment else {
             return Ok(());
         };
@@ -330,6 +330,7 @@ pub(crate) async fn create(
         }
     })
     .await?;
+    let mut function = function;
     let written = {
         // The environment must not go away between the check and the
         // write, nor another function take the quota.
@@ -337,6 +338,7 @@ pub(crate) async fn create(
         api.check_environment(&function.spec)?;
         api.check_quota(&function)?;
         crate::secrets::check_references(&api, &function)?;
+        crate::versions::record(&api, &mut function, None).await?;
         let doc = function.to_document()?;
         api.write(move |store| store.create(doc)).await?
     };
@@ -365,11 +367,13 @@ pub(crate) async fn update(
         }
     })
     .await?;
+    let mut function = function;
     let written = {
         let _guard = api.cross_checks.lock().await;
         api.check_environment(&function.spec)?;
         api.check_quota(&function)?;
         crate::secrets::check_references(&api, &function)?;
+        crate::versions::record(&api, &mut function, Some(&current)).await?;
         let doc = function.to_document()?;
         api.write(move |store| store.update(doc)).await?
     };
@@ -413,6 +417,7 @@ pub(crate) async fn delete(
     let written = api
         .write(move |store| store.delete(Kind::Function, &namespace, &gone))
         .await?;
+    crate::versions::forget(&api, scope.one()?, &name).await;
     api.settle(written.revision).await;
     let function = Resource::from_document(written.doc)?;
     Ok(Json(FunctionView {

@@ -25,6 +25,7 @@ mod nodes;
 mod secrets;
 mod timers;
 mod triggers;
+pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -189,6 +190,8 @@ pub fn router(api: Arc<Api>) -> Router {
                 .layer(uploads),
         )
         .route("/v1/functions/{name}/logs", get(logs::query))
+        .route("/v1/functions/{name}/versions", get(versions::list))
+        .route("/v1/functions/{name}/rollback", post(versions::rollback))
         .route("/v1/functions/{name}/invoke", any(functions::invoke))
         .route(
             "/v1/functions/{name}/invoke/{*rest}",

@@ -357,6 +357,32 @@ impl FunctionSpec {
     }
 }
 
+/// One version of a function: what it served from an update on, kept
+/// unchanged so that an alias, a weighted route or a rollback can name it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionVersionSpec {
+    pub function: String,
+    pub version: u64,
+    pub spec: FunctionSpec,
+}
+
+impl FunctionVersionSpec {
+    /// The stored name of `function`'s version `version`. A function name
+    /// is a DNS label, so `-v<N>` at its end is unambiguous.
+    pub fn name_of(function: &str, version: u64) -> String {
+        format!("{function}-v{version}")
+    }
+}
+
+impl Spec for FunctionVersionSpec {
+    const KIND: Kind = Kind::FunctionVersion;
+
+    fn validate(&self) -> Result<()> {
+        self.spec.validate()
+    }
+}
+
 impl Spec for FunctionSpec {
     const KIND: Kind = Kind::Function;
 

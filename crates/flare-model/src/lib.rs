@@ -32,7 +32,8 @@ pub use environment::{EnvironmentRuntime, EnvironmentSpec, Isolation};
 pub use error::{Error, ErrorCode, Result};
 pub use failure::Failure;
 pub use function::{
-    FunctionSpec, InvokeAuth, KeepAlive, Limits, MAX_SECRETS, PackageRef, RuntimeKind,
+    FunctionSpec, FunctionVersionSpec, InvokeAuth, KeepAlive, Limits, MAX_SECRETS, PackageRef,
+    RuntimeKind,
 };
 pub use logs::{
     INVOCATION_LOG_BUDGET, LineSplitter, LogEntry, LogRecord, LogStream, MAX_LOG_LINE, now_us,

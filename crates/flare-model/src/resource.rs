@@ -28,6 +28,9 @@ pub enum Kind {
     Secret,
     /// Plain settings a function gets (see [`crate::ConfigSpec`]).
     Config,
+    /// One immutable version of a function (see
+    /// [`crate::FunctionVersionSpec`]), written by the API.
+    FunctionVersion,
 }
 
 impl Kind {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Secret => "Secret",
             Kind::Config => "Config",
+            Kind::FunctionVersion => "FunctionVersion",
         }
     }
 
@@ -57,6 +61,7 @@ impl Kind {
             Kind::Namespace => "namespace",
             Kind::Secret => "secret",
             Kind::Config => "config",
+            Kind::FunctionVersion => "function version",
         }
     }
 
@@ -71,6 +76,7 @@ impl Kind {
             "Namespace" => Some(Kind::Namespace),
             "Secret" => Some(Kind::Secret),
             "Config" => Some(Kind::Config),
+            "FunctionVersion" => Some(Kind::FunctionVersion),
             _ => None,
         }
     }
@@ -90,6 +96,7 @@ impl Kind {
                 | Kind::MessageQueueTrigger
                 | Kind::Secret
                 | Kind::Config
+                | Kind::FunctionVersion
         )
     }
 }
@@ -135,6 +142,14 @@ pub struct Metadata {
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A function's: the version it serves (set by the API; 0 for one
+    /// stored before versions were kept).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_namespace() -> String {
@@ -150,6 +165,7 @@ impl Metadata {
             generation: 0,
             created_at: None,
             labels: BTreeMap::new(),
+            version: 0,
         }
     }
 }

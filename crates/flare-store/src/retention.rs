@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use flare_model::{FunctionSpec, Kind, Resource, Result, now_us};
+use flare_model::{FunctionSpec, FunctionVersionSpec, Kind, Resource, Result, now_us};
 use rusqlite::{Connection, params};
 
 use crate::sqlite::{connect, db_err};
@@ -64,13 +64,19 @@ fn cutoff_us(age: Duration) -> i64 {
 /// cannot be read fails the whole answer: better no pruning than pruning
 /// its package.
 pub fn packages_in_use(store: &dyn Store) -> Result<HashSet<String>> {
-    store
+    let mut in_use: HashSet<String> = store
         .list(Kind::Function)?
         .into_iter()
         .map(|doc| {
             Resource::<FunctionSpec>::from_document(doc).map(|f| f.spec.package.hex().to_string())
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    // A version may be served again (rollback, alias): its package stays.
+    for doc in store.list(Kind::FunctionVersion)? {
+        let version = Resource::<FunctionVersionSpec>::from_document(doc)?;
+        in_use.insert(version.spec.spec.package.hex().to_string());
+    }
+    Ok(in_use)
 }
 
 /// One retention pass over the store and the package blobs, keeping the

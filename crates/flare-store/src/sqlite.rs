@@ -245,6 +245,7 @@ impl Store for SqliteStore {
                 metadata: Metadata {
                     generation,
                     labels: doc.metadata.labels,
+                    version: doc.metadata.version,
                     ..current.metadata
                 },
                 spec: doc.spec,

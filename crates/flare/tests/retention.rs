@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, eventually, guest, http};
+use common::{Server, eventually, http};
 
 #[test]
 fn retention_flags_are_documented_with_their_defaults() {
@@ -68,13 +68,7 @@ fn a_short_retention_removes_what_is_old_and_keeps_what_is_live() {
         .json()
         .unwrap();
     let async_id = submitted["invocation"].as_str().unwrap().to_string();
-    let unused = std::fs::read(guest("hello_rust")).unwrap();
-    let uploaded = server
-        .api_client()
-        .post(format!("{}/v1/packages", server.api))
-        .body(unused)
-        .send()
-        .unwrap();
+    let uploaded = server.upload_unused("hello_rust");
     assert_eq!(uploaded.status(), 201);
     assert_eq!(blobs(), 2);
     eventually(Duration::from_secs(10), || {

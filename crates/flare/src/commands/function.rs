@@ -143,6 +143,25 @@ enum FunctionCommand {
         #[command(flatten)]
         output: OutputFlag,
     },
+    /// List a function's versions: one per change of its code or
+    /// settings, never rewritten; the one it serves is marked.
+    Versions {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
+    /// Serve an earlier version again, at once (its code and settings as
+    /// they were; checked as any update is).
+    Rollback {
+        #[arg(long)]
+        name: String,
+        /// The version to serve (see `flare fn versions`).
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// Delete a function (refused while HTTP triggers point at it).
     Delete {
         #[arg(long)]
@@ -418,6 +437,33 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
                 spec: Value::Object(body),
             };
             let view = client.create_function(&doc, Some(&code)).await?;
+            show(output, &[view], true)
+        }
+        FunctionCommand::Versions { name, output } => {
+            let versions = client.list_versions(&name).await?;
+            let rows = || {
+                versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            v.created_at.clone().unwrap_or_default(),
+                            v.spec.package.digest.chars().take(19).collect(),
+                            v.spec.environment.clone().unwrap_or_else(|| "wasm".into()),
+                            if v.serving {
+                                "serving".into()
+                            } else {
+                                String::new()
+                            },
+                        ]
+                    })
+                    .collect()
+            };
+            let headers = ["VERSION", "CREATED", "PACKAGE", "RUNTIME", ""];
+            crate::output::print_resources(output.format, &versions, false, &headers, rows)
+        }
+        FunctionCommand::Rollback { name, to, output } => {
+            let view = client.rollback(&name, to).await?;
             show(output, &[view], true)
         }
         FunctionCommand::Get { name, output } => {

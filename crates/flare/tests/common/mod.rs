@@ -162,6 +162,16 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Uploads `guest`'s component as a package no function refers to.
+    pub fn upload_unused(&self, guest_name: &str) -> reqwest::blocking::Response {
+        let bytes = std::fs::read(guest(guest_name)).unwrap();
+        self.api_client()
+            .post(format!("{}/v1/packages", self.api))
+            .body(bytes)
+            .send()
+            .unwrap()
+    }
+
     /// An HTTP client that sends the admin token: for the API.
     pub fn api_client(&self) -> reqwest::blocking::Client {
         client_with_token(&self.token)

@@ -1,0 +1,136 @@
+//! Versions: every change is a new version, none is rewritten, and
+//! rollback serves an earlier one again at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, eventually, guest};
+
+fn versions(server: &Server, name: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&server.ok(&["fn", "versions", "--name", name, "-o", "json"])).unwrap()
+}
+
+fn metadata(server: &Server, name: &str) -> serde_json::Value {
+    let view: serde_json::Value =
+        serde_json::from_str(&server.ok(&["fn", "get", "--name", name, "-o", "json"])).unwrap();
+    view["metadata"].clone()
+}
+
+fn serving(list: &[serde_json::Value]) -> Vec<u64> {
+    list.iter()
+        .filter(|v| v["serving"] == true)
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn each_change_is_a_new_version_and_rollback_serves_an_old_one_at_once() {
+    // Packages nothing refers to go within a second: a version's must not.
+    let server = Server::start_with(&["--package-retention", "1s", "--gc-interval", "300ms"]);
+    server.create("hello", "hello_rust", &[]);
+    assert_eq!(metadata(&server, "hello")["version"], 1);
+    let echo = guest("echo");
+    server.ok(&[
+        "fn",
+        "update",
+        "--name",
+        "hello",
+        "--code",
+        echo.to_str().unwrap(),
+    ]);
+    server.ok(&["fn", "update", "--name", "hello", "--timeout", "3s"]);
+    // No change to code or settings: no new version.
+    server.ok(&["fn", "update", "--name", "hello"]);
+    let list = versions(&server, "hello");
+    let numbers: Vec<u64> = list
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert_eq!(serving(&list), [3]);
+    assert_eq!(metadata(&server, "hello")["generation"], 4);
+    let v1 = list[0]["spec"].clone();
+    assert_ne!(v1["package"], list[1]["spec"]["package"]);
+
+    // A retention pass runs (an unused upload goes), and version 1's
+    // package, used by no function now, stays.
+    let uploaded = server.upload_unused("misbehave");
+    assert_eq!(uploaded.status(), 201);
+    assert_eq!(server.blobs(), 3);
+    eventually(Duration::from_secs(30), || {
+        (server.blobs() == 2).then_some(())
+    });
+
+    // Rollback: version 1's code and settings, served when it returns.
+    assert_eq!(server.get("/fn/hello").status(), 200);
+    let rolled = server.ok(&[
+        "fn", "rollback", "--name", "hello", "--to", "1", "-o", "json",
+    ]);
+    let rolled: serde_json::Value = serde_json::from_str(&rolled).unwrap();
+    assert_eq!(rolled["metadata"]["version"], 1);
+    assert_eq!(rolled["spec"], v1);
+    assert_eq!(
+        server.get("/fn/hello").text().unwrap(),
+        "Hello from Flare!\n"
+    );
+    assert_eq!(serving(&versions(&server, "hello")), [1]);
+
+    // The next change is a new version; none before it was rewritten.
+    server.ok(&["fn", "update", "--name", "hello", "--memory", "64"]);
+    let list = versions(&server, "hello");
+    assert_eq!(list.len(), 4);
+    assert_eq!(serving(&list), [4]);
+    assert_eq!(list[0]["spec"], v1);
+    assert_eq!(list[3]["spec"]["limits"]["memoryMb"], 64);
+
+    // A version that does not exist: a clear 404, nothing changed.
+    let generation = metadata(&server, "hello")["generation"].clone();
+    let err = server.fails(&["fn", "rollback", "--name", "hello", "--to", "9"]);
+    assert!(
+        err.contains("function \"hello\" has no version 9; it has versions 1 to 4"),
+        "{err}"
+    );
+    let bad = server
+        .api_client()
+        .post(format!("{}/v1/functions/hello/rollback", server.api))
+        .body("{\"to\": 1}")
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().unwrap().contains("invalid rollback request"));
+    assert_eq!(metadata(&server, "hello")["generation"], generation);
+    assert_eq!(metadata(&server, "hello")["version"], 4);
+
+    // A deleted function takes its versions with it; made again, it
+    // starts at 1.
+    server.ok(&["fn", "delete", "--name", "hello"]);
+    let err = server.fails(&["fn", "versions", "--name", "hello"]);
+    assert!(err.contains("not found"), "{err}");
+    server.create("hello", "hello_rust", &[]);
+    let numbers: Vec<u64> = versions(&server, "hello")
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1]);
+}
+
+#[test]
+fn a_viewer_sees_versions_and_may_not_roll_back() {
+    let server = Server::start();
+    server.create("hello", "hello_rust", &[]);
+    server.ok(&["fn", "update", "--name", "hello", "--timeout", "3s"]);
+    let created = server.ok(&[
+        "token", "create", "--name", "look", "--role", "viewer", "-o", "json",
+    ]);
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let viewer = created["token"].as_str().unwrap();
+    let out = server.cli_as(viewer, &["fn", "versions", "--name", "hello"]);
+    assert!(out.status.success());
+    let out = server.cli_as(viewer, &["fn", "rollback", "--name", "hello", "--to", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token \"look\" (viewer) may not"), "{err}");
+    assert_eq!(metadata(&server, "hello")["version"], 2);
+}
