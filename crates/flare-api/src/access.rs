@@ -67,7 +67,7 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     let reads = matches!(*method, Method::GET | Method::HEAD);
     match path {
-        "/v1/openapi.json" => Need::Open,
+        "/v1/openapi.json" | "/v1/spec.schema.json" => Need::Open,
         "/healthz" => Need::Health,
         "/v1/whoami" => Need::Token,
         // Cluster-wide: anyone with a token may see them (a namespace

@@ -22,6 +22,7 @@ mod logs;
 mod mqtriggers;
 mod namespaces;
 mod nodes;
+mod schema;
 mod secrets;
 mod timers;
 mod triggers;
@@ -168,6 +169,7 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/spec.schema.json", get(spec_schema))
         .route("/metrics", get(metrics))
         .route("/v1/whoami", get(access::whoami))
         .route("/v1/nodes", get(nodes::list))
@@ -286,6 +288,11 @@ async fn metrics(
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         api.executor.render_metrics(),
     )
+}
+
+/// The JSON Schema of spec files, for editors.
+async fn spec_schema() -> axum::Json<&'static serde_json::Value> {
+    axum::Json(schema::spec_schema())
 }
 
 async fn openapi() -> impl axum::response::IntoResponse {

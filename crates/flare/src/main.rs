@@ -76,6 +76,9 @@ enum Command {
     Build(commands::project::BuildArgs),
     /// Build, then apply the spec: what `flare new` makes, served.
     Deploy(commands::project::DeployArgs),
+    /// Print a shell completion script: `flare completion bash >
+    /// /etc/bash_completion.d/flare`, or `source <(flare completion zsh)`.
+    Completion { shell: clap_complete::Shell },
     /// Spec files: declare resources in flare.yaml and specs/*.yaml,
     /// validate, apply (idempotent, --dry-run, --prune), destroy.
     Spec(commands::spec::SpecArgs),
@@ -115,6 +118,18 @@ fn main() -> std::process::ExitCode {
             Command::Config(args) => commands::secret::run_config(args).await,
             Command::Whoami(args) => commands::token::whoami(args).await,
             Command::Audit(args) => commands::token::audit(args).await,
+            Command::Completion { shell } => {
+                use clap::CommandFactory;
+                use std::io::Write;
+                // Written from a buffer: a closed pipe (`| head`) is an
+                // error, not a panic inside the generator.
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "flare", &mut script);
+                match std::io::stdout().write_all(&script) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                    _ => Ok(()),
+                }
+            }
             Command::New(args) => commands::project::new(args),
             Command::Build(args) => commands::project::build(args),
             Command::Deploy(args) => commands::project::deploy(args).await,

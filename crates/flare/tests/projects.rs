@@ -267,3 +267,88 @@ fn a_build_that_fails_shows_its_log_and_changes_nothing_live() {
     assert_eq!(server.get("/fn/hello").text().unwrap(), "Hello, world!\n");
     assert_eq!(generation(&server, "hello"), 1);
 }
+
+#[test]
+fn completion_scripts_cover_every_command_for_each_shell() {
+    let script = |shell: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = script("bash");
+    assert!(bash.contains("complete -F _flare"), "bash");
+    for command in ["deploy", "rollback", "versions", "spec", "new"] {
+        assert!(bash.contains(command), "bash: {command}");
+    }
+    assert!(script("zsh").starts_with("#compdef flare"));
+    assert!(script("fish").contains("complete -c flare"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[possible values: bash, elvish, fish, powershell, zsh]"),
+        "{err}"
+    );
+}
+
+/// The documents of a YAML stream, as JSON.
+fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_api_publishes_a_json_schema_that_takes_every_template_and_refuses_typos() {
+    let server = common::Server::start();
+    // Open, like the OpenAPI document: an editor has no token.
+    let schema: serde_json::Value = common::http()
+        .get(format!("{}/v1/spec.schema.json", server.api))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for language in ["rust", "python", "node", "java"] {
+        for trigger in ["http", "cron", "mq"] {
+            let dir = work.path().join(format!("{language}-{trigger}"));
+            server.ok(&[
+                "new",
+                "-l",
+                language,
+                "my-fn",
+                "--trigger",
+                trigger,
+                "--dir",
+                dir.to_str().unwrap(),
+            ]);
+            let text = std::fs::read_to_string(dir.join("flare.yaml")).unwrap();
+            let docs = yaml_documents(&text);
+            assert_eq!(docs.len(), 3, "{language} {trigger}");
+            for doc in docs {
+                let errors: Vec<String> =
+                    validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{language} {trigger}: {doc}: {errors:?}");
+            }
+        }
+    }
+    let function = |spec: serde_json::Value| serde_json::json!({"apiVersion": "flare.dev/v1", "kind": "Function", "metadata": {"name": "f"}, "spec": spec});
+    assert!(validator.is_valid(&function(serde_json::json!({"code": "f.wasm"}))));
+    for bad in [
+        function(serde_json::json!({"code": "f.wasm", "limits": {"timout": "3s"}})),
+        function(serde_json::json!({"code": "f.wasm", "colour": "red"})),
+        function(serde_json::json!({"runtime": "wasm"})),
+        serde_json::json!({"apiVersion": "flare.dev/v1", "kind": "Gadget", "metadata": {"name": "g"}}),
+        serde_json::json!({"apiVersion": "flare.dev/v2", "kind": "Project", "metadata": {"name": "p"}}),
+    ] {
+        assert!(!validator.is_valid(&bad), "{bad}");
+    }
+}
