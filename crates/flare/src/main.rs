@@ -79,6 +79,9 @@ enum Command {
     /// Print a shell completion script: `flare completion bash >
     /// /etc/bash_completion.d/flare`, or `source <(flare completion zsh)`.
     Completion { shell: clap_complete::Shell },
+    /// Deploy, then rebuild and deploy again whenever the project's files
+    /// change (until Ctrl-C).
+    Dev(commands::project::DevArgs),
     /// Spec files: declare resources in flare.yaml and specs/*.yaml,
     /// validate, apply (idempotent, --dry-run, --prune), destroy.
     Spec(commands::spec::SpecArgs),
@@ -133,6 +136,7 @@ fn main() -> std::process::ExitCode {
             Command::New(args) => commands::project::new(args),
             Command::Build(args) => commands::project::build(args),
             Command::Deploy(args) => commands::project::deploy(args).await,
+            Command::Dev(args) => commands::project::dev(args).await,
             Command::Spec(args) => commands::spec::run(args).await,
         }
     });

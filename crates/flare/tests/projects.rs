@@ -352,3 +352,78 @@ fn the_api_publishes_a_json_schema_that_takes_every_template_and_refuses_typos()
         assert!(!validator.is_valid(&bad), "{bad}");
     }
 }
+
+/// Kills the child when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn flare_dev_deploys_each_change_and_keeps_the_live_version_when_a_build_fails() {
+    let server = common::Server::start();
+    server.environment("node", "0");
+    let work = tempfile::tempdir().unwrap();
+    server.ok_in(work.path(), &["new", "-l", "node", "hello"]);
+    let project = work.path().join("hello");
+    let mut dev = Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+            .args(["dev", "--interval", "200ms"])
+            .current_dir(&project)
+            .env("FLARE_API", &server.api)
+            .env("FLARE_TOKEN", &server.token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // What it reports, line by line.
+    let (lines, reported) = std::sync::mpsc::channel();
+    let stderr = dev.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let answer = || {
+        let response = server.get("/fn/hello?name=ada");
+        (response.status() == 200).then(|| response.text().unwrap())
+    };
+    common::eventually(std::time::Duration::from_secs(60), || {
+        answer().filter(|a| a == "Hello, ada!\n")
+    });
+    let index = project.join("index.js");
+    let source = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, source.replace("Hello, ", "Howdy, ")).unwrap();
+    common::eventually(std::time::Duration::from_secs(60), || {
+        answer().filter(|a| a == "Howdy, ada!\n")
+    });
+    // A package.json that is not JSON fails the build: the live version
+    // stays, and the next good change is deployed.
+    let manifest = project.join("package.json");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, "{ not json").unwrap();
+    std::fs::write(&index, source.replace("Hello, ", "Hiya, ")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let line = reported
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("flare dev reports the failed build");
+        if line.contains("the live version is unchanged") {
+            break;
+        }
+    }
+    assert_eq!(answer().as_deref(), Some("Howdy, ada!\n"));
+    std::fs::write(&manifest, good).unwrap();
+    common::eventually(std::time::Duration::from_secs(60), || {
+        answer().filter(|a| a == "Hiya, ada!\n")
+    });
+}

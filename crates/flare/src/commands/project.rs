@@ -271,6 +271,91 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     super::spec::apply(&args.dir.dir, args.plan, &client).await
 }
 
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    #[command(flatten)]
+    api: super::ApiFlag,
+    #[command(flatten)]
+    dir: DirFlag,
+    /// How often to look for changes.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+}
+
+/// What a change to the project is seen by: every file's path, size and
+/// modification time, outside what builds write.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut seen = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.')
+                || matches!(
+                    name.as_str(),
+                    "build" | "target" | "node_modules" | "__pycache__"
+                )
+            {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                seen.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    seen.sort();
+    seen
+}
+
+/// Deploys, then deploys again after each change until interrupted. A
+/// build or apply that fails is shown and the live version stays.
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let client = args.api.client()?;
+    let build = BuildArgs {
+        dir: args.dir.clone(),
+    };
+    let plan = PlanFlags {
+        dry_run: false,
+        prune: false,
+    };
+    // What the last deploy was built from, and what the last look saw.
+    let mut deployed = fingerprint(&args.dir.dir);
+    let mut previous = deployed.clone();
+    loop {
+        let done = match build_in(&build) {
+            Ok(_) => super::spec::apply(&args.dir.dir, plan, &client).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => println!(
+                "watching {} for changes (Ctrl-C to stop)",
+                args.dir.dir.display()
+            ),
+            Err(e) => eprintln!(
+                "error: {e:#}\nthe live version is unchanged; watching for the next change"
+            ),
+        }
+        // A change is acted on once the files stop changing.
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(args.interval) => {}
+            }
+            let now = fingerprint(&args.dir.dir);
+            let settled = now == previous;
+            previous = now;
+            if settled && previous != deployed {
+                deployed = previous.clone();
+                println!("changed: building and deploying");
+                break;
+            }
+        }
+    }
+}
+
 /// Runs `command`, failing with what it printed.
 fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
     let output = command.output().with_context(|| {
