@@ -95,6 +95,11 @@ EXPLAINED = [
     r'is not base64$|is in both data and stringData$',  # a secret's values
     r'^invalid (secret|config) key ',  # keys: 3.0 has no propertyNames
     r'^isolation \w+ (needs|is not available)|^the java runtime needs a JDK',  # what this host lacks
+    r'^a trigger names an alias or weighted versions, not both',  # alias vs weights
+    r'^weights must sum to 100|^versions start at 1',  # a trigger's weights
+    r'^invalid http trigger document: invalid (value|type): .*(number in quotes|expected u64)',  # weights keys: 3.0 has no propertyNames
+    r' has no version \d+',  # an alias or weight names a version not stored
+    r'^alias ".*" names a version of function|^alias ".*" names versions of function',  # an alias of another function
 ]
 
 

@@ -229,6 +229,7 @@ impl Client {
             Kind::Environment => "/v1/environments",
             Kind::TimerTrigger => "/v1/timertriggers",
             Kind::MessageQueueTrigger => "/v1/mqtriggers",
+            Kind::Alias => "/v1/aliases",
             other => {
                 return Err(Error::invalid(format!(
                     "a {} is not managed through documents",

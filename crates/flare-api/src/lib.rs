@@ -11,6 +11,7 @@
 //! JSON body and status chosen by [`flare_model::ErrorCode::status`].
 
 pub mod access;
+mod aliases;
 mod browsers;
 pub mod client;
 mod crud;
@@ -255,6 +256,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(
             "/v1/timertriggers/{name}",
             get(timers::get).put(timers::update).delete(timers::delete),
+        )
+        .route("/v1/aliases", get(aliases::list).post(aliases::create))
+        .route(
+            "/v1/aliases/{name}",
+            get(aliases::get)
+                .put(aliases::update)
+                .delete(aliases::delete),
         )
         .route(
             "/v1/httptriggers",

@@ -27,7 +27,14 @@ pub(crate) fn requires_function(api: &Api, namespace: &str, function: &str) -> R
 /// The function exists, and no other trigger, in any namespace, claims the
 /// same requests: routes are global.
 fn check_references(api: &Api, trigger: &HttpTrigger) -> Result<()> {
-    requires_function(api, &trigger.metadata.namespace, &trigger.spec.function)?;
+    let (namespace, function) = (&trigger.metadata.namespace, &trigger.spec.function);
+    requires_function(api, namespace, function)?;
+    if let Some(alias) = &trigger.spec.alias {
+        crate::aliases::requires_alias(api, namespace, function, alias)?;
+    }
+    for &version in trigger.spec.weights.keys() {
+        crate::aliases::requires_version(api, namespace, function, version)?;
+    }
     for other in crud::all::<HttpTriggerSpec>(&*api.store)? {
         let same = other.metadata.name == trigger.metadata.name
             && other.metadata.namespace == trigger.metadata.namespace;

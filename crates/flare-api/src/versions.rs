@@ -99,7 +99,7 @@ pub(crate) async fn record(
     Ok(())
 }
 
-/// Deletes the versions of a deleted function. What cannot be deleted now
+/// Deletes the versions and aliases of a deleted function. What cannot be deleted now
 /// is logged: it is never served, and its package is kept until then.
 pub(crate) async fn forget(api: &Api, namespace: &str, function: &str) {
     let versions = match of(api, namespace, function) {
@@ -109,6 +109,23 @@ pub(crate) async fn forget(api: &Api, namespace: &str, function: &str) {
             return;
         }
     };
+    let aliases: Vec<String> = crate::crud::all::<flare_model::AliasSpec>(&*api.store)
+        .map(|all| {
+            all.into_iter()
+                .filter(|a| a.metadata.namespace == namespace && a.spec.function == function)
+                .map(|a| a.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    for alias in aliases {
+        let namespace = namespace.to_string();
+        let gone = api
+            .write(move |store| store.delete(Kind::Alias, &namespace, &alias))
+            .await;
+        if let Err(e) = gone {
+            tracing::warn!("an alias of function {function:?} was kept: {e}");
+        }
+    }
     for version in versions {
         let (namespace, name) = (namespace.to_string(), version.metadata.name);
         let gone = api

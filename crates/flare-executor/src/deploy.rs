@@ -109,6 +109,12 @@ pub struct Executor {
     sealer: std::sync::OnceLock<Arc<flare_access::seal::Sealer>>,
     /// Where a package missing here comes from (a cluster's object store).
     remote: std::sync::OnceLock<Arc<flare_cluster::packages::NatsPackages>>,
+    /// The store [`Executor::run`] follows: versions are read from it when
+    /// a route first serves one.
+    store: std::sync::OnceLock<Arc<dyn Store>>,
+    /// One version prepared at a time, so concurrent first requests
+    /// prepare it once.
+    preparing: tokio::sync::Mutex<()>,
     /// This node's share of every function's limits (a cluster's).
     share: watch::Sender<crate::Share>,
 }
@@ -139,6 +145,8 @@ impl Executor {
             body_timeout,
             sealer: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
+            store: std::sync::OnceLock::new(),
+            preparing: tokio::sync::Mutex::new(()),
             share: watch::Sender::new(crate::Share::default()),
         })
     }
@@ -281,12 +289,71 @@ impl Executor {
         }
     }
 
+    /// Makes `name` servable when it names a version (`hello@3`,
+    /// `hello@3.team-a`) that is not deployed yet: the version is read
+    /// from the store and prepared like a function. Other names: nothing
+    /// to do.
+    pub async fn ensure(&self, name: &str) -> Result<()> {
+        if self.get(name).is_some() {
+            return Ok(());
+        }
+        let (base, namespace) = split_qualified(name);
+        let Some((function, version)) = base.rsplit_once('@') else {
+            return Ok(());
+        };
+        let no_version = || {
+            flare_model::Error::new(
+                flare_model::ErrorCode::NotFound,
+                format!("function \"{function}\" has no version {version}"),
+            )
+        };
+        let number: u64 = version.parse().map_err(|_| no_version())?;
+        let store = self.store.get().cloned().ok_or_else(|| {
+            flare_model::Error::new(
+                flare_model::ErrorCode::Unavailable,
+                "functions are not loaded yet",
+            )
+        })?;
+        let _one = self.preparing.lock().await;
+        if self.get(name).is_some() {
+            return Ok(());
+        }
+        let stored = match store.get(
+            Kind::FunctionVersion,
+            namespace,
+            &flare_model::FunctionVersionSpec::name_of(function, number),
+        ) {
+            Ok(doc) => doc,
+            Err(e) if e.code == flare_model::ErrorCode::NotFound => return Err(no_version()),
+            Err(e) => return Err(e),
+        };
+        let version = Resource::<flare_model::FunctionVersionSpec>::from_document(stored)?;
+        let doc = Document {
+            api_version: flare_model::API_VERSION.into(),
+            kind: Kind::Function,
+            metadata: flare_model::Metadata {
+                namespace: namespace.to_string(),
+                generation: number,
+                version: number,
+                ..flare_model::Metadata::named(base)
+            },
+            spec: serde_json::to_value(&version.spec.spec)
+                .map_err(|e| flare_model::Error::internal(e.to_string()))?,
+        };
+        self.apply(&*store, doc).await;
+        match self.get(name) {
+            Some(_) => Ok(()),
+            None => Err(no_version()),
+        }
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Deployment>> {
         self.deployments.read().ok()?.get(name).cloned()
     }
 
     /// Follows the store until it closes: the executor's control loop.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let _ = self.store.set(store.clone());
         let mut follower = Follower::new(&*store);
         let mut share = self.share.subscribe();
         loop {
@@ -306,6 +373,15 @@ impl Executor {
                     (Kind::Function, Change::Put(doc)) => self.apply(&*store, *doc).await,
                     (Kind::Function, Change::Deleted) => {
                         self.remove(&qualified(&event.name, &event.namespace))
+                    }
+                    // A version is immutable: it goes only with its function.
+                    (Kind::FunctionVersion, Change::Deleted) => {
+                        if let Some((function, version)) = event.name.rsplit_once("-v") {
+                            self.remove(&qualified(
+                                &format!("{function}@{version}"),
+                                &event.namespace,
+                            ));
+                        }
                     }
                     (Kind::Environment, Change::Put(doc)) => self.apply_environment(*doc),
                     (Kind::Environment, Change::Deleted) => self.remove_environment(&event.name),
@@ -368,6 +444,12 @@ impl Executor {
             })
             .unwrap_or_default();
         for user in users {
+            if user.contains('@') {
+                // A version serving a route: prepared again, with the new
+                // values, on its next request.
+                self.remove(&qualified(&user, namespace));
+                continue;
+            }
             match store.get(Kind::Function, namespace, &user) {
                 Ok(doc) => self.apply(store, doc).await,
                 Err(e) => tracing::error!("cannot read function \"{user}\": {e}"),

@@ -223,6 +223,9 @@ impl Executor {
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        if let Err(e) = self.ensure(name).await {
+            return Invoked::refused(e);
+        }
         let Some(deployment) = self.get(name) else {
             return Invoked::refused(Error::not_found("function", name));
         };

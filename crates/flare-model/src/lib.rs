@@ -49,7 +49,7 @@ pub use resource::{
 pub use secret::{
     ConfigSpec, MAX_VALUES_BYTES, SecretSpec, check_values, is_env_name, validate_key,
 };
-pub use trigger::{HttpTriggerSpec, MessageQueueTriggerSpec, MqKind, TimerTriggerSpec};
+pub use trigger::{AliasSpec, HttpTriggerSpec, MessageQueueTriggerSpec, MqKind, TimerTriggerSpec};
 
 /// Most headers a function's response may carry, and their total size in
 /// bytes (names and values); past either the caller gets a 502.

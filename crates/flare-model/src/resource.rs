@@ -31,6 +31,8 @@ pub enum Kind {
     /// One immutable version of a function (see
     /// [`crate::FunctionVersionSpec`]), written by the API.
     FunctionVersion,
+    /// A name for one version of a function (see [`crate::AliasSpec`]).
+    Alias,
 }
 
 impl Kind {
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Config => "Config",
             Kind::FunctionVersion => "FunctionVersion",
+            Kind::Alias => "Alias",
         }
     }
 
@@ -62,6 +65,7 @@ impl Kind {
             Kind::Secret => "secret",
             Kind::Config => "config",
             Kind::FunctionVersion => "function version",
+            Kind::Alias => "alias",
         }
     }
 
@@ -77,6 +81,7 @@ impl Kind {
             "Secret" => Some(Kind::Secret),
             "Config" => Some(Kind::Config),
             "FunctionVersion" => Some(Kind::FunctionVersion),
+            "Alias" => Some(Kind::Alias),
             _ => None,
         }
     }
@@ -97,6 +102,7 @@ impl Kind {
                 | Kind::Secret
                 | Kind::Config
                 | Kind::FunctionVersion
+                | Kind::Alias
         )
     }
 }

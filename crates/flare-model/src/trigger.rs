@@ -1,5 +1,7 @@
 //! The `HttpTrigger` resource.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Cron, Error, Kind, PathPattern, Result, Spec, parse_timezone, validate_name};
@@ -21,6 +23,13 @@ pub struct HttpTriggerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     pub function: String,
+    /// Serve the version this alias of the function names, not its latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Split requests between versions of the function: version to
+    /// percent, summing to 100. Empty: its latest version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<u64, u32>,
 }
 
 impl HttpTriggerSpec {
@@ -64,6 +73,7 @@ impl Spec for HttpTriggerSpec {
                 )));
             }
         }
+        check_target(self.alias.as_deref(), &self.weights)?;
         if let Some(host) = &self.host {
             let valid = !host.is_empty()
                 && host
@@ -72,6 +82,62 @@ impl Spec for HttpTriggerSpec {
             if !valid {
                 return Err(Error::invalid(format!("invalid host \"{host}\"")));
             }
+        }
+        Ok(())
+    }
+}
+
+/// At most this many versions share a route.
+pub const MAX_WEIGHTED_VERSIONS: usize = 10;
+
+/// A route names an alias or weighted versions, not both; weights are
+/// versions (from 1) to percents summing to 100.
+fn check_target(alias: Option<&str>, weights: &BTreeMap<u64, u32>) -> Result<()> {
+    if let Some(alias) = alias {
+        validate_name("alias name", alias)?;
+        if !weights.is_empty() {
+            return Err(Error::invalid(
+                "a trigger names an alias or weighted versions, not both",
+            ));
+        }
+    }
+    if weights.is_empty() {
+        return Ok(());
+    }
+    if weights.len() > MAX_WEIGHTED_VERSIONS {
+        return Err(Error::invalid(format!(
+            "at most {MAX_WEIGHTED_VERSIONS} versions share a route"
+        )));
+    }
+    if weights.contains_key(&0) {
+        return Err(Error::invalid("versions start at 1"));
+    }
+    let sum: u64 = weights.values().map(|&w| u64::from(w)).sum();
+    if sum != 100 {
+        let shown: Vec<String> = weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+        return Err(Error::invalid(format!(
+            "weights must sum to 100, not {sum} ({})",
+            shown.join(",")
+        )));
+    }
+    Ok(())
+}
+
+/// A name for one version of a function: `prod` -> version 3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AliasSpec {
+    pub function: String,
+    pub version: u64,
+}
+
+impl Spec for AliasSpec {
+    const KIND: Kind = Kind::Alias;
+
+    fn validate(&self) -> Result<()> {
+        validate_name("function name", &self.function)?;
+        if self.version == 0 {
+            return Err(Error::invalid("versions start at 1"));
         }
         Ok(())
     }
@@ -291,7 +357,38 @@ mod tests {
             path: path.into(),
             host: None,
             function: "hello".into(),
+            alias: None,
+            weights: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_route_names_an_alias_or_weights_that_sum_to_100() {
+        let mut route = t(&["GET"], "/a");
+        route.weights = BTreeMap::from([(3, 80), (4, 20)]);
+        assert!(route.validate().is_ok());
+        route.weights.insert(4, 30);
+        let e = route.validate().unwrap_err();
+        assert!(
+            e.message
+                .contains("weights must sum to 100, not 110 (3=80,4=30)"),
+            "{e:?}"
+        );
+        route.weights = BTreeMap::from([(0, 100)]);
+        assert!(
+            route
+                .validate()
+                .unwrap_err()
+                .message
+                .contains("versions start at 1")
+        );
+        route.weights = BTreeMap::from([(1, 100)]);
+        route.alias = Some("prod".into());
+        assert!(route.validate().unwrap_err().message.contains("not both"));
+        route.weights.clear();
+        assert!(route.validate().is_ok());
+        route.alias = Some("Prod!".into());
+        assert!(route.validate().is_err());
     }
 
     #[test]

@@ -114,7 +114,18 @@ impl Router {
     /// For a function that takes only tokens: checks the bearer's and
     /// drops the header, which is Flare's, not the function's.
     fn authorize(&self, function: &str, headers: &mut http::HeaderMap) -> Result<(), Error> {
-        let Some((InvokeAuth::Token, namespace)) = self.executor.auth(function) else {
+        // A version (`hello@3`) needs a token when it did or when its
+        // function does now: closing a function closes its old versions.
+        let (name, namespace) = flare_model::split_qualified(function);
+        let latest = name
+            .split_once('@')
+            .map(|(base, _)| flare_model::qualified(base, namespace));
+        let needs = [Some(function), latest.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|f| self.executor.auth(f))
+            .find(|(auth, _)| *auth == InvokeAuth::Token);
+        let Some((_, namespace)) = needs else {
             return Ok(());
         };
         let grant = self.tokens.authenticate(headers)?;
@@ -138,7 +149,8 @@ impl Router {
         while let Some(update) = follower.next(&*store).await {
             let revision = update.revision();
             match update {
-                Update::Change(event) if event.kind != Kind::HttpTrigger => {}
+                Update::Change(event) if !matches!(event.kind, Kind::HttpTrigger | Kind::Alias) => {
+                }
                 _ => self.rebuild(&*store),
             }
             advance(&self.applied, revision);
@@ -155,7 +167,18 @@ impl Router {
                 return;
             }
         };
-        self.table.store(Arc::new(RouteTable::new(triggers)));
+        let aliases = match store.list(Kind::Alias) {
+            Ok(docs) => docs
+                .into_iter()
+                .filter_map(|doc| Resource::<flare_model::AliasSpec>::from_document(doc).ok())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!("cannot list aliases: {e}");
+                return;
+            }
+        };
+        self.table
+            .store(Arc::new(RouteTable::new(triggers, aliases)));
     }
 
     /// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given)
@@ -202,14 +225,20 @@ impl Router {
             Some(rest) => (rest, true),
             None => (path, false),
         };
-        let resolved = match self
-            .table
-            .load()
-            .resolve(request.method().as_str(), host, path)
-        {
+        let resolved = match self.table.load().resolve(
+            request.method().as_str(),
+            host,
+            path,
+            rand::random::<u32>() % 100,
+        ) {
             Ok(resolved) => resolved,
             Err(e) => return error_response(&e, None),
         };
+        // A version a route serves is prepared on its first request, before
+        // its own auth setting is checked.
+        if let Err(e) = self.executor.ensure(&resolved.function).await {
+            return error_response(&e, None);
+        }
         if let Err(e) = self.authorize(&resolved.function, request.headers_mut()) {
             return error_response(&e, None);
         }

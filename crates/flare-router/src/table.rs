@@ -1,8 +1,9 @@
 //! The route table: data plus a pure resolve function.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use flare_model::{Error, ErrorCode, HttpTriggerSpec, PathPattern, Resource};
+use flare_model::{AliasSpec, Error, ErrorCode, HttpTriggerSpec, PathPattern, Resource};
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,25 +15,45 @@ pub struct Resolved {
     pub rewritten: Option<String>,
 }
 
+/// Which version of its function a route serves.
+#[derive(Debug)]
+enum Target {
+    Latest,
+    /// The version this alias (qualified name) names.
+    Alias(String),
+    /// Versions and their cumulative share out of 100.
+    Weights(Vec<(u64, u32)>),
+}
+
 #[derive(Debug)]
 struct Route {
     spec: HttpTriggerSpec,
     pattern: PathPattern,
     function: Arc<str>,
+    target: Target,
     /// Sort key: host-bound routes first, then per-segment specificity.
     rank: (bool, Vec<u8>),
 }
 
-/// The compiled HTTP triggers.
+/// The compiled HTTP triggers, and the aliases they may name.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Qualified alias name to the version it names.
+    aliases: HashMap<String, u64>,
 }
 
 impl RouteTable {
     /// Compiles triggers; invalid ones (which the API never stores) are
     /// skipped with a warning rather than taking the router down.
-    pub fn new(triggers: impl IntoIterator<Item = Resource<HttpTriggerSpec>>) -> Self {
+    pub fn new(
+        triggers: impl IntoIterator<Item = Resource<HttpTriggerSpec>>,
+        aliases: impl IntoIterator<Item = Resource<AliasSpec>>,
+    ) -> Self {
+        let aliases = aliases
+            .into_iter()
+            .map(|a| (a.qualified_name(), a.spec.version))
+            .collect();
         let mut routes: Vec<Route> = triggers
             .into_iter()
             .filter_map(|trigger| match trigger.spec.pattern() {
@@ -41,13 +62,26 @@ impl RouteTable {
                         trigger.spec.host.is_some(),
                         pattern.segments().iter().map(|s| s.specificity()).collect(),
                     );
+                    let namespace = &trigger.metadata.namespace;
+                    let target = match (&trigger.spec.alias, trigger.spec.weights.is_empty()) {
+                        (Some(alias), _) => Target::Alias(flare_model::qualified(alias, namespace)),
+                        (None, false) => Target::Weights(
+                            trigger
+                                .spec
+                                .weights
+                                .iter()
+                                .scan(0, |sum, (&version, &weight)| {
+                                    *sum += weight;
+                                    Some((version, *sum))
+                                })
+                                .collect(),
+                        ),
+                        (None, true) => Target::Latest,
+                    };
                     Some(Route {
                         // The function of the trigger's own namespace.
-                        function: flare_model::qualified(
-                            &trigger.spec.function,
-                            &trigger.metadata.namespace,
-                        )
-                        .into(),
+                        function: flare_model::qualified(&trigger.spec.function, namespace).into(),
+                        target,
                         spec: trigger.spec,
                         pattern,
                         rank,
@@ -62,7 +96,7 @@ impl RouteTable {
         // Most specific first: the first match wins. A longer pattern with
         // the same prefix ranks higher, since it only matches longer paths.
         routes.sort_by(|a, b| b.rank.cmp(&a.rank));
-        RouteTable { routes }
+        RouteTable { routes, aliases }
     }
 
     pub fn len(&self) -> usize {
@@ -74,12 +108,15 @@ impl RouteTable {
     }
 
     /// Finds the function for a request. `path_and_query` is the request
-    /// target; `host` the `Host` header, port included or not.
+    /// target; `host` the `Host` header, port included or not; `roll`, in
+    /// 0..100, picks among weighted versions. A route that serves a
+    /// version resolves to the executor's name for it (`hello@3`).
     pub fn resolve(
         &self,
         method: &str,
         host: Option<&str>,
         path_and_query: &str,
+        roll: u32,
     ) -> Result<Resolved, Error> {
         let (path, query) = match path_and_query.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -121,8 +158,26 @@ impl RouteTable {
                 path_matched = true;
                 continue;
             }
+            let version = match &route.target {
+                Target::Latest => None,
+                Target::Alias(alias) => Some(*self.aliases.get(alias).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::Unavailable,
+                        format!("the route's alias {alias} does not exist"),
+                    )
+                })?),
+                Target::Weights(cumulative) => cumulative
+                    .iter()
+                    .find(|(_, upto)| roll < *upto)
+                    .or(cumulative.last())
+                    .map(|(version, _)| *version),
+            };
+            let function = match version {
+                Some(version) => versioned(&route.function, version).into(),
+                None => route.function.clone(),
+            };
             return Ok(Resolved {
-                function: route.function.clone(),
+                function,
                 params: params
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -144,6 +199,13 @@ impl RouteTable {
     }
 }
 
+/// The executor's name for `version` of the function `qualified`
+/// (`hello@3`, `hello@3.team-a`).
+fn versioned(qualified: &str, version: u64) -> String {
+    let (name, namespace) = flare_model::split_qualified(qualified);
+    flare_model::qualified(&format!("{name}@{version}"), namespace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +223,8 @@ mod tests {
                 path: path.into(),
                 host: None,
                 function: function.into(),
+                alias: None,
+                weights: Default::default(),
             },
         )
     }
@@ -168,23 +232,68 @@ mod tests {
     fn table() -> RouteTable {
         let mut on_host = trigger("h", &[], "/greet/{name}", "hosted");
         on_host.spec.host = Some("api.example.com".into());
-        RouteTable::new([
-            trigger("a", &["GET"], "/greet/{name}", "greeter"),
-            trigger("b", &["GET"], "/greet/me", "me"),
-            trigger("c", &[], "/static/{*rest}", "files"),
-            trigger("d", &["POST"], "/orders", "orders"),
-            on_host,
-        ])
+        RouteTable::new(
+            [
+                trigger("a", &["GET"], "/greet/{name}", "greeter"),
+                trigger("b", &["GET"], "/greet/me", "me"),
+                trigger("c", &[], "/static/{*rest}", "files"),
+                trigger("d", &["POST"], "/orders", "orders"),
+                on_host,
+            ],
+            [],
+        )
+    }
+
+    #[test]
+    fn routes_serve_an_aliased_or_weighted_version() {
+        let mut aliased = trigger("p", &[], "/prod", "hello");
+        aliased.spec.alias = Some("prod".into());
+        let mut missing = trigger("m", &[], "/gone", "hello");
+        missing.spec.alias = Some("gone".into());
+        let mut split = trigger("s", &[], "/split", "hello");
+        split.spec.weights = [(3, 80), (4, 20)].into();
+        let mut team = trigger("t", &[], "/team", "hello");
+        team.metadata.namespace = "team-a".into();
+        team.spec.weights = [(2, 100)].into();
+        let t = RouteTable::new(
+            [
+                aliased,
+                missing,
+                split,
+                team,
+                trigger("l", &[], "/latest", "hello"),
+            ],
+            [Resource::new(
+                "prod",
+                AliasSpec {
+                    function: "hello".into(),
+                    version: 3,
+                },
+            )],
+        );
+        let at = |path: &str, roll| t.resolve("GET", None, path, roll).map(|r| r.function);
+        assert_eq!(&*at("/prod", 0).unwrap(), "hello@3");
+        assert_eq!(&*at("/latest", 0).unwrap(), "hello");
+        assert_eq!(at("/gone", 0).unwrap_err().code, ErrorCode::Unavailable);
+        for (roll, version) in [
+            (0, "hello@3"),
+            (79, "hello@3"),
+            (80, "hello@4"),
+            (99, "hello@4"),
+        ] {
+            assert_eq!(&*at("/split", roll).unwrap(), version, "roll {roll}");
+        }
+        assert_eq!(&*at("/team", 50).unwrap(), "hello@2.team-a");
     }
 
     #[test]
     fn literal_beats_parameter_and_params_are_extracted() {
         let t = table();
-        let r = t.resolve("GET", None, "/greet/ada").unwrap();
+        let r = t.resolve("GET", None, "/greet/ada", 0).unwrap();
         assert_eq!(&*r.function, "greeter");
         assert_eq!(r.params, vec![("name".to_string(), "ada".to_string())]);
         assert_eq!(
-            &*t.resolve("GET", None, "/greet/me").unwrap().function,
+            &*t.resolve("GET", None, "/greet/me", 0).unwrap().function,
             "me"
         );
     }
@@ -192,7 +301,7 @@ mod tests {
     #[test]
     fn catch_all_takes_the_rest() {
         let r = table()
-            .resolve("DELETE", None, "/static/css/site.css?v=2")
+            .resolve("DELETE", None, "/static/css/site.css?v=2", 0)
             .unwrap();
         assert_eq!(&*r.function, "files");
         assert_eq!(
@@ -205,13 +314,13 @@ mod tests {
     fn host_bound_routes_win_for_their_host_only() {
         let t = table();
         assert_eq!(
-            &*t.resolve("GET", Some("api.example.com:8080"), "/greet/x")
+            &*t.resolve("GET", Some("api.example.com:8080"), "/greet/x", 0)
                 .unwrap()
                 .function,
             "hosted"
         );
         assert_eq!(
-            &*t.resolve("GET", Some("other"), "/greet/x")
+            &*t.resolve("GET", Some("other"), "/greet/x", 0)
                 .unwrap()
                 .function,
             "greeter"
@@ -222,15 +331,15 @@ mod tests {
     fn wrong_method_is_405_and_no_route_is_404() {
         let t = table();
         assert_eq!(
-            t.resolve("GET", None, "/orders").unwrap_err().code,
+            t.resolve("GET", None, "/orders", 0).unwrap_err().code,
             ErrorCode::MethodNotAllowed
         );
         assert_eq!(
-            t.resolve("GET", None, "/nothing").unwrap_err().code,
+            t.resolve("GET", None, "/nothing", 0).unwrap_err().code,
             ErrorCode::NotFound
         );
         assert_eq!(
-            t.resolve("GET", None, "/").unwrap_err().code,
+            t.resolve("GET", None, "/", 0).unwrap_err().code,
             ErrorCode::NotFound
         );
     }
@@ -238,29 +347,29 @@ mod tests {
     #[test]
     fn fn_prefix_reaches_any_function_with_the_rest_of_the_path() {
         let t = RouteTable::default();
-        let r = t.resolve("GET", None, "/fn/hello/a/b?x=1").unwrap();
+        let r = t.resolve("GET", None, "/fn/hello/a/b?x=1", 0).unwrap();
         assert_eq!(&*r.function, "hello");
         assert_eq!(r.rewritten.as_deref(), Some("/a/b?x=1"));
         assert_eq!(
-            t.resolve("GET", None, "/fn/hello")
+            t.resolve("GET", None, "/fn/hello", 0)
                 .unwrap()
                 .rewritten
                 .as_deref(),
             Some("/")
         );
         assert_eq!(
-            t.resolve("GET", None, "/fn/hello?q")
+            t.resolve("GET", None, "/fn/hello?q", 0)
                 .unwrap()
                 .rewritten
                 .as_deref(),
             Some("/?q")
         );
-        let r = t.resolve("GET", None, "/fn/hello.team-a/x").unwrap();
+        let r = t.resolve("GET", None, "/fn/hello.team-a/x", 0).unwrap();
         assert_eq!(&*r.function, "hello.team-a");
-        let r = t.resolve("GET", None, "/fn/hello.default/x").unwrap();
+        let r = t.resolve("GET", None, "/fn/hello.default/x", 0).unwrap();
         assert_eq!(&*r.function, "hello");
         assert_eq!(
-            t.resolve("GET", None, "/fn/").unwrap_err().code,
+            t.resolve("GET", None, "/fn/", 0).unwrap_err().code,
             ErrorCode::NotFound
         );
     }

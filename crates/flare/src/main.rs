@@ -44,6 +44,8 @@ enum Command {
     /// Run functions on cron schedules.
     #[command(name = "timetrigger", visible_alias = "tt")]
     TimeTrigger(commands::timetrigger::TimeTriggerArgs),
+    /// Names for versions of a function, which HTTP triggers serve.
+    Alias(commands::alias::AliasArgs),
     /// Route HTTP requests to functions.
     #[command(name = "httptrigger", visible_alias = "ht")]
     HttpTrigger(commands::httptrigger::HttpTriggerArgs),
@@ -109,6 +111,7 @@ fn main() -> std::process::ExitCode {
             Command::Function(args) => commands::function::run(args).await,
             Command::Environment(args) => commands::environment::run(args).await,
             Command::HttpTrigger(args) => commands::httptrigger::run(args).await,
+            Command::Alias(args) => commands::alias::run(args).await,
             Command::TimeTrigger(args) => commands::timetrigger::run(args).await,
             Command::Invocations(args) => commands::invocations::run(args).await,
             Command::MqTrigger(args) => commands::mqtrigger::run(args).await,

@@ -134,3 +134,181 @@ fn a_viewer_sees_versions_and_may_not_roll_back() {
     assert!(err.contains("token \"look\" (viewer) may not"), "{err}");
     assert_eq!(metadata(&server, "hello")["version"], 2);
 }
+
+/// Which version answered: hello_rust greets, echo answers JSON.
+fn which(server: &Server, path: &str) -> &'static str {
+    let response = server.get(path);
+    assert_eq!(response.status(), 200, "{path}");
+    if response.text().unwrap().starts_with("Hello from Flare!") {
+        "v1"
+    } else {
+        "v2"
+    }
+}
+
+#[test]
+fn aliases_and_weights_route_to_versions_and_bad_ones_are_refused() {
+    let server = Server::start();
+    server.create("hello", "hello_rust", &[]);
+    let echo = guest("echo");
+    server.ok(&[
+        "fn",
+        "update",
+        "--name",
+        "hello",
+        "--code",
+        echo.to_str().unwrap(),
+    ]);
+    server.ok(&[
+        "alias",
+        "create",
+        "--name",
+        "prod",
+        "--function",
+        "hello",
+        "--version",
+        "1",
+    ]);
+    server.ok(&[
+        "ht",
+        "create",
+        "--name",
+        "api",
+        "--url",
+        "/api",
+        "--function",
+        "hello",
+        "--alias",
+        "prod",
+    ]);
+    assert_eq!(which(&server, "/api"), "v1");
+    assert_eq!(which(&server, "/fn/hello"), "v2");
+    assert_eq!(which(&server, "/fn/hello@1"), "v1");
+
+    // Moving the alias moves its routes.
+    server.ok(&["alias", "update", "--name", "prod", "--version", "2"]);
+    eventually(Duration::from_secs(10), || {
+        (which(&server, "/api") == "v2").then_some(())
+    });
+
+    // Weighted: both versions answer, near their share.
+    server.ok(&["ht", "update", "--name", "api", "--weights", "1=50,2=50"]);
+    let mut v1 = 0;
+    for _ in 0..200 {
+        if which(&server, "/api") == "v1" {
+            v1 += 1;
+        }
+    }
+    assert!((60..=140).contains(&v1), "v1 answered {v1} of 200");
+
+    // Bad input: a clear error, nothing stored or changed.
+    let err = server.fails(&["ht", "update", "--name", "api", "--weights", "1=80,2=30"]);
+    assert!(
+        err.contains("weights must sum to 100, not 110 (1=80,2=30)"),
+        "{err}"
+    );
+    let err = server.fails(&["ht", "update", "--name", "api", "--weights", "1=50,7=50"]);
+    assert!(
+        err.contains("function \"hello\" has no version 7; it has versions 1 to 2"),
+        "{err}"
+    );
+    let api: serde_json::Value =
+        serde_json::from_str(&server.ok(&["ht", "get", "--name", "api", "-o", "json"])).unwrap();
+    assert_eq!(
+        api["spec"]["weights"],
+        serde_json::json!({"1": 50, "2": 50})
+    );
+    let err = server.fails(&[
+        "alias",
+        "create",
+        "--name",
+        "next",
+        "--function",
+        "hello",
+        "--version",
+        "9",
+    ]);
+    assert!(
+        err.contains("has no version 9; it has versions 1 to 2"),
+        "{err}"
+    );
+    server.fails(&["alias", "get", "--name", "next"]);
+    let err = server.fails(&[
+        "ht",
+        "create",
+        "--name",
+        "x",
+        "--url",
+        "/x",
+        "--function",
+        "hello",
+        "--alias",
+        "nope",
+    ]);
+    assert!(err.contains("alias \"nope\" does not exist"), "{err}");
+    server.fails(&["ht", "get", "--name", "x"]);
+    let err = server.fails(&[
+        "ht",
+        "create",
+        "--url",
+        "/y",
+        "--function",
+        "hello",
+        "--alias",
+        "prod",
+        "--weights",
+        "1=100",
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    assert!(server.get("/fn/hello@9").status() == 404);
+
+    // An alias a route serves stays; once none does, it goes.
+    server.ok(&["ht", "update", "--name", "api", "--alias", "prod"]);
+    let err = server.fails(&["alias", "delete", "--name", "prod"]);
+    assert!(
+        err.contains("alias \"prod\" is served by http trigger api"),
+        "{err}"
+    );
+    server.ok(&["ht", "update", "--name", "api", "--latest"]);
+    eventually(Duration::from_secs(10), || {
+        (which(&server, "/api") == "v2").then_some(())
+    });
+    server.ok(&["alias", "delete", "--name", "prod"]);
+}
+
+#[test]
+fn closing_a_function_to_tokens_closes_its_old_versions_too() {
+    let server = Server::start();
+    server.create("hello", "hello_rust", &[]);
+    server.ok(&["fn", "update", "--name", "hello", "--auth", "token"]);
+    server.ok(&[
+        "alias",
+        "create",
+        "--name",
+        "old",
+        "--function",
+        "hello",
+        "--version",
+        "1",
+    ]);
+    server.ok(&[
+        "ht",
+        "create",
+        "--name",
+        "old",
+        "--url",
+        "/old",
+        "--function",
+        "hello",
+        "--alias",
+        "old",
+    ]);
+    for path in ["/fn/hello", "/fn/hello@1", "/old"] {
+        assert_eq!(server.get(path).status(), 401, "{path}");
+        let with_token = common::client_with_token(&server.token)
+            .get(format!("{}{path}", server.router))
+            .send()
+            .unwrap();
+        assert_eq!(with_token.status(), 200, "{path}");
+    }
+}

@@ -35,6 +35,8 @@ enum HttpTriggerCommand {
         #[arg(long)]
         host: Option<String>,
         #[command(flatten)]
+        target: TargetFlags,
+        #[command(flatten)]
         output: OutputFlag,
     },
     /// Show a trigger.
@@ -63,6 +65,12 @@ enum HttpTriggerCommand {
         #[arg(long)]
         host: Option<String>,
         #[command(flatten)]
+        target: TargetFlags,
+        /// Serve the function's latest version again (drop --alias and
+        /// --weights).
+        #[arg(long, conflicts_with_all = ["alias", "weights"])]
+        latest: bool,
+        #[command(flatten)]
         output: OutputFlag,
     },
     /// Delete a trigger.
@@ -70,6 +78,53 @@ enum HttpTriggerCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+/// Which version of the function a route serves. [default: its latest]
+#[derive(Args, Debug)]
+struct TargetFlags {
+    /// Serve the version this alias names (`flare alias create`).
+    #[arg(long, conflicts_with = "weights")]
+    alias: Option<String>,
+    /// Split requests between versions: VERSION=PERCENT,... summing to
+    /// 100, e.g. 3=80,4=20.
+    #[arg(long, value_parser = parse_weights)]
+    weights: Option<std::collections::BTreeMap<u64, u32>>,
+}
+
+fn parse_weights(s: &str) -> Result<std::collections::BTreeMap<u64, u32>, String> {
+    s.split(',')
+        .map(|pair| {
+            let (version, weight) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("\"{pair}\" is not VERSION=PERCENT"))?;
+            let version = version
+                .trim()
+                .parse()
+                .map_err(|_| format!("\"{version}\" is not a version number"))?;
+            let weight = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("\"{weight}\" is not a percent"))?;
+            Ok((version, weight))
+        })
+        .collect()
+}
+
+/// What a trigger serves, for the table.
+fn target(spec: &HttpTriggerSpec) -> String {
+    match (&spec.alias, spec.weights.is_empty()) {
+        (Some(alias), _) => format!("{} (alias {alias})", spec.function),
+        (None, false) => {
+            let weights: Vec<String> = spec
+                .weights
+                .iter()
+                .map(|(v, w)| format!("v{v} {w}%"))
+                .collect();
+            format!("{} ({})", spec.function, weights.join(", "))
+        }
+        (None, true) => spec.function.clone(),
+    }
 }
 
 fn show(
@@ -90,7 +145,7 @@ fn show(
                     },
                     t.spec.path.clone(),
                     t.spec.host.clone().unwrap_or_else(|| "*".into()),
-                    t.spec.function.clone(),
+                    target(&t.spec),
                 ]
             })
             .collect()
@@ -108,6 +163,7 @@ pub async fn run(args: HttpTriggerArgs) -> anyhow::Result<()> {
             methods,
             function,
             host,
+            target,
             output,
         } => {
             let name = name.unwrap_or_else(|| {
@@ -123,6 +179,8 @@ pub async fn run(args: HttpTriggerArgs) -> anyhow::Result<()> {
                     path: url,
                     host,
                     function,
+                    alias: target.alias,
+                    weights: target.weights.unwrap_or_default(),
                 },
             );
             let created = client.create_trigger(&trigger).await?;
@@ -142,9 +200,23 @@ pub async fn run(args: HttpTriggerArgs) -> anyhow::Result<()> {
             methods,
             function,
             host,
+            target,
+            latest,
             output,
         } => {
             let mut trigger = client.get_trigger(&name).await?;
+            if latest {
+                trigger.spec.alias = None;
+                trigger.spec.weights.clear();
+            }
+            if let Some(alias) = target.alias {
+                trigger.spec.alias = Some(alias);
+                trigger.spec.weights.clear();
+            }
+            if let Some(weights) = target.weights {
+                trigger.spec.weights = weights;
+                trigger.spec.alias = None;
+            }
             if let Some(url) = url {
                 trigger.spec.path = url;
             }

@@ -1,3 +1,4 @@
+pub mod alias;
 pub mod context;
 pub mod environment;
 pub mod function;
