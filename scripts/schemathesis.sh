@@ -100,6 +100,9 @@ EXPLAINED = [
     r'^invalid http trigger document: invalid (value|type): .*(number in quotes|expected u64)',  # weights keys: 3.0 has no propertyNames
     r' has no version \d+',  # an alias or weight names a version not stored
     r'^alias ".*" names a version of function|^alias ".*" names versions of function',  # an alias of another function
+    r'^a canary moves traffic between two versions; from and to are both',  # from == to
+    r'^canary ".*" already runs on function',  # one running canary per function (what is stored)
+    r'^interval .* is out of range',  # a canary's interval: a duration in free text
 ]
 
 

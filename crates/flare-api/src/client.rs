@@ -230,6 +230,7 @@ impl Client {
             Kind::TimerTrigger => "/v1/timertriggers",
             Kind::MessageQueueTrigger => "/v1/mqtriggers",
             Kind::Alias => "/v1/aliases",
+            Kind::Canary => "/v1/canaries",
             other => {
                 return Err(Error::invalid(format!(
                     "a {} is not managed through documents",

@@ -13,6 +13,7 @@
 pub mod access;
 mod aliases;
 mod browsers;
+pub mod canaries;
 pub mod client;
 mod crud;
 mod environments;
@@ -256,6 +257,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(
             "/v1/timertriggers/{name}",
             get(timers::get).put(timers::update).delete(timers::delete),
+        )
+        .route("/v1/canaries", get(canaries::list).post(canaries::create))
+        .route(
+            "/v1/canaries/{name}",
+            get(canaries::get).delete(canaries::delete),
         )
         .route("/v1/aliases", get(aliases::list).post(aliases::create))
         .route(

@@ -156,6 +156,50 @@ pub(crate) async fn list(
     Ok(Json(views))
 }
 
+/// Makes function `name` of `namespace` serve its version `version`,
+/// checked as any update is (environment, quotas, secrets).
+pub(crate) async fn serve(
+    api: &Api,
+    namespace: &str,
+    name: &str,
+    version: u64,
+) -> Result<Resource<FunctionSpec>> {
+    let guard = api.cross_checks.lock().await;
+    let mut function =
+        Resource::<FunctionSpec>::from_document(api.store.get(Kind::Function, namespace, name)?)?;
+    let versions = of(api, namespace, name)?;
+    let Some(target) = versions.iter().find(|v| v.spec.version == version) else {
+        let known = match (versions.first(), versions.last()) {
+            (Some(first), Some(last)) => {
+                format!(
+                    "it has versions {} to {}",
+                    first.spec.version, last.spec.version
+                )
+            }
+            _ => "it has none yet (versions are kept from its next update on)".into(),
+        };
+        return Err(Error::new(
+            ErrorCode::NotFound,
+            format!("function \"{name}\" has no version {version}; {known}"),
+        ));
+    };
+    function.spec = target.spec.spec.clone();
+    function.metadata.version = target.spec.version;
+    // Whatever changed since (an environment, the quotas, a secret) is
+    // checked as for any update.
+    api.check_environment(&function.spec)?;
+    api.check_quota(&function)?;
+    crate::secrets::check_references(api, &function)?;
+    // Kept from the retention pass while it is served again (in a
+    // cluster it may be in the object store only: the executor fetches it).
+    let _ = api.packages.touch(&function.spec.package);
+    let doc = function.to_document()?;
+    let written = api.write(move |store| store.update(doc)).await?;
+    drop(guard);
+    api.settle(written.revision).await;
+    Resource::from_document(written.doc)
+}
+
 /// `POST /v1/functions/{name}/rollback` with `{"version": N}`: the
 /// function serves version N again, checked as any update is.
 pub(crate) async fn rollback(
@@ -169,41 +213,6 @@ pub(crate) async fn rollback(
             "invalid rollback request: {e} (send {{\"version\": N}})"
         ))
     })?;
-    let guard = api.cross_checks.lock().await;
-    let mut function = api.load(&scope, &name)?;
-    let versions = of(&api, scope.one()?, &name)?;
-    let Some(target) = versions.iter().find(|v| v.spec.version == asked.version) else {
-        let known = match (versions.first(), versions.last()) {
-            (Some(first), Some(last)) => {
-                format!(
-                    "it has versions {} to {}",
-                    first.spec.version, last.spec.version
-                )
-            }
-            _ => "it has none yet (versions are kept from its next update on)".into(),
-        };
-        return Err(Error::new(
-            ErrorCode::NotFound,
-            format!(
-                "function \"{name}\" has no version {}; {known}",
-                asked.version
-            ),
-        )
-        .into());
-    };
-    function.spec = target.spec.spec.clone();
-    function.metadata.version = target.spec.version;
-    // Whatever changed since (an environment, the quotas, a secret) is
-    // checked as for any update.
-    api.check_environment(&function.spec)?;
-    api.check_quota(&function)?;
-    crate::secrets::check_references(&api, &function)?;
-    // Kept from the retention pass while it is served again (in a
-    // cluster it may be in the object store only: the executor fetches it).
-    let _ = api.packages.touch(&function.spec.package);
-    let doc = function.to_document()?;
-    let written = api.write(move |store| store.update(doc)).await?;
-    drop(guard);
-    api.settle(written.revision).await;
-    Ok(Json(api.view(Resource::from_document(written.doc)?)))
+    let served = serve(&api, scope.one()?, &name, asked.version).await?;
+    Ok(Json(api.view(served)))
 }

@@ -41,6 +41,16 @@ impl FunctionMetrics {
     }
 }
 
+impl Executor {
+    /// Requests `name` has answered on this node, and how many of them
+    /// failed (5xx, timeouts included).
+    pub fn outcomes(&self, name: &str) -> (u64, u64) {
+        let metrics = self.metrics_for(name);
+        let requests = metrics.count.load(Ordering::Relaxed);
+        (requests, metrics.by_class[4].load(Ordering::Relaxed))
+    }
+}
+
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
 }

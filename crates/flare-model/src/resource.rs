@@ -33,6 +33,9 @@ pub enum Kind {
     FunctionVersion,
     /// A name for one version of a function (see [`crate::AliasSpec`]).
     Alias,
+    /// Traffic shifted step by step to a new version (see
+    /// [`crate::CanarySpec`]).
+    Canary,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
             Kind::Config => "Config",
             Kind::FunctionVersion => "FunctionVersion",
             Kind::Alias => "Alias",
+            Kind::Canary => "Canary",
         }
     }
 
@@ -66,6 +70,7 @@ impl Kind {
             Kind::Config => "config",
             Kind::FunctionVersion => "function version",
             Kind::Alias => "alias",
+            Kind::Canary => "canary",
         }
     }
 
@@ -82,6 +87,7 @@ impl Kind {
             "Config" => Some(Kind::Config),
             "FunctionVersion" => Some(Kind::FunctionVersion),
             "Alias" => Some(Kind::Alias),
+            "Canary" => Some(Kind::Canary),
             _ => None,
         }
     }
@@ -103,6 +109,7 @@ impl Kind {
                 | Kind::Config
                 | Kind::FunctionVersion
                 | Kind::Alias
+                | Kind::Canary
         )
     }
 }

@@ -143,14 +143,15 @@ impl Router {
         self.table.load_full()
     }
 
-    /// Rebuilds the table whenever a trigger changes, until the store closes.
+    /// Rebuilds the table whenever a trigger, an alias or a canary
+    /// changes, until the store closes.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut follower = Follower::new(&*store);
         while let Some(update) = follower.next(&*store).await {
             let revision = update.revision();
             match update {
-                Update::Change(event) if !matches!(event.kind, Kind::HttpTrigger | Kind::Alias) => {
-                }
+                Update::Change(event)
+                    if !matches!(event.kind, Kind::HttpTrigger | Kind::Alias | Kind::Canary) => {}
                 _ => self.rebuild(&*store),
             }
             advance(&self.applied, revision);
@@ -177,8 +178,18 @@ impl Router {
                 return;
             }
         };
+        let canaries = match store.list(Kind::Canary) {
+            Ok(docs) => docs
+                .into_iter()
+                .filter_map(|doc| Resource::<flare_model::CanarySpec>::from_document(doc).ok())
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!("cannot list canaries: {e}");
+                return;
+            }
+        };
         self.table
-            .store(Arc::new(RouteTable::new(triggers, aliases)));
+            .store(Arc::new(RouteTable::new(triggers, aliases, canaries)));
     }
 
     /// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given)

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flare_model::{AliasSpec, Error, ErrorCode, HttpTriggerSpec, PathPattern, Resource};
+use flare_model::{
+    AliasSpec, CanarySpec, CanaryState, Error, ErrorCode, HttpTriggerSpec, PathPattern, Resource,
+};
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +43,9 @@ pub struct RouteTable {
     routes: Vec<Route>,
     /// Qualified alias name to the version it names.
     aliases: HashMap<String, u64>,
+    /// Qualified function name to its running canary: from, to, and the
+    /// percent `to` gets.
+    canaries: HashMap<String, (u64, u64, u32)>,
 }
 
 impl RouteTable {
@@ -49,7 +54,16 @@ impl RouteTable {
     pub fn new(
         triggers: impl IntoIterator<Item = Resource<HttpTriggerSpec>>,
         aliases: impl IntoIterator<Item = Resource<AliasSpec>>,
+        canaries: impl IntoIterator<Item = Resource<CanarySpec>>,
     ) -> Self {
+        let canaries = canaries
+            .into_iter()
+            .filter(|c| c.spec.status.state == CanaryState::Running)
+            .map(|c| {
+                let function = flare_model::qualified(&c.spec.function, &c.metadata.namespace);
+                (function, (c.spec.from, c.spec.to, c.spec.status.weight))
+            })
+            .collect();
         let aliases = aliases
             .into_iter()
             .map(|a| (a.qualified_name(), a.spec.version))
@@ -96,7 +110,11 @@ impl RouteTable {
         // Most specific first: the first match wins. A longer pattern with
         // the same prefix ranks higher, since it only matches longer paths.
         routes.sort_by(|a, b| b.rank.cmp(&a.rank));
-        RouteTable { routes, aliases }
+        RouteTable {
+            routes,
+            aliases,
+            canaries,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -105,6 +123,18 @@ impl RouteTable {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// What serves a request for `function`'s latest version: a running
+    /// canary's versions, by its weight, or the function itself.
+    fn latest(&self, function: Arc<str>, roll: u32) -> Arc<str> {
+        match self.canaries.get(&*function) {
+            Some(&(from, to, weight)) => {
+                let version = if roll < weight { to } else { from };
+                versioned(&function, version).into()
+            }
+            None => function,
+        }
     }
 
     /// Finds the function for a request. `path_and_query` is the request
@@ -137,6 +167,7 @@ impl RouteTable {
                 Some(bare) => bare.into(),
                 None => name.into(),
             };
+            let function = self.latest(function, roll);
             return Ok(Resolved {
                 function,
                 params: Vec::new(),
@@ -174,7 +205,7 @@ impl RouteTable {
             };
             let function = match version {
                 Some(version) => versioned(&route.function, version).into(),
-                None => route.function.clone(),
+                None => self.latest(route.function.clone(), roll),
             };
             return Ok(Resolved {
                 function,
@@ -241,6 +272,7 @@ mod tests {
                 on_host,
             ],
             [],
+            [],
         )
     }
 
@@ -270,6 +302,7 @@ mod tests {
                     version: 3,
                 },
             )],
+            [],
         );
         let at = |path: &str, roll| t.resolve("GET", None, path, roll).map(|r| r.function);
         assert_eq!(&*at("/prod", 0).unwrap(), "hello@3");
@@ -284,6 +317,48 @@ mod tests {
             assert_eq!(&*at("/split", roll).unwrap(), version, "roll {roll}");
         }
         assert_eq!(&*at("/team", 50).unwrap(), "hello@2.team-a");
+    }
+
+    #[test]
+    fn a_running_canary_splits_the_latest_versions_traffic() {
+        let mut pinned = trigger("p", &[], "/pinned", "hello");
+        pinned.spec.weights = [(1, 100)].into();
+        let canary = |state| {
+            let mut c = Resource::new(
+                "c",
+                CanarySpec {
+                    function: "hello".into(),
+                    from: 1,
+                    to: 2,
+                    step: 20,
+                    interval: std::time::Duration::from_secs(60),
+                    failure_threshold: 10,
+                    status: Default::default(),
+                },
+            );
+            c.spec.status.state = state;
+            c.spec.status.weight = 20;
+            c
+        };
+        let t = RouteTable::new(
+            [pinned, trigger("l", &[], "/latest", "hello")],
+            [],
+            [canary(CanaryState::Running)],
+        );
+        let at = |path: &str, roll| t.resolve("GET", None, path, roll).unwrap().function;
+        for path in ["/latest", "/fn/hello"] {
+            assert_eq!(&*at(path, 19), "hello@2", "{path}");
+            assert_eq!(&*at(path, 20), "hello@1", "{path}");
+        }
+        // Routes pinned to a version, and other functions, are not its.
+        assert_eq!(&*at("/pinned", 0), "hello@1");
+        assert_eq!(&*at("/fn/other", 0), "other");
+        // Once it ends, the function's latest version serves again.
+        let done = RouteTable::new([], [], [canary(CanaryState::Failed)]);
+        assert_eq!(
+            &*done.resolve("GET", None, "/fn/hello", 0).unwrap().function,
+            "hello"
+        );
     }
 
     #[test]

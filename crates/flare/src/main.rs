@@ -46,6 +46,9 @@ enum Command {
     TimeTrigger(commands::timetrigger::TimeTriggerArgs),
     /// Names for versions of a function, which HTTP triggers serve.
     Alias(commands::alias::AliasArgs),
+    /// Shift a function's traffic to a new version step by step, back on
+    /// failures.
+    Canary(commands::canary::CanaryArgs),
     /// Route HTTP requests to functions.
     #[command(name = "httptrigger", visible_alias = "ht")]
     HttpTrigger(commands::httptrigger::HttpTriggerArgs),
@@ -112,6 +115,7 @@ fn main() -> std::process::ExitCode {
             Command::Environment(args) => commands::environment::run(args).await,
             Command::HttpTrigger(args) => commands::httptrigger::run(args).await,
             Command::Alias(args) => commands::alias::run(args).await,
+            Command::Canary(args) => commands::canary::run(args).await,
             Command::TimeTrigger(args) => commands::timetrigger::run(args).await,
             Command::Invocations(args) => commands::invocations::run(args).await,
             Command::MqTrigger(args) => commands::mqtrigger::run(args).await,

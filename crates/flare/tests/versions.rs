@@ -312,3 +312,207 @@ fn closing_a_function_to_tokens_closes_its_old_versions_too() {
         assert_eq!(with_token.status(), 200, "{path}");
     }
 }
+
+fn canary(server: &Server, name: &str) -> serde_json::Value {
+    serde_json::from_str(&server.ok(&["canary", "get", "--name", name, "-o", "json"])).unwrap()
+}
+
+/// Sends requests to `paths` in turn until `done` holds for the canary.
+fn drive(
+    server: &Server,
+    name: &str,
+    paths: &[&str],
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        for path in paths {
+            let _ = server.get(path).status();
+        }
+        let now = canary(server, name);
+        if done(&now) {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "canary {name}: {now}");
+    }
+}
+
+#[test]
+fn a_canary_that_fails_half_its_requests_is_rolled_back_and_a_healthy_one_reaches_100() {
+    let server = Server::start();
+    let (misbehave, echo) = (guest("misbehave"), guest("echo"));
+
+    // Version 2 fails every request to /trap: half of what it gets.
+    server.create("flaky", "hello_rust", &[]);
+    server.ok(&[
+        "fn",
+        "update",
+        "--name",
+        "flaky",
+        "--code",
+        misbehave.to_str().unwrap(),
+    ]);
+    server.ok(&[
+        "canary",
+        "create",
+        "--name",
+        "flaky",
+        "--function",
+        "flaky",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--step",
+        "20",
+        "--interval",
+        "1s",
+        "--failure-threshold",
+        "10",
+    ]);
+    let failed = drive(
+        &server,
+        "flaky",
+        &["/fn/flaky/trap", "/fn/flaky/state"],
+        |c| c["spec"]["status"]["state"] != "running",
+    );
+    let status = &failed["spec"]["status"];
+    assert_eq!(status["state"], "failed", "{failed}");
+    assert_eq!(status["weight"], 0);
+    let rate = status["failureRate"].as_f64().unwrap();
+    assert!((20.0..=80.0).contains(&rate), "{failed}");
+    assert_eq!(metadata(&server, "flaky")["version"], 1);
+    assert_eq!(
+        server.get("/fn/flaky/trap").status(),
+        200,
+        "version 1 serves all"
+    );
+
+    // A healthy version 2 takes 50%, then 100%, and is served.
+    server.create("good", "hello_rust", &[]);
+    server.ok(&[
+        "fn",
+        "update",
+        "--name",
+        "good",
+        "--code",
+        echo.to_str().unwrap(),
+    ]);
+    server.ok(&["fn", "rollback", "--name", "good", "--to", "1"]);
+    server.ok(&[
+        "canary",
+        "create",
+        "--function",
+        "good",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--step",
+        "50",
+        "--interval",
+        "1s",
+    ]);
+    let mut weights = std::collections::BTreeSet::new();
+    let done = drive(&server, "good-1-to-2", &["/fn/good"], |c| {
+        weights.insert(c["spec"]["status"]["weight"].as_u64().unwrap());
+        c["spec"]["status"]["state"] != "running"
+    });
+    assert_eq!(done["spec"]["status"]["state"], "succeeded", "{done}");
+    assert_eq!(done["spec"]["status"]["weight"], 100);
+    assert!(weights.contains(&50), "{weights:?}");
+    assert_eq!(metadata(&server, "good")["version"], 2);
+    assert_eq!(which(&server, "/fn/good"), "v2");
+
+    // No traffic, no step.
+    server.create("idle", "hello_rust", &[]);
+    server.ok(&["fn", "update", "--name", "idle", "--timeout", "3s"]);
+    server.ok(&[
+        "canary",
+        "create",
+        "--name",
+        "idle",
+        "--function",
+        "idle",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--interval",
+        "1s",
+    ]);
+    let quiet = drive(&server, "idle", &[], |c| {
+        c["spec"]["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no requests to version 2"))
+    });
+    assert_eq!(quiet["spec"]["status"]["weight"], 20, "{quiet}");
+    assert_eq!(quiet["spec"]["status"]["state"], "running");
+
+    // Bad input: clear errors, nothing stored.
+    let err = server.fails(&[
+        "canary",
+        "create",
+        "--name",
+        "x",
+        "--function",
+        "idle",
+        "--from",
+        "1",
+        "--to",
+        "2",
+    ]);
+    assert!(
+        err.contains("canary \"idle\" already runs on function \"idle\""),
+        "{err}"
+    );
+    server.create("single", "hello_rust", &[]);
+    let err = server.fails(&[
+        "canary",
+        "create",
+        "--name",
+        "x",
+        "--function",
+        "single",
+        "--from",
+        "1",
+        "--to",
+        "2",
+    ]);
+    assert!(
+        err.contains("function \"single\" has no version 2; it has versions 1 to 1"),
+        "{err}"
+    );
+    let err = server.fails(&[
+        "canary",
+        "create",
+        "--name",
+        "x",
+        "--function",
+        "idle",
+        "--from",
+        "2",
+        "--to",
+        "2",
+    ]);
+    assert!(err.contains("from and to are both 2"), "{err}");
+    let err = server.fails(&[
+        "canary",
+        "create",
+        "--name",
+        "x",
+        "--function",
+        "good",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--step",
+        "0",
+    ]);
+    assert!(
+        err.contains("step is a percent from 1 to 100, not 0"),
+        "{err}"
+    );
+    server.fails(&["canary", "get", "--name", "x"]);
+}

@@ -1,10 +1,9 @@
 //! `flare alias ...`: names for versions of a function.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use flare_model::{AliasSpec, Kind, Resource};
 
-use super::ApiFlag;
+use super::{ApiFlag, get_resource, list_resources, put_resource};
 use crate::output::{OutputFlag, print_resources};
 
 #[derive(Args, Debug)]
@@ -83,10 +82,6 @@ fn show(output: OutputFlag, aliases: &[Resource<AliasSpec>], single: bool) -> an
     )
 }
 
-fn decode(doc: serde_json::Value) -> anyhow::Result<Resource<AliasSpec>> {
-    serde_json::from_value(doc).context("unexpected answer from the API")
-}
-
 pub async fn run(args: AliasArgs) -> anyhow::Result<()> {
     let client = args.api.client()?;
     match args.command {
@@ -96,24 +91,16 @@ pub async fn run(args: AliasArgs) -> anyhow::Result<()> {
             version,
             output,
         } => {
-            let alias = Resource::new(name, AliasSpec { function, version }).to_document()?;
-            let created = decode(client.put_document(&alias, false, None).await?)?;
+            let alias = Resource::new(name, AliasSpec { function, version });
+            let created = put_resource(&client, &alias, false).await?;
             show(output, &[created], true)
         }
         AliasCommand::Get { name, output } => {
-            let alias = client
-                .get_document(Kind::Alias, &name)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("alias \"{name}\" not found"))?;
-            show(output, &[decode(alias)?], true)
+            let alias = get_resource::<AliasSpec>(&client, &name).await?;
+            show(output, &[alias], true)
         }
         AliasCommand::List { output } => {
-            let aliases = client
-                .list_documents(Kind::Alias)
-                .await?
-                .into_iter()
-                .map(decode)
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let aliases = list_resources::<AliasSpec>(&client).await?;
             show(output, &aliases, false)
         }
         AliasCommand::Update {
@@ -121,17 +108,9 @@ pub async fn run(args: AliasArgs) -> anyhow::Result<()> {
             version,
             output,
         } => {
-            let current = client
-                .get_document(Kind::Alias, &name)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("alias \"{name}\" not found"))?;
-            let mut alias = decode(current)?;
+            let mut alias = get_resource::<AliasSpec>(&client, &name).await?;
             alias.spec.version = version;
-            let updated = decode(
-                client
-                    .put_document(&alias.to_document()?, true, None)
-                    .await?,
-            )?;
+            let updated = put_resource(&client, &alias, true).await?;
             show(output, &[updated], true)
         }
         AliasCommand::Delete { name } => {

@@ -1,4 +1,5 @@
 pub mod alias;
+pub mod canary;
 pub mod context;
 pub mod environment;
 pub mod function;
@@ -125,4 +126,45 @@ impl Resolved {
 
 fn same_api(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// A stored resource of `S`'s kind, through the API's document calls.
+pub async fn get_resource<S: flare_model::Spec>(
+    client: &flare_api::Client,
+    name: &str,
+) -> anyhow::Result<flare_model::Resource<S>> {
+    let doc = client
+        .get_document(S::KIND, name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("{} \"{name}\" not found", S::KIND.noun()))?;
+    decode(doc)
+}
+
+/// Every stored resource of `S`'s kind in the client's namespace.
+pub async fn list_resources<S: flare_model::Spec>(
+    client: &flare_api::Client,
+) -> anyhow::Result<Vec<flare_model::Resource<S>>> {
+    client
+        .list_documents(S::KIND)
+        .await?
+        .into_iter()
+        .map(decode)
+        .collect()
+}
+
+/// Creates (`existing` false) or replaces `resource`; what was stored.
+pub async fn put_resource<S: flare_model::Spec>(
+    client: &flare_api::Client,
+    resource: &flare_model::Resource<S>,
+    existing: bool,
+) -> anyhow::Result<flare_model::Resource<S>> {
+    let doc = resource.to_document()?;
+    decode(client.put_document(&doc, existing, None).await?)
+}
+
+fn decode<S: flare_model::Spec>(
+    doc: serde_json::Value,
+) -> anyhow::Result<flare_model::Resource<S>> {
+    use anyhow::Context;
+    serde_json::from_value(doc).context("unexpected answer from the API")
 }

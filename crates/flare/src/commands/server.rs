@@ -712,6 +712,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "flare is serving"
     );
 
+    // Canaries step on every node, one write per interval.
+    tokio::spawn(flare_api::canaries::run(api.clone()));
     let app = flare_api::router(api);
     let api_server = flare_router::listen::accept_loop(
         api_listener,
