@@ -12,10 +12,11 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value, json};
 
 /// The kinds a spec file holds, each by its definition.
-const DOCUMENTS: [&str; 6] = [
+const DOCUMENTS: [&str; 7] = [
     "Project",
     "Environment",
     "SpecFunction",
+    "Alias",
     "HttpTrigger",
     "TimerTrigger",
     "MessageQueueTrigger",

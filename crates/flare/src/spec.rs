@@ -3,8 +3,8 @@
 //!
 //! A spec directory holds `flare.yaml` and any `specs/*.yaml`, each a
 //! stream of `apiVersion: flare.dev/v1` documents: one `kind: Project`
-//! naming what the directory owns, then environments, functions and
-//! triggers as the API stores them. A function says where its package is
+//! naming what the directory owns, then environments, functions, aliases
+//! and triggers as the API stores them. A function says where its package is
 //! with `spec.code`, a path relative to its file. Everything applied is
 //! labelled `flare.dev/project: <project>`, which is how `apply --prune`
 //! and `destroy` know what the directory owns and never touch anything
@@ -25,9 +25,10 @@ pub const PROJECT_LABEL: &str = "flare.dev/project";
 
 /// The kinds a spec holds, in the order they are created (and deleted in
 /// reverse): what a trigger or function refers to exists before it.
-pub const ORDER: [Kind; 5] = [
+pub const ORDER: [Kind; 6] = [
     Kind::Environment,
     Kind::Function,
+    Kind::Alias,
     Kind::HttpTrigger,
     Kind::TimerTrigger,
     Kind::MessageQueueTrigger,
@@ -156,6 +157,7 @@ pub fn normalize(kind: Kind, value: &Value, unknown: &mut Vec<String>) -> Result
         Kind::Environment => typed::<EnvironmentSpec>(value, unknown),
         Kind::TimerTrigger => typed::<TimerTriggerSpec>(value, unknown),
         Kind::MessageQueueTrigger => typed::<MessageQueueTriggerSpec>(value, unknown),
+        Kind::Alias => typed::<flare_model::AliasSpec>(value, unknown),
         other => Err(format!("a {} does not belong in a spec file", other.noun())),
     }
 }
@@ -300,7 +302,8 @@ fn read_document(
             );
         }
     }
-    let kinds = "Project, Environment, Function, HttpTrigger, TimerTrigger, MessageQueueTrigger";
+    let kinds =
+        "Project, Environment, Function, Alias, HttpTrigger, TimerTrigger, MessageQueueTrigger";
     let kind = match value.get("kind").and_then(Value::as_str) {
         Some("Project") => {
             let name = value
@@ -392,7 +395,12 @@ pub fn references(d: &Declared) -> Vec<(Kind, String)> {
         Kind::Function => text("environment")
             .map(|e| vec![(Kind::Environment, e)])
             .unwrap_or_default(),
-        Kind::HttpTrigger | Kind::TimerTrigger | Kind::MessageQueueTrigger => text("function")
+        Kind::HttpTrigger => text("function")
+            .map(|f| (Kind::Function, f))
+            .into_iter()
+            .chain(text("alias").map(|a| (Kind::Alias, a)))
+            .collect(),
+        Kind::Alias | Kind::TimerTrigger | Kind::MessageQueueTrigger => text("function")
             .map(|f| vec![(Kind::Function, f)])
             .unwrap_or_default(),
         _ => Vec::new(),

@@ -226,12 +226,27 @@ fn a_spec_applies_once_prunes_only_its_own_and_reports_typos_by_line() {
     );
     assert_eq!(generation(&server, "cart"), 2);
 
-    // destroy removes what the project owns, nothing else.
+    // An alias to version 1, and the route serving it: version 1 answers
+    // while the latest (version 2) is "cart v2".
     write(
         dir,
         "flare.yaml",
         &format!("{PROJECT}{}", function("cart", "cart.py")),
     );
+    write(
+        dir,
+        "specs/route.yaml",
+        "apiVersion: flare.dev/v1\nkind: Alias\nmetadata:\n  name: stable\nspec:\n  function: cart\n  version: 1\n---\napiVersion: flare.dev/v1\nkind: HttpTrigger\nmetadata:\n  name: cart\nspec:\n  path: /cart\n  function: cart\n  alias: stable\n",
+    );
+    let pinned = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(pinned.contains("create alias stable"), "{pinned}");
+    assert!(pinned.contains("update http trigger cart"), "{pinned}");
+    assert_eq!(server.get("/cart").text().unwrap(), "cart");
+    assert_eq!(server.get("/fn/cart").text().unwrap(), "cart v2");
+    let again = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(again.contains("0 changed, 3 unchanged"), "{again}");
+
+    // destroy removes what the project owns, nothing else.
     let destroyed = server.ok(&["spec", "destroy", "--dir", d]);
     assert!(
         destroyed.contains("delete http trigger cart"),

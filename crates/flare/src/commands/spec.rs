@@ -165,7 +165,7 @@ pub fn project_document(name: &str) -> String {
          # makes the server hold them; everything applied is labelled with the project,\n\
          # so `flare spec apply --prune` and `flare spec destroy` touch nothing else.\n\
          # More documents may follow here or in specs/*.yaml: Environment, Function\n\
-         # (spec.code: the package's path), HttpTrigger, TimerTrigger,\n\
+         # (spec.code: the package's path), Alias, HttpTrigger, TimerTrigger,\n\
          # MessageQueueTrigger. `flare spec validate` checks them.\n\
          apiVersion: flare.dev/v1\n\
          kind: Project\n\
