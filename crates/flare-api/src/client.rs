@@ -231,6 +231,8 @@ impl Client {
             Kind::MessageQueueTrigger => "/v1/mqtriggers",
             Kind::Alias => "/v1/aliases",
             Kind::Canary => "/v1/canaries",
+            Kind::Secret => "/v1/secrets",
+            Kind::Config => "/v1/configs",
             other => {
                 return Err(Error::invalid(format!(
                     "a {} is not managed through documents",

@@ -392,9 +392,23 @@ pub fn references(d: &Declared) -> Vec<(Kind, String)> {
     let spec = &d.doc.spec;
     let text = |key: &str| spec.get(key).and_then(Value::as_str).map(str::to_string);
     match d.kind() {
-        Kind::Function => text("environment")
-            .map(|e| vec![(Kind::Environment, e)])
-            .unwrap_or_default(),
+        Kind::Function => {
+            let names = |key: &str, kind: Kind| {
+                spec.get(key)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(move |name| (kind, name.to_string()))
+                    .collect::<Vec<_>>()
+            };
+            text("environment")
+                .map(|e| (Kind::Environment, e))
+                .into_iter()
+                .chain(names("secrets", Kind::Secret))
+                .chain(names("configs", Kind::Config))
+                .collect()
+        }
         Kind::HttpTrigger => text("function")
             .map(|f| (Kind::Function, f))
             .into_iter()

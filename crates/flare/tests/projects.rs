@@ -38,6 +38,29 @@ fn journey(language: &str) {
     assert_eq!(answer.text().unwrap(), "Hello, ada!\n", "{language}");
     assert_eq!(server.get("/hello").text().unwrap(), "Hello, world!\n");
 
+    // The project's own test passes with the language's own tool.
+    let (tool, args): (&str, &[&str]) = match language {
+        "python" => ("python3", &["-m", "unittest"]),
+        "node" => ("npm", &["test"]),
+        "java" => (
+            "java",
+            &["-cp", "build/classes:build/flare-api", "test/MainTest.java"],
+        ),
+        _ => ("cargo", &["test", "--quiet"]),
+    };
+    let tested = std::process::Command::new(tool)
+        .args(args)
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", project.join("target"))
+        .output()
+        .unwrap();
+    assert!(
+        tested.status.success(),
+        "{language}: {tool} {args:?}: {}{}",
+        String::from_utf8_lossy(&tested.stdout),
+        String::from_utf8_lossy(&tested.stderr)
+    );
+
     // Built again from the same files: the same package, nothing to do.
     let again = server.ok_in(&project, &["deploy"]);
     assert!(again.contains("unchanged function hello"), "{again}");
@@ -222,6 +245,20 @@ fn a_spec_applies_once_prunes_only_its_own_and_reports_typos_by_line() {
     let err = server.fails(&["spec", "validate", "--dir", d]);
     assert!(
         err.contains("flare.yaml:6: function \"cart\" refers to environment \"cobol\", which is neither declared here nor on the server"),
+        "{err}"
+    );
+    // So is a secret that does not exist.
+    write(
+        dir,
+        "flare.yaml",
+        &format!(
+            "{PROJECT}{}  secrets: [nope]\n",
+            function("cart", "cart.py")
+        ),
+    );
+    let err = server.fails(&["spec", "validate", "--dir", d]);
+    assert!(
+        err.contains("function \"cart\" refers to secret \"nope\", which is neither declared here nor on the server"),
         "{err}"
     );
     assert_eq!(generation(&server, "cart"), 2);
@@ -441,4 +478,62 @@ fn flare_dev_deploys_each_change_and_keeps_the_live_version_when_a_build_fails()
     common::eventually(std::time::Duration::from_secs(60), || {
         answer().filter(|a| a == "Hiya, ada!\n")
     });
+}
+
+#[test]
+fn spec_init_names_a_project_once_and_checks_its_name() {
+    let work = tempfile::tempdir().unwrap();
+    let flare = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flare"))
+            .args(args)
+            .current_dir(work.path())
+            .env("FLARE_API", "http://127.0.0.1:9")
+            .output()
+            .unwrap()
+    };
+    let dir = work.path().join("shop");
+    let d = dir.to_str().unwrap();
+    let out = flare(&["spec", "init", "--dir", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.join("flare.yaml")).unwrap();
+    assert!(
+        text.contains("kind: Project\nmetadata:\n  name: shop\n"),
+        "{text}"
+    );
+    // It validates (no server to check references against: said so).
+    let out = flare(&["spec", "validate", "--dir", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("project shop, 0 resources, no problems")
+    );
+    // A second init changes nothing.
+    let out = flare(&["spec", "init", "--dir", d, "--name", "other"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("flare.yaml")).unwrap(),
+        text
+    );
+    // A name that is not a DNS label is refused, with what to do.
+    let out = flare(&[
+        "spec",
+        "init",
+        "--dir",
+        work.path().join("Bad_Dir").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid project name") && err.contains("--name"),
+        "{err}"
+    );
+    assert!(!work.path().join("Bad_Dir/flare.yaml").exists());
 }

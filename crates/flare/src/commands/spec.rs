@@ -145,10 +145,14 @@ fn init(dir: &Path, name: Option<String>) -> anyhow::Result<()> {
     }
     let name = match name {
         Some(name) => name,
-        None => std::fs::canonicalize(dir)?
-            .file_name()
-            .map(|n| n.to_string_lossy().to_lowercase())
-            .unwrap_or_default(),
+        // `.` and `..` have no name until resolved.
+        None => match dir.file_name() {
+            Some(name) => name.to_string_lossy().to_lowercase(),
+            None => std::fs::canonicalize(dir)?
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default(),
+        },
     };
     flare_model::validate_name("project name", &name)
         .map_err(|e| anyhow::anyhow!("{} (name it with --name)", e.message))?;
