@@ -537,3 +537,77 @@ fn spec_init_names_a_project_once_and_checks_its_name() {
     );
     assert!(!work.path().join("Bad_Dir/flare.yaml").exists());
 }
+
+#[test]
+fn python_and_node_dependencies_are_vendored_into_the_package() {
+    use std::io::Write;
+    let server = common::Server::start();
+    server.environment("python", "0");
+    server.environment("node", "0");
+    let work = tempfile::tempdir().unwrap();
+
+    // Python: a wheel on disk (no index is reached), in requirements.txt.
+    server.ok_in(work.path(), &["new", "-l", "python", "pydep"]);
+    let py = work.path().join("pydep");
+    std::fs::create_dir(py.join("wheels")).unwrap();
+    let wheel = std::fs::File::create(py.join("wheels/tiny-0.1-py3-none-any.whl")).unwrap();
+    let mut zip = zip::ZipWriter::new(wheel);
+    for (name, text) in [
+        ("tiny/__init__.py", "VALUE = 'from tiny'\n"),
+        (
+            "tiny-0.1.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: tiny\nVersion: 0.1\n",
+        ),
+        (
+            "tiny-0.1.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: flare-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        ),
+        (
+            "tiny-0.1.dist-info/RECORD",
+            "tiny/__init__.py,,\ntiny-0.1.dist-info/METADATA,,\ntiny-0.1.dist-info/WHEEL,,\ntiny-0.1.dist-info/RECORD,,\n",
+        ),
+    ] {
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+    std::fs::write(
+        py.join("requirements.txt"),
+        "./wheels/tiny-0.1-py3-none-any.whl\n",
+    )
+    .unwrap();
+    std::fs::write(
+        py.join("main.py"),
+        "import tiny\n\n\ndef main(req):\n    return tiny.VALUE\n",
+    )
+    .unwrap();
+    server.ok_in(&py, &["deploy"]);
+    assert_eq!(server.get("/fn/pydep").text().unwrap(), "from tiny");
+
+    // Node: a file: dependency, installed with npm --omit=dev.
+    server.ok_in(work.path(), &["new", "-l", "node", "jsdep"]);
+    let js = work.path().join("jsdep");
+    std::fs::create_dir_all(js.join("vendor/tiny")).unwrap();
+    std::fs::write(
+        js.join("vendor/tiny/package.json"),
+        r#"{"name": "tiny", "version": "1.0.0", "main": "index.js"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        js.join("vendor/tiny/index.js"),
+        "module.exports = 'from tiny';\n",
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(js.join("package.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    manifest["dependencies"] = serde_json::json!({"tiny": "file:./vendor/tiny"});
+    std::fs::write(js.join("package.json"), manifest.to_string()).unwrap();
+    std::fs::write(
+        js.join("index.js"),
+        "const tiny = require('tiny');\nmodule.exports = async () => ({ status: 200, body: tiny });\n",
+    )
+    .unwrap();
+    server.ok_in(&js, &["deploy"]);
+    assert_eq!(server.get("/fn/jsdep").text().unwrap(), "from tiny");
+}

@@ -512,7 +512,9 @@ fn build_python(dir: &Path, out: &Path) -> anyhow::Result<()> {
                 .args(["--no-compile", "--target"])
                 .arg(&staging)
                 .arg("-r")
-                .arg(&requirements),
+                .arg(&requirements)
+                // Paths in requirements.txt are the project's.
+                .current_dir(dir),
             "pip install -r requirements.txt",
         )?;
     }
