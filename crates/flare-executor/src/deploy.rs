@@ -294,30 +294,35 @@ impl Executor {
     /// from the store and prepared like a function. Other names: nothing
     /// to do.
     pub async fn ensure(&self, name: &str) -> Result<()> {
-        if self.get(name).is_some() {
-            return Ok(());
-        }
+        // Most names are functions: no lock, no lookup here.
         let (base, namespace) = split_qualified(name);
         let Some((function, version)) = base.rsplit_once('@') else {
             return Ok(());
         };
+        if self.get(name).is_some() {
+            return Ok(());
+        }
         let no_version = || {
             flare_model::Error::new(
                 flare_model::ErrorCode::NotFound,
                 format!("function \"{function}\" has no version {version}"),
             )
         };
-        let number: u64 = version.parse().map_err(|_| no_version())?;
+        // Only the canonical spelling: `@03` and `@+3` would otherwise be
+        // as many more deployments of version 3 as a client cares to ask.
+        let number: u64 = version
+            .parse()
+            .ok()
+            .filter(|n: &u64| n.to_string() == version)
+            .ok_or_else(no_version)?;
         let store = self.store.get().cloned().ok_or_else(|| {
             flare_model::Error::new(
                 flare_model::ErrorCode::Unavailable,
                 "functions are not loaded yet",
             )
         })?;
-        let _one = self.preparing.lock().await;
-        if self.get(name).is_some() {
-            return Ok(());
-        }
+        // A version that does not exist is answered without waiting for
+        // one that is being prepared.
         let stored = match store.get(
             Kind::FunctionVersion,
             namespace,
@@ -327,7 +332,15 @@ impl Executor {
             Err(e) if e.code == flare_model::ErrorCode::NotFound => return Err(no_version()),
             Err(e) => return Err(e),
         };
-        let version = Resource::<flare_model::FunctionVersionSpec>::from_document(stored)?;
+        let _one = self.preparing.lock().await;
+        if self.get(name).is_some() {
+            return Ok(());
+        }
+        let mut version = Resource::<flare_model::FunctionVersionSpec>::from_document(stored)?;
+        // A version serves what routes send it; reserved instances stay the
+        // function's, or any caller of /fn/NAME@N could make a node keep
+        // warm instances of every old version.
+        version.spec.spec.limits.min_scale = 0;
         let doc = Document {
             api_version: flare_model::API_VERSION.into(),
             kind: Kind::Function,

@@ -159,34 +159,12 @@ impl Router {
     }
 
     fn rebuild(&self, store: &dyn Store) {
-        let triggers = match store.list(Kind::HttpTrigger) {
-            Ok(docs) => docs
-                .into_iter()
-                .filter_map(|doc| Resource::<HttpTriggerSpec>::from_document(doc).ok()),
-            Err(e) => {
-                tracing::error!("cannot list triggers: {e}");
-                return;
-            }
-        };
-        let aliases = match store.list(Kind::Alias) {
-            Ok(docs) => docs
-                .into_iter()
-                .filter_map(|doc| Resource::<flare_model::AliasSpec>::from_document(doc).ok())
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::error!("cannot list aliases: {e}");
-                return;
-            }
-        };
-        let canaries = match store.list(Kind::Canary) {
-            Ok(docs) => docs
-                .into_iter()
-                .filter_map(|doc| Resource::<flare_model::CanarySpec>::from_document(doc).ok())
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::error!("cannot list canaries: {e}");
-                return;
-            }
+        let (Some(triggers), Some(aliases), Some(canaries)) = (
+            all::<HttpTriggerSpec>(store),
+            all::<flare_model::AliasSpec>(store),
+            all::<flare_model::CanarySpec>(store),
+        ) else {
+            return;
         };
         self.table
             .store(Arc::new(RouteTable::new(triggers, aliases, canaries)));
@@ -311,6 +289,22 @@ impl Router {
         match invoked.result {
             Ok(response) => response,
             Err(e) => error_response(&e, invoked.invocation.as_deref()),
+        }
+    }
+}
+
+/// Every stored resource of `S`'s kind that decodes; `None` (logged)
+/// when the store cannot list them, so the table in use stays.
+fn all<S: flare_model::Spec>(store: &dyn Store) -> Option<Vec<Resource<S>>> {
+    match store.list(S::KIND) {
+        Ok(docs) => Some(
+            docs.into_iter()
+                .filter_map(|doc| Resource::<S>::from_document(doc).ok())
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::error!("cannot list {}s: {e}", S::KIND.noun());
+            None
         }
     }
 }

@@ -260,7 +260,11 @@ fn aliases_and_weights_route_to_versions_and_bad_ones_are_refused() {
         "1=100",
     ]);
     assert!(err.contains("cannot be used with"), "{err}");
-    assert!(server.get("/fn/hello@9").status() == 404);
+    // A missing version, and other spellings of an existing one (each
+    // would be one more deployment of it), are not found.
+    for path in ["/fn/hello@9", "/fn/hello@01", "/fn/hello@+1", "/fn/hello@x"] {
+        assert_eq!(server.get(path).status(), 404, "{path}");
+    }
 
     // An alias a route serves stays; once none does, it goes.
     server.ok(&["ht", "update", "--name", "api", "--alias", "prod"]);
