@@ -1035,7 +1035,7 @@ struct Queues {
 }
 
 /// Nodes a, b and c of `cluster` with function `worker` (mq.py) and an
-/// `mqtype` trigger of it (concurrency 2, and `extra` flags) that every
+/// `mqtype` trigger of it (`extra` flags; concurrency 2 unless they say) that every
 /// node has connected; `prepare` runs before the trigger is made.
 fn worker_on_three_nodes(
     cluster: &NatsCluster,
@@ -1066,18 +1066,291 @@ fn worker_on_three_nodes(
         &queues.input,
         "--resptopic",
         &queues.output,
-        "--concurrency",
-        "2",
     ];
+    if !extra.contains(&"--concurrency") {
+        args.extend(["--concurrency", "2"]);
+    }
     args.extend_from_slice(extra);
     a.ok(&args);
     let nodes = vec![a, b, c];
+    // Every node consumes, or (a trigger that needs one consumer) stands by.
     for node in &nodes {
         common::eventually(Duration::from_secs(30), || {
-            (mq_status(node, &queues.trigger)["connected"] == true).then_some(())
+            let status = mq_status(node, &queues.trigger);
+            (status["connected"] == true || status["standby"] == true).then_some(())
         });
     }
     (keys, nodes, queues)
+}
+
+/// Answers `processed:nap-<key>-<index>` checked for per-key order as they
+/// arrive: each is its key's next message or, once per key (the one kill),
+/// a replay of at most `depth` messages it had answered before (a message
+/// the dead node answered but never acknowledged runs again: at least once).
+struct InOrder {
+    next: Vec<usize>,
+    replayed: Vec<bool>,
+    depth: usize,
+    answers: Vec<(usize, usize)>,
+}
+
+impl InOrder {
+    fn new(keys: usize, depth: usize) -> Self {
+        InOrder {
+            next: vec![0; keys],
+            replayed: vec![false; keys],
+            depth,
+            answers: Vec::new(),
+        }
+    }
+
+    fn see(&mut self, answer: &str) {
+        let name = answer.strip_prefix("processed:nap-").unwrap_or_else(|| {
+            panic!("not an answer of a nap: {answer:?}");
+        });
+        let (k, i) = name.split_once('-').unwrap();
+        let (k, i): (usize, usize) = (k.parse().unwrap(), i.parse().unwrap());
+        self.answers.push((k, i));
+        let next = self.next[k];
+        if i != next {
+            assert!(
+                i < next && next - i <= self.depth && !self.replayed[k],
+                "key {k}: message {i} answered after {}; answers {:?}",
+                next as i64 - 1,
+                self.answers
+            );
+            self.replayed[k] = true;
+        }
+        self.next[k] = i + 1;
+    }
+
+    /// Every key has had its `each` messages answered, in order.
+    fn complete(&self, each: usize) -> bool {
+        self.next.iter().all(|n| *n == each)
+    }
+}
+
+/// An ordered `mqtype` trigger on three nodes, kill -9 of the one that
+/// consumes while it runs messages: another takes over and every message
+/// is answered, per key in the order published. `publish(queues, k, i)`
+/// sends message `nap-<k>-<i>` (each takes 500 ms), a round of `keys` every
+/// 550 ms from a thread of its own; `answer` waits for the next answer.
+#[allow(clippy::too_many_arguments)]
+fn ordered_through_a_kill(
+    mqtype: &str,
+    extra: &[&str],
+    prepare: impl FnOnce(&Queues),
+    (keys, each, depth): (usize, usize, usize),
+    publish: impl Fn(&Queues, usize, usize) + Sync,
+    mut answer: impl FnMut(&Queues) -> String,
+) -> Queues {
+    let cluster = NatsCluster::start(1);
+    let mut flags = vec!["--ordered", "--concurrency", "8"];
+    flags.extend_from_slice(extra);
+    let (_keys, mut nodes, queues) = worker_on_three_nodes(&cluster, mqtype, &flags, prepare);
+    let trigger = queues.trigger.clone();
+    let holder = common::eventually(Duration::from_secs(30), || {
+        let states: Vec<serde_json::Value> = nodes.iter().map(|n| mq_status(n, &trigger)).collect();
+        let consuming: Vec<usize> = (0..3).filter(|i| states[*i]["connected"] == true).collect();
+        let standing_by = states.iter().filter(|s| s["standby"] == true).count();
+        (consuming.len() == 1 && standing_by == 2).then(|| consuming[0])
+    });
+    let mut order = InOrder::new(keys, depth);
+    std::thread::scope(|scope| {
+        let queues = &queues;
+        let publish = &publish;
+        scope.spawn(move || {
+            for i in 0..each {
+                for k in 0..keys {
+                    publish(queues, k, i);
+                }
+                std::thread::sleep(Duration::from_millis(550));
+            }
+        });
+        // kill -9 of the consuming node once a few rounds are answered: it
+        // is running a message of most keys then (each takes 500 of every
+        // 550 ms), and holds later ones.
+        while order.answers.len() < keys * 3 {
+            order.see(&answer(queues));
+        }
+        nodes.remove(holder).kill9();
+        let killed = Instant::now();
+        while !order.complete(each) {
+            order.see(&answer(queues));
+        }
+        eprintln!(
+            "{mqtype}: every message answered {:?} after the kill ({} answers for {} messages)",
+            killed.elapsed(),
+            order.answers.len(),
+            keys * each
+        );
+    });
+    let consuming = nodes
+        .iter()
+        .filter(|n| mq_status(n, &trigger)["connected"] == true)
+        .count();
+    assert_eq!(consuming, 1, "one node consumes after the takeover");
+    queues
+}
+
+#[test]
+fn an_ordered_redis_trigger_keeps_its_order_when_its_node_dies() {
+    // A stream has no keys: an ordered trigger runs its entries one at a
+    // time, so few of them (each takes 500 ms).
+    let mut seen = 0;
+    let queues = ordered_through_a_kill(
+        "redis",
+        &[],
+        |_| {},
+        (2, 10, 1),
+        |queues, k, i| {
+            common::redis(&[
+                "XADD",
+                &queues.input,
+                "*",
+                "payload",
+                &format!("nap-{k}-{i}"),
+            ]);
+        },
+        |queues| {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let out = common::redis(&["--raw", "XRANGE", &queues.output, "-", "+"]);
+                let answers: Vec<&str> = out
+                    .lines()
+                    .filter(|l| l.starts_with("processed:"))
+                    .collect();
+                if let Some(next) = answers.get(seen) {
+                    seen += 1;
+                    return next.to_string();
+                }
+                assert!(Instant::now() < deadline, "no answer for 90 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        },
+    );
+    common::redis(&["DEL", &queues.input, &queues.output]);
+}
+
+#[test]
+fn an_ordered_amqp_trigger_keeps_each_routing_keys_order_when_its_node_dies() {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let (_connection, channel) = runtime.block_on(common::amqp_channel());
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let table = lapin::types::FieldTable::default;
+    // Keys are routing keys: the input queue takes `<input>.*` from the
+    // topic exchange, and RabbitMQ puts what a dead consumer held back in
+    // its place in the queue.
+    let mut consumer = None;
+    let queues = ordered_through_a_kill(
+        "amqp",
+        &[],
+        |queues| {
+            runtime.block_on(async {
+                channel
+                    .queue_declare(queues.input.as_str().into(), durable, table())
+                    .await
+                    .unwrap();
+                channel
+                    .queue_bind(
+                        queues.input.as_str().into(),
+                        "amq.topic".into(),
+                        format!("{}.*", queues.input).as_str().into(),
+                        QueueBindOptions::default(),
+                        table(),
+                    )
+                    .await
+                    .unwrap();
+            });
+        },
+        (4, 20, 1),
+        |queues, k, i| {
+            let key = format!("{}.k{k}", queues.input);
+            runtime.block_on(common::amqp_publish(
+                &channel,
+                "amq.topic",
+                &key,
+                &format!("nap-{k}-{i}"),
+            ));
+        },
+        |queues| {
+            runtime.block_on(async {
+                if consumer.is_none() {
+                    channel
+                        .queue_declare(queues.output.as_str().into(), durable, table())
+                        .await
+                        .unwrap();
+                    let tag = format!("test-{}", std::process::id());
+                    consumer = Some(
+                        channel
+                            .basic_consume(
+                                queues.output.as_str().into(),
+                                tag.as_str().into(),
+                                BasicConsumeOptions::default(),
+                                table(),
+                            )
+                            .await
+                            .unwrap(),
+                    );
+                }
+                let answers = consumer.as_mut().unwrap();
+                let delivery = tokio::time::timeout(Duration::from_secs(90), answers.next())
+                    .await
+                    .expect("answers keep coming")
+                    .unwrap()
+                    .unwrap();
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                String::from_utf8(delivery.data).unwrap()
+            })
+        },
+    );
+    runtime.block_on(async {
+        for queue in [&queues.input, &queues.output] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    });
+}
+
+#[test]
+fn an_ordered_kafka_trigger_keeps_each_partitions_order_when_its_node_dies() {
+    let (mock, kafka) = common::kafka::Kafka::start(&[]);
+    let url = kafka.url();
+    let mut reader = None;
+    // Keys are partitions. A commit is asynchronous (kafka.rs), so the
+    // group may replay more than the one message a key had running.
+    ordered_through_a_kill(
+        "kafka",
+        &["--broker", &url],
+        |queues| {
+            mock.create_topic(&queues.input, 4, 1).unwrap();
+            mock.create_topic(&queues.output, 1, 1).unwrap();
+        },
+        (4, 20, 2),
+        |queues, k, i| {
+            kafka.send(
+                &queues.input,
+                &format!("k{k}"),
+                Some(k as i32),
+                &format!("nap-{k}-{i}"),
+            );
+        },
+        |queues| {
+            let answers =
+                reader.get_or_insert_with(|| kafka.reader("ordered-test", &queues.output));
+            kafka.read(answers, 1).remove(0)
+        },
+    );
 }
 
 /// The status of message-queue trigger `name` as `node` reports it.
