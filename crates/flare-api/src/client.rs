@@ -201,10 +201,21 @@ impl Client {
         doc: &Document,
         code: Option<&Path>,
     ) -> Result<T> {
+        self.submit_part(request, doc, code.map(|c| ("code", c)))
+            .await
+    }
+
+    /// A document, alone (JSON) or with the file `part` (multipart).
+    async fn submit_part<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        doc: &Document,
+        part: Option<(&'static str, &Path)>,
+    ) -> Result<T> {
         let doc = &self.placed(doc);
-        match code {
+        match part {
             None => self.json(request.json(doc)).await,
-            Some(path) => {
+            Some((part, path)) => {
                 let spec =
                     serde_json::to_string(doc).map_err(|e| Error::internal(e.to_string()))?;
                 let form = Form::new()
@@ -214,7 +225,7 @@ impl Client {
                             .mime_str("application/json")
                             .map_err(|e| Error::internal(e.to_string()))?,
                     )
-                    .part("code", Self::file_part(path).await?);
+                    .part(part, Self::file_part(path).await?);
                 self.json(request.multipart(form)).await
             }
         }
@@ -231,6 +242,7 @@ impl Client {
             Kind::MessageQueueTrigger => "/v1/mqtriggers",
             Kind::Alias => "/v1/aliases",
             Kind::Canary => "/v1/canaries",
+            Kind::Package => "/v1/packages",
             Kind::Secret => "/v1/secrets",
             Kind::Config => "/v1/configs",
             other => {
@@ -351,6 +363,45 @@ impl Client {
     ) -> Result<FunctionView> {
         let url = self.scoped(&format!("/v1/functions/{}", doc.metadata.name));
         self.submit(self.http.put(url), doc, code).await
+    }
+
+    /// Creates (or with `update`, updates) a function from `doc` and the
+    /// source archive `source`, which the server builds: the build's
+    /// record, at once (see [`Client::get_package`]).
+    pub async fn build_function(
+        &self,
+        doc: &Document,
+        source: &Path,
+        update: bool,
+    ) -> Result<crate::builds::Package> {
+        let request = if update {
+            self.http
+                .put(self.scoped(&format!("/v1/functions/{}", doc.metadata.name)))
+        } else {
+            self.http.post(self.scoped("/v1/functions"))
+        };
+        self.submit_part(request, doc, Some(("source", source)))
+            .await
+    }
+
+    pub async fn list_packages(&self) -> Result<Vec<crate::builds::Package>> {
+        self.json(self.http.get(self.scoped("/v1/packages"))).await
+    }
+
+    pub async fn get_package(&self, name: &str) -> Result<crate::builds::Package> {
+        self.json(self.http.get(self.scoped(&format!("/v1/packages/{name}"))))
+            .await
+    }
+
+    /// The log of build `name`.
+    pub async fn package_log(&self, name: &str) -> Result<String> {
+        let response = self
+            .send(
+                self.http
+                    .get(self.scoped(&format!("/v1/packages/{name}/log"))),
+            )
+            .await?;
+        response.text().await.map_err(|e| self.unreachable(e))
     }
 
     /// The versions of function `name`, oldest first.

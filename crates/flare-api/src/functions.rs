@@ -78,13 +78,30 @@ impl Api {
     }
 }
 
-/// The `spec` part, then the optional `code` part, of a multipart upload.
+/// What a multipart upload carries after its `spec`.
+enum Upload {
+    /// `code`: the package itself.
+    Code(Staged),
+    /// `source`: an archive Flare builds into the package.
+    Source(Staged),
+}
+
+impl Upload {
+    fn package(&self) -> &PackageRef {
+        match self {
+            Upload::Code(staged) | Upload::Source(staged) => staged.package(),
+        }
+    }
+}
+
+/// The `spec` part, then the optional `code` or `source` part, of a
+/// multipart upload.
 async fn read_multipart(
     api: &Arc<Api>,
     scope: &Scope,
     multipart: &mut Multipart,
     check_name: impl FnOnce(&str) -> Result<()>,
-) -> Result<(Document, Option<Staged>)> {
+) -> Result<(Document, Option<Upload>)> {
     let spec_field = multipart
         .next_field()
         .await
@@ -104,8 +121,15 @@ async fn read_multipart(
         .await
         .map_err(|e| Error::invalid(e.body_text()))?
     {
-        Some(code) if code.name() == Some("code") => Some(api.stage(code).await?),
-        Some(_) => return Err(Error::invalid("the second multipart part must be \"code\"")),
+        Some(code) if code.name() == Some("code") => Some(Upload::Code(api.stage(code).await?)),
+        Some(source) if source.name() == Some("source") => {
+            Some(Upload::Source(api.stage(source).await?))
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "the second multipart part must be \"code\" (a package) or \"source\" (to build)",
+            ));
+        }
         None => None,
     };
     Ok((doc, staged))
@@ -171,7 +195,7 @@ async fn drain(multipart: &mut Multipart) {
     }
 }
 
-fn decode_function(doc: Document) -> Result<Resource<FunctionSpec>> {
+pub(crate) fn decode_function(doc: Document) -> Result<Resource<FunctionSpec>> {
     let spec = serde_json::from_value(doc.spec)
         .map_err(|e| Error::invalid(format!("invalid function spec: {e}")))?;
     Ok(Resource {
@@ -207,18 +231,25 @@ fn parse_spec(bytes: &[u8], scope: &Scope) -> Result<Document> {
     Ok(doc)
 }
 
+/// A function as submitted: ready to store, or (`build`) with its stored
+/// source as `spec.package`, to be built first.
+struct Submission {
+    function: Resource<FunctionSpec>,
+    build: bool,
+}
+
 /// Reads a function from a JSON body, or from a multipart body with a
-/// `spec` part (JSON) followed by an optional `code` part (the package).
-/// Without code, the package is the one in the spec, else `current`'s.
-/// `check_name` runs before any code is read, so a doomed upload is
-/// refused before it is streamed.
+/// `spec` part (JSON) followed by an optional `code` part (the package)
+/// or `source` part (to build). Without either, the package is the one in
+/// the spec, else `current`'s. `check_name` runs before any code is read,
+/// so a doomed upload is refused before it is streamed.
 async fn read_submission(
     api: &Arc<Api>,
     scope: &Scope,
     request: Request,
     current: Option<&Resource<FunctionSpec>>,
     check_name: impl FnOnce(&str) -> Result<()>,
-) -> Result<Resource<FunctionSpec>> {
+) -> Result<Submission> {
     let (doc, staged) = if is_multipart(&request) {
         let mut multipart = Multipart::from_request(request, &())
             .await
@@ -266,11 +297,16 @@ async fn read_submission(
     function.validate()?;
     api.check_environment(&function.spec)?;
 
+    let build = matches!(staged, Some(Upload::Source(_)));
     match staged {
-        Some(staged) => {
+        Some(Upload::Code(staged)) => {
             // Nothing unservable is stored: wasm is compiled, archives
             // are unpacked under their limits.
             api.executor.check(&function.spec, staged.path()).await?;
+            staged.commit()?;
+        }
+        Some(Upload::Source(staged)) => {
+            // Checked when it is built; kept until then.
             staged.commit()?;
         }
         None => {
@@ -290,7 +326,46 @@ async fn read_submission(
     // Before the function is stored: any node that sees it can fetch its
     // code.
     api.share_package(&function.spec.package).await?;
-    Ok(function)
+    Ok(Submission { function, build })
+}
+
+/// Stores a new function (checked against everything it refers to).
+pub(crate) async fn store_create(
+    api: &Arc<Api>,
+    mut function: Resource<FunctionSpec>,
+) -> Result<Resource<FunctionSpec>> {
+    let written = {
+        // The environment must not go away between the check and the
+        // write, nor another function take the quota.
+        let _guard = api.cross_checks.lock().await;
+        api.check_environment(&function.spec)?;
+        api.check_quota(&function)?;
+        crate::secrets::check_references(api, &function)?;
+        crate::versions::record(api, &mut function, None).await?;
+        let doc = function.to_document()?;
+        api.write(move |store| store.create(doc)).await?
+    };
+    api.settle(written.revision).await;
+    Resource::from_document(written.doc)
+}
+
+/// Stores a changed function over `current`.
+pub(crate) async fn store_update(
+    api: &Arc<Api>,
+    mut function: Resource<FunctionSpec>,
+    current: &Resource<FunctionSpec>,
+) -> Result<Resource<FunctionSpec>> {
+    let written = {
+        let _guard = api.cross_checks.lock().await;
+        api.check_environment(&function.spec)?;
+        api.check_quota(&function)?;
+        crate::secrets::check_references(api, &function)?;
+        crate::versions::record(api, &mut function, Some(current)).await?;
+        let doc = function.to_document()?;
+        api.write(move |store| store.update(doc)).await?
+    };
+    api.settle(written.revision).await;
+    Resource::from_document(written.doc)
 }
 
 pub(crate) async fn list(
@@ -313,7 +388,7 @@ pub(crate) async fn create(
     State(api): State<Arc<Api>>,
     Extension(scope): Extension<Scope>,
     request: Request,
-) -> ApiResult<(StatusCode, Json<FunctionView>)> {
+) -> ApiResult<Response> {
     let store = api.store.clone();
     let namespace = match scope
         .one()
@@ -322,7 +397,7 @@ pub(crate) async fn create(
         Ok(namespace) => namespace,
         Err(e) => return Err(drained(request, e).await.into()),
     };
-    let function = read_submission(&api, &scope, request, None, |name| {
+    let submission = read_submission(&api, &scope, request, None, |name| {
         match store.get(Kind::Function, &namespace, name) {
             Ok(_) => Err(Error::already_exists("function", name)),
             Err(e) if e.code == flare_model::ErrorCode::NotFound => Ok(()),
@@ -330,21 +405,12 @@ pub(crate) async fn create(
         }
     })
     .await?;
-    let mut function = function;
-    let written = {
-        // The environment must not go away between the check and the
-        // write, nor another function take the quota.
-        let _guard = api.cross_checks.lock().await;
-        api.check_environment(&function.spec)?;
-        api.check_quota(&function)?;
-        crate::secrets::check_references(&api, &function)?;
-        crate::versions::record(&api, &mut function, None).await?;
-        let doc = function.to_document()?;
-        api.write(move |store| store.create(doc)).await?
-    };
-    api.settle(written.revision).await;
-    let view = api.view(Resource::from_document(written.doc)?);
-    Ok((StatusCode::CREATED, Json(view)))
+    if submission.build {
+        let package = crate::builds::submit(&api, submission.function, false).await?;
+        return Ok(crate::builds::accepted(package));
+    }
+    let view = api.view(store_create(&api, submission.function).await?);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 pub(crate) async fn update(
@@ -352,12 +418,12 @@ pub(crate) async fn update(
     Extension(scope): Extension<Scope>,
     Path(name): Path<String>,
     request: Request,
-) -> ApiResult<Json<FunctionView>> {
+) -> ApiResult<Response> {
     let current = match api.load(&scope, &name) {
         Ok(current) => current,
         Err(e) => return Err(drained(request, e).await.into()),
     };
-    let function = read_submission(&api, &scope, request, Some(&current), |submitted| {
+    let submission = read_submission(&api, &scope, request, Some(&current), |submitted| {
         if submitted == name {
             Ok(())
         } else {
@@ -367,18 +433,12 @@ pub(crate) async fn update(
         }
     })
     .await?;
-    let mut function = function;
-    let written = {
-        let _guard = api.cross_checks.lock().await;
-        api.check_environment(&function.spec)?;
-        api.check_quota(&function)?;
-        crate::secrets::check_references(&api, &function)?;
-        crate::versions::record(&api, &mut function, Some(&current)).await?;
-        let doc = function.to_document()?;
-        api.write(move |store| store.update(doc)).await?
-    };
-    api.settle(written.revision).await;
-    Ok(Json(api.view(Resource::from_document(written.doc)?)))
+    if submission.build {
+        let package = crate::builds::submit(&api, submission.function, true).await?;
+        return Ok(crate::builds::accepted(package));
+    }
+    let updated = store_update(&api, submission.function, &current).await?;
+    Ok(Json(api.view(updated)).into_response())
 }
 
 pub(crate) async fn delete(
@@ -418,6 +478,7 @@ pub(crate) async fn delete(
         .write(move |store| store.delete(Kind::Function, &namespace, &gone))
         .await?;
     crate::versions::forget(&api, scope.one()?, &name).await;
+    crate::builds::forget(&api, scope.one()?, &name).await;
     api.settle(written.revision).await;
     let function = Resource::from_document(written.doc)?;
     Ok(Json(FunctionView {

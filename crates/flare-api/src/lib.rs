@@ -13,6 +13,7 @@
 pub mod access;
 mod aliases;
 mod browsers;
+pub mod builds;
 pub mod canaries;
 pub mod client;
 mod crud;
@@ -75,6 +76,7 @@ pub struct Api {
     pub(crate) membership: flare_cluster::Membership,
     pub(crate) cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
     pub(crate) cluster_logs: Option<Arc<flare_cluster::logs::LogStream>>,
+    pub(crate) builder: Option<Arc<dyn builds::Builder>>,
 }
 
 /// The components the API is built on.
@@ -101,6 +103,8 @@ pub struct ApiParts {
     pub cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
     /// In cluster mode, the log stream every node keeps a replica of.
     pub cluster_logs: Option<Arc<flare_cluster::logs::LogStream>>,
+    /// What builds functions' sources; `None`: sources are refused.
+    pub builder: Option<Arc<dyn builds::Builder>>,
 }
 
 impl Api {
@@ -145,6 +149,7 @@ impl Api {
             membership: parts.membership,
             cluster_packages: parts.cluster_packages,
             cluster_logs: parts.cluster_logs,
+            builder: parts.builder,
         })
     }
 
@@ -180,8 +185,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/tokens/{name}", get(access::get).delete(access::revoke))
         .route(
             "/v1/packages",
-            post(functions::upload_package).layer(uploads),
+            get(builds::list)
+                .post(functions::upload_package)
+                .layer(uploads),
         )
+        .route("/v1/packages/{name}", get(builds::get))
+        .route("/v1/packages/{name}/log", get(builds::log))
         .route(
             "/v1/functions",
             get(functions::list).post(functions::create).layer(uploads),

@@ -102,6 +102,14 @@ impl Membership {
             Membership::Cluster(cluster) => cluster.nodes().await,
         }
     }
+
+    /// This node's name in its cluster; `None` for a node alone.
+    pub fn node_name(&self) -> Option<&str> {
+        match self {
+            Membership::Alone(_) => None,
+            Membership::Cluster(cluster) => Some(cluster.name()),
+        }
+    }
 }
 
 /// This node's membership of a cluster.

@@ -13,6 +13,7 @@
 //! on create and update); inner layers trust what they read back.
 
 mod access;
+mod build;
 mod canary;
 mod cron;
 mod environment;
@@ -28,6 +29,7 @@ mod secret;
 mod trigger;
 
 pub use access::{ALL_NAMESPACES, Grant, Permission, Role, TokenSpec};
+pub use build::{BuildState, BuildStatus, MAX_BUILD_LOG, PackageSpec};
 pub use canary::{CanarySpec, CanaryState, CanaryStatus, MAX_CANARY_INTERVAL, MIN_CANARY_INTERVAL};
 pub use cron::{Cron, parse_timezone};
 pub use environment::{EnvironmentRuntime, EnvironmentSpec, Isolation};

@@ -36,6 +36,9 @@ pub enum Kind {
     /// Traffic shifted step by step to a new version (see
     /// [`crate::CanarySpec`]).
     Canary,
+    /// A function's source and the build that makes its package (see
+    /// [`crate::PackageSpec`]).
+    Package,
 }
 
 impl Kind {
@@ -53,6 +56,7 @@ impl Kind {
             Kind::FunctionVersion => "FunctionVersion",
             Kind::Alias => "Alias",
             Kind::Canary => "Canary",
+            Kind::Package => "Package",
         }
     }
 
@@ -71,6 +75,7 @@ impl Kind {
             Kind::FunctionVersion => "function version",
             Kind::Alias => "alias",
             Kind::Canary => "canary",
+            Kind::Package => "package",
         }
     }
 
@@ -88,6 +93,7 @@ impl Kind {
             "FunctionVersion" => Some(Kind::FunctionVersion),
             "Alias" => Some(Kind::Alias),
             "Canary" => Some(Kind::Canary),
+            "Package" => Some(Kind::Package),
             _ => None,
         }
     }
@@ -110,6 +116,7 @@ impl Kind {
                 | Kind::FunctionVersion
                 | Kind::Alias
                 | Kind::Canary
+                | Kind::Package
         )
     }
 }

@@ -26,6 +26,8 @@
 //! The walls around each worker are described in [`sandbox`]; the wire
 //! protocol in `environments/PROTOCOL.md` and [`protocol`].
 
+pub mod archive;
+pub mod build;
 mod function;
 pub mod gvisor;
 mod invoke;

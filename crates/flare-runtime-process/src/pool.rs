@@ -53,7 +53,7 @@ pub(crate) enum Zygote {
 }
 
 /// The system's trusted TLS roots (Debian's ca-certificates).
-const TRUSTED_ROOTS: &str = "/etc/ssl/certs";
+pub(crate) const TRUSTED_ROOTS: &str = "/etc/ssl/certs";
 
 /// Children a zygote is asked for before a fresh one replaces it. Pages
 /// the zygote writes after a fork stay charged to its cgroup while any

@@ -141,6 +141,13 @@ impl PackageStore {
         })
     }
 
+    /// An empty temporary file beside the blobs (a build's output before
+    /// it is staged), removed when dropped.
+    pub fn scratch(&self) -> Result<NamedTempFile> {
+        NamedTempFile::new_in(self.dir.join("tmp"))
+            .map_err(|e| io_err("cannot create a temporary file", e))
+    }
+
     /// Stores bytes already in memory (used by tests and examples).
     pub async fn put(&self, bytes: Bytes, limit: u64) -> Result<PackageRef> {
         let staged = self

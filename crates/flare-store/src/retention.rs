@@ -71,6 +71,14 @@ pub fn packages_in_use(store: &dyn Store) -> Result<HashSet<String>> {
             Resource::<FunctionSpec>::from_document(doc).map(|f| f.spec.package.hex().to_string())
         })
         .collect::<Result<_>>()?;
+    // A build's source and what it made stay while its record does.
+    for doc in store.list(Kind::Package)? {
+        let build = Resource::<flare_model::PackageSpec>::from_document(doc)?;
+        in_use.insert(build.spec.source.hex().to_string());
+        if let Some(built) = &build.spec.status.package {
+            in_use.insert(built.hex().to_string());
+        }
+    }
     // A version may be served again (rollback, alias): its package stays.
     for doc in store.list(Kind::FunctionVersion)? {
         let version = Resource::<FunctionVersionSpec>::from_document(doc)?;

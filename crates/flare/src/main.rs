@@ -49,6 +49,9 @@ enum Command {
     /// Shift a function's traffic to a new version step by step, back on
     /// failures.
     Canary(commands::canary::CanaryArgs),
+    /// Builds of functions' sources (`flare fn create --src`): state, logs.
+    #[command(name = "pkg", visible_alias = "package")]
+    Package(commands::package::PackageArgs),
     /// Route HTTP requests to functions.
     #[command(name = "httptrigger", visible_alias = "ht")]
     HttpTrigger(commands::httptrigger::HttpTriggerArgs),
@@ -97,6 +100,10 @@ fn main() -> std::process::ExitCode {
     if let Some(failed) = flare_runtime_process::launcher::run_if_asked() {
         return failed;
     }
+    // Inside a build's sandbox, before pip or npm.
+    if let Some(status) = flare_runtime_process::build::proxy_if_asked() {
+        return status;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,6 +123,7 @@ fn main() -> std::process::ExitCode {
             Command::HttpTrigger(args) => commands::httptrigger::run(args).await,
             Command::Alias(args) => commands::alias::run(args).await,
             Command::Canary(args) => commands::canary::run(args).await,
+            Command::Package(args) => commands::package::run(args).await,
             Command::TimeTrigger(args) => commands::timetrigger::run(args).await,
             Command::Invocations(args) => commands::invocations::run(args).await,
             Command::MqTrigger(args) => commands::mqtrigger::run(args).await,

@@ -97,6 +97,46 @@ struct SpecFlags {
     configs: Vec<String>,
 }
 
+/// A source for Flare to build.
+#[derive(clap::Args, Debug)]
+struct BuildFlags {
+    /// A source directory Flare builds on the server, in a sandbox that
+    /// reaches only the operator's registries: python runs `pip install
+    /// -r requirements.txt`, node `npm install --omit=dev`. The function
+    /// is created or updated when the build succeeds; a failed build
+    /// changes nothing (see `flare pkg get/logs`).
+    #[arg(long, value_name = "DIR")]
+    src: Option<PathBuf>,
+    /// With --src: return once the build is accepted, not when it ends.
+    #[arg(long, requires = "src")]
+    no_wait: bool,
+}
+
+impl BuildFlags {
+    /// Sends `doc` with the source to build, and (unless --no-wait)
+    /// waits for the build: the function it made, or `None` when not
+    /// waited for.
+    async fn submit(
+        &self,
+        client: &flare_api::Client,
+        doc: &Document,
+        update: bool,
+    ) -> anyhow::Result<Option<flare_api::FunctionView>> {
+        let Some(dir) = &self.src else {
+            bail!("no source directory");
+        };
+        let archive = super::package::zip_source(dir)?;
+        let package = client.build_function(doc, &archive.0, update).await?;
+        if self.no_wait {
+            let name = &package.metadata.name;
+            println!("build {name} accepted; follow it with `flare pkg get --name {name}`");
+            return Ok(None);
+        }
+        super::package::wait(client, package).await?;
+        Ok(Some(client.get_function(&doc.metadata.name).await?))
+    }
+}
+
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
 enum Auth {
     None,
@@ -106,14 +146,17 @@ enum Auth {
 #[derive(Subcommand, Debug)]
 enum FunctionCommand {
     /// Create a function: a WebAssembly component (wasi:http, wasm32-wasip2),
-    /// or with --env, a source file or zip / tar.gz archive.
+    /// or with --env, a source file or zip / tar.gz archive; or with --env
+    /// and --src, a directory Flare builds (requirements.txt, package.json).
     Create {
         #[arg(long)]
         name: String,
         /// The package: a .wasm component exporting wasi:http/incoming-handler,
         /// or for --env a .py / .js file or an archive.
-        #[arg(long)]
-        code: PathBuf,
+        #[arg(long, required_unless_present = "src", conflicts_with = "src")]
+        code: Option<PathBuf>,
+        #[command(flatten)]
+        build: BuildFlags,
         #[command(flatten)]
         spec: SpecFlags,
         #[command(flatten)]
@@ -136,8 +179,10 @@ enum FunctionCommand {
         #[arg(long)]
         name: String,
         /// New code.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "src")]
         code: Option<PathBuf>,
+        #[command(flatten)]
+        build: BuildFlags,
         #[command(flatten)]
         spec: SpecFlags,
         #[command(flatten)]
@@ -416,6 +461,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         FunctionCommand::Create {
             name,
             code,
+            build,
             spec,
             output,
         } => {
@@ -436,7 +482,13 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
                 metadata: Metadata::named(name),
                 spec: Value::Object(body),
             };
-            let view = client.create_function(&doc, Some(&code)).await?;
+            if build.src.is_some() {
+                return match build.submit(&client, &doc, false).await? {
+                    Some(view) => show(output, &[view], true),
+                    None => Ok(()),
+                };
+            }
+            let view = client.create_function(&doc, code.as_deref()).await?;
             show(output, &[view], true)
         }
         FunctionCommand::Versions { name, output } => {
@@ -477,6 +529,7 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
         FunctionCommand::Update {
             name,
             code,
+            build,
             spec,
             output,
         } => {
@@ -492,8 +545,14 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
                 body.insert("environment".into(), json!(environment));
             }
             spec.apply(body);
-            if code.is_some() {
+            if code.is_some() || build.src.is_some() {
                 body.remove("package");
+            }
+            if build.src.is_some() {
+                return match build.submit(&client, &doc, true).await? {
+                    Some(view) => show(output, &[view], true),
+                    None => Ok(()),
+                };
             }
             let view = client.update_function(&doc, code.as_deref()).await?;
             show(output, &[view], true)

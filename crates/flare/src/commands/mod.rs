@@ -8,6 +8,7 @@ pub mod invocations;
 pub mod mqtrigger;
 pub mod namespace;
 pub mod node;
+pub mod package;
 pub mod project;
 pub mod secret;
 pub mod server;

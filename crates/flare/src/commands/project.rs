@@ -1,7 +1,6 @@
 //! `flare new`, `flare build`, `flare deploy`: from an empty directory to a
 //! function served, with the language's own tools.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -457,39 +456,17 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Zips `root` into `out`: sorted entries, fixed times, so the same files
-/// give the same digest and `apply` uploads nothing new.
+/// Zips `root` into `out`, reproducibly (see [`flare_runtime_process::archive`]).
 fn zip_dir(root: &Path, out: &Path, first: &[(&str, &[u8])]) -> anyhow::Result<()> {
-    fn walk(dir: &Path, base: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                walk(&path, base, files)?;
-            } else if path.is_file() {
-                files.push(path.strip_prefix(base).unwrap_or(&path).to_path_buf());
-            }
-        }
-        Ok(())
-    }
-    let mut files = Vec::new();
-    walk(root, root, &mut files)?;
-    files.sort();
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(out)?);
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
-        .last_modified_time(zip::DateTime::default())
-        .unix_permissions(0o644);
-    for (name, data) in first {
-        zip.start_file(*name, options)?;
-        zip.write_all(data)?;
-    }
-    for file in files {
-        let name = file.to_string_lossy().replace('\\', "/");
-        zip.start_file(name, options)?;
-        zip.write_all(&std::fs::read(root.join(&file))?)?;
-    }
-    zip.finish()?;
-    Ok(())
+    // npm links `file:` dependencies into node_modules: what they point
+    // at goes in.
+    let select = flare_runtime_process::archive::Select {
+        keep: &|_| true,
+        links: flare_runtime_process::archive::Links::Follow,
+    };
+    Ok(flare_runtime_process::archive::zip_tree(
+        root, out, first, &select,
+    )?)
 }
 
 fn build_python(dir: &Path, out: &Path) -> anyhow::Result<()> {

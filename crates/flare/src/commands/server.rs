@@ -1,7 +1,7 @@
 //! `flare server`: every component in one process on the embedded store.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use clap::Args;
 use flare_api::{Api, ApiParts};
 use flare_executor::Executor;
 use flare_router::Router;
+use flare_runtime_process::build::BuildSettings;
 use flare_runtime_process::{ProcessConfig, ProcessRuntime};
 use flare_runtime_wasm::{RuntimeConfig, WasmRuntime};
 use flare_store::invocations::{InvocationQueue, SqliteQueue};
@@ -58,6 +59,26 @@ pub struct ServerArgs {
     /// The JDK's java, for Java environments; javac is taken from beside it.
     #[arg(long, env = "FLARE_JAVA", default_value = "/usr/bin/java")]
     java: PathBuf,
+    /// Hosts a server-side build (`flare fn create --src`) may reach: the
+    /// package registries, as `name`, `name:port` or `*.domain`; repeat
+    /// the flag. The hosts of --pip-index-url and --npm-registry are
+    /// added. [default: pypi.org, files.pythonhosted.org,
+    /// registry.npmjs.org]
+    #[arg(
+        long = "build-allow-host",
+        env = "FLARE_BUILD_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    build_allow_hosts: Vec<String>,
+    /// pip's index for server-side builds (a mirror, say). [default: PyPI]
+    #[arg(long, env = "FLARE_PIP_INDEX_URL")]
+    pip_index_url: Option<String>,
+    /// npm's registry for server-side builds. [default: registry.npmjs.org]
+    #[arg(long, env = "FLARE_NPM_REGISTRY")]
+    npm_registry: Option<String>,
+    /// How long a server-side build may run. [default: 10m]
+    #[arg(long, env = "FLARE_BUILD_TIMEOUT", value_parser = humantime::parse_duration)]
+    build_timeout: Option<Duration>,
     /// How long a client may take to send a request body; past it, 408 and
     /// the connection is closed. The body is read before a function's
     /// capacity is taken, so a slow client never holds that. [default: 30s]
@@ -199,6 +220,7 @@ struct Settings {
     runsc: PathBuf,
     java: PathBuf,
     egress_allow_private: bool,
+    builds: BuildSettings,
     retention: Retention,
     gc_interval: Duration,
     body_timeout: Duration,
@@ -324,6 +346,12 @@ impl ServerArgs {
             runsc: self.runsc,
             java: self.java,
             egress_allow_private: self.egress_allow_private,
+            builds: build_settings(
+                self.build_allow_hosts,
+                self.pip_index_url,
+                self.npm_registry,
+                self.build_timeout,
+            )?,
             retention,
             gc_interval,
             body_timeout: self
@@ -530,6 +558,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let process = ProcessRuntime::new(process_config, log_sender.clone())?;
     process.start();
+    let builder = Arc::new(SandboxBuilder {
+        runtime: process.clone(),
+        settings: settings.builds.clone(),
+    });
 
     let executor = Executor::new(
         vec![runtime.clone(), Arc::new(process)],
@@ -675,6 +707,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         membership,
         cluster_packages,
         cluster_logs,
+        builder: Some(builder),
     });
     // A cluster sees this node from its first heartbeat on.
     let heartbeat = cluster.as_ref().map(|cluster| {
@@ -714,6 +747,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     // Canaries step on every node, one write per interval.
     tokio::spawn(flare_api::canaries::run(api.clone()));
+    tokio::spawn(flare_api::builds::resume(api.clone()));
     let app = flare_api::router(api);
     let api_server = flare_router::listen::accept_loop(
         api_listener,
@@ -812,5 +846,75 @@ async fn share_limits(cluster: &flare_cluster::Cluster, executor: &Executor) {
             nodes.iter().map(|n| n.name.as_str()),
         )),
         Err(e) => tracing::debug!("the cluster's nodes: {e}"),
+    }
+}
+
+/// The build settings from the flags: the registries' hosts are allowed.
+fn build_settings(
+    hosts: Vec<String>,
+    pip_index_url: Option<String>,
+    npm_registry: Option<String>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<BuildSettings> {
+    let mut settings = BuildSettings::default();
+    if !hosts.is_empty() {
+        settings.allowed_hosts = hosts;
+    }
+    for (flag, url) in [
+        ("--pip-index-url", &pip_index_url),
+        ("--npm-registry", &npm_registry),
+    ] {
+        let Some(url) = url else { continue };
+        let parsed = url
+            .parse::<axum::http::Uri>()
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("http" | "https")))
+            .with_context(|| format!("{flag} {url:?} is not an http(s) URL"))?;
+        let host = parsed
+            .host()
+            .with_context(|| format!("{flag} {url:?} names no host"))?;
+        settings.allowed_hosts.push(match parsed.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        });
+    }
+    settings.pip_index_url = pip_index_url;
+    settings.npm_registry = npm_registry;
+    if let Some(timeout) = timeout {
+        settings.timeout = timeout;
+    }
+    Ok(settings)
+}
+
+/// Builds functions' sources in the process runtime's build sandbox.
+struct SandboxBuilder {
+    runtime: ProcessRuntime,
+    settings: BuildSettings,
+}
+
+impl flare_api::builds::Builder for SandboxBuilder {
+    fn build<'a>(
+        &'a self,
+        runtime: flare_model::EnvironmentRuntime,
+        source: &'a Path,
+        out: &'a Path,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = flare_model::Result<flare_api::builds::BuildOutcome>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            let built = self
+                .runtime
+                .build(runtime, source, out, &self.settings)
+                .await?;
+            Ok(flare_api::builds::BuildOutcome {
+                ok: built.ok,
+                message: built.message,
+                log: built.log,
+            })
+        })
     }
 }
