@@ -12,11 +12,12 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value, json};
 
 /// The kinds a spec file holds, each by its definition.
-const DOCUMENTS: [&str; 7] = [
+const DOCUMENTS: [&str; 8] = [
     "Project",
     "Environment",
     "SpecFunction",
     "Alias",
+    "Canary",
     "HttpTrigger",
     "TimerTrigger",
     "MessageQueueTrigger",

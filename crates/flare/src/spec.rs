@@ -25,10 +25,12 @@ pub const PROJECT_LABEL: &str = "flare.dev/project";
 
 /// The kinds a spec holds, in the order they are created (and deleted in
 /// reverse): what a trigger or function refers to exists before it.
-pub const ORDER: [Kind; 6] = [
+pub const ORDER: [Kind; 7] = [
     Kind::Environment,
     Kind::Function,
     Kind::Alias,
+    // After the functions: a canary's versions exist once they are applied.
+    Kind::Canary,
     Kind::HttpTrigger,
     Kind::TimerTrigger,
     Kind::MessageQueueTrigger,
@@ -158,6 +160,13 @@ pub fn normalize(kind: Kind, value: &Value, unknown: &mut Vec<String>) -> Result
         Kind::TimerTrigger => typed::<TimerTriggerSpec>(value, unknown),
         Kind::MessageQueueTrigger => typed::<MessageQueueTriggerSpec>(value, unknown),
         Kind::Alias => typed::<flare_model::AliasSpec>(value, unknown),
+        // A canary's status is Flare's: what is compared is what was asked.
+        Kind::Canary => typed::<flare_model::CanarySpec>(value, unknown).map(|mut spec| {
+            if let Some(spec) = spec.as_object_mut() {
+                spec.remove("status");
+            }
+            spec
+        }),
         other => Err(format!("a {} does not belong in a spec file", other.noun())),
     }
 }
@@ -302,8 +311,7 @@ fn read_document(
             );
         }
     }
-    let kinds =
-        "Project, Environment, Function, Alias, HttpTrigger, TimerTrigger, MessageQueueTrigger";
+    let kinds = "Project, Environment, Function, Alias, Canary, HttpTrigger, TimerTrigger, MessageQueueTrigger";
     let kind = match value.get("kind").and_then(Value::as_str) {
         Some("Project") => {
             let name = value
@@ -349,6 +357,13 @@ fn read_document(
         if spec.contains_key("environment") && !spec.contains_key("runtime") {
             spec.insert("runtime".into(), json!("process"));
         }
+    }
+    if kind == Kind::Canary && value.pointer("/spec/status").is_some() {
+        return one(
+            at("status"),
+            "a canary's status is Flare's (its weight, what it observed); leave spec.status out"
+                .into(),
+        );
     }
     // What is checked stands in a placeholder package for code not read.
     let mut checked = value.clone();
@@ -414,9 +429,11 @@ pub fn references(d: &Declared) -> Vec<(Kind, String)> {
             .into_iter()
             .chain(text("alias").map(|a| (Kind::Alias, a)))
             .collect(),
-        Kind::Alias | Kind::TimerTrigger | Kind::MessageQueueTrigger => text("function")
-            .map(|f| vec![(Kind::Function, f)])
-            .unwrap_or_default(),
+        Kind::Alias | Kind::Canary | Kind::TimerTrigger | Kind::MessageQueueTrigger => {
+            text("function")
+                .map(|f| vec![(Kind::Function, f)])
+                .unwrap_or_default()
+        }
         _ => Vec::new(),
     }
 }
@@ -426,6 +443,9 @@ pub fn references(d: &Declared) -> Vec<(Kind, String)> {
 pub enum Step {
     Create,
     Update,
+    /// Deleted and created again: a canary, which cannot be changed in
+    /// place (a changed canary starts over).
+    Replace,
     Unchanged,
     Delete,
 }
@@ -435,6 +455,7 @@ impl fmt::Display for Step {
         f.write_str(match self {
             Step::Create => "create",
             Step::Update => "update",
+            Step::Replace => "replace",
             Step::Unchanged => "unchanged",
             Step::Delete => "delete",
         })

@@ -611,3 +611,71 @@ fn python_and_node_dependencies_are_vendored_into_the_package() {
     server.ok_in(&js, &["deploy"]);
     assert_eq!(server.get("/fn/jsdep").text().unwrap(), "from tiny");
 }
+
+#[test]
+fn a_spec_holds_a_canary_and_replaces_it_when_it_changes() {
+    let server = common::Server::start();
+    server.environment("python", "0");
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let d = dir.to_str().unwrap();
+    write(dir, "hello.py", "def main(req):\n    return 'one'\n");
+    write(
+        dir,
+        "flare.yaml",
+        &format!("{PROJECT}{}", function("hello", "hello.py")),
+    );
+    server.ok(&["spec", "apply", "--dir", d]);
+
+    // Version 2 and a canary from 1 to 2, in one apply: the function is
+    // updated before the canary is made.
+    write(dir, "hello.py", "def main(req):\n    return 'two'\n");
+    let canary = |step: u32, extra: &str| {
+        format!(
+            "apiVersion: flare.dev/v1\nkind: Canary\nmetadata:\n  name: rollout\nspec:\n  function: hello\n  from: 1\n  to: 2\n  step: {step}\n  interval: 1h\n  failureThreshold: 10\n{extra}"
+        )
+    };
+    write(dir, "specs/canary.yaml", &canary(20, ""));
+    let applied = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(
+        applied.contains("update function hello (code)"),
+        "{applied}"
+    );
+    assert!(applied.contains("create canary rollout"), "{applied}");
+    let status = |server: &common::Server| -> serde_json::Value {
+        let out = server.ok(&["canary", "get", "--name", "rollout", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["spec"]["status"].clone()
+    };
+    assert_eq!(status(&server)["state"], "running");
+    assert_eq!(status(&server)["weight"], 20);
+
+    // Its status is Flare's: applying again changes nothing.
+    let again = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(again.contains("0 changed, 2 unchanged"), "{again}");
+
+    // A changed canary cannot be updated in place: it is replaced, and
+    // starts over at its new step.
+    write(dir, "specs/canary.yaml", &canary(50, ""));
+    let replaced = server.ok(&["spec", "apply", "--dir", d]);
+    assert!(replaced.contains("replace canary rollout"), "{replaced}");
+    assert!(replaced.contains("1 changed, 1 unchanged"), "{replaced}");
+    assert_eq!(status(&server)["weight"], 50);
+
+    // A status written in the file is refused with its line.
+    write(
+        dir,
+        "specs/canary.yaml",
+        &canary(50, "  status:\n    weight: 100\n"),
+    );
+    let refused = server.fails(&["spec", "validate", "--dir", d]);
+    assert!(
+        refused.contains("canary.yaml:12") && refused.contains("status is Flare's"),
+        "{refused}"
+    );
+
+    // Dropped from the directory, --prune deletes it.
+    std::fs::remove_file(dir.join("specs/canary.yaml")).unwrap();
+    let pruned = server.ok(&["spec", "apply", "--dir", d, "--prune"]);
+    assert!(pruned.contains("delete canary rollout"), "{pruned}");
+    server.fails(&["canary", "get", "--name", "rollout"]);
+}

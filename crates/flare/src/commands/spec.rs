@@ -169,7 +169,7 @@ pub fn project_document(name: &str) -> String {
          # makes the server hold them; everything applied is labelled with the project,\n\
          # so `flare spec apply --prune` and `flare spec destroy` touch nothing else.\n\
          # More documents may follow here or in specs/*.yaml: Environment, Function\n\
-         # (spec.code: the package's path), Alias, HttpTrigger, TimerTrigger,\n\
+         # (spec.code: the package's path), Alias, Canary, HttpTrigger, TimerTrigger,\n\
          # MessageQueueTrigger. `flare spec validate` checks them.\n\
          apiVersion: flare.dev/v1\n\
          kind: Project\n\
@@ -291,7 +291,10 @@ pub async fn apply(dir: &Path, flags: PlanFlags, client: &flare_api::Client) -> 
                         ));
                         continue;
                     }
-                    compare(d, &stored, digest.as_deref())
+                    match compare(d, &stored, digest.as_deref()) {
+                        (Step::Update, upload) if kind == Kind::Canary => (Step::Replace, upload),
+                        step => step,
+                    }
                 }
             };
             plan.push(Planned {
@@ -330,17 +333,26 @@ pub async fn apply(dir: &Path, flags: PlanFlags, client: &flare_api::Client) -> 
     let mut changed = 0;
     for p in &plan {
         match (p.step, p.declared) {
-            (Step::Create | Step::Update, Some(d)) => {
+            (Step::Create | Step::Update | Step::Replace, Some(d)) => {
                 let code = if p.upload { d.code.as_deref() } else { None };
+                let replace = p.step == Step::Replace;
+                if replace {
+                    client.delete_document(p.kind, &p.name).await?;
+                }
                 client
                     .put_document(&d.doc, p.step == Step::Update, code)
                     .await
                     .map_err(|e| {
                         anyhow::anyhow!(
-                            "{} {} \"{}\": {} ({}:{})",
+                            "{} {} \"{}\": {}{} ({}:{})",
                             p.step,
                             p.kind.noun(),
                             p.name,
+                            if replace {
+                                "deleted, not made again: "
+                            } else {
+                                ""
+                            },
                             e.message,
                             d.file.display(),
                             d.line
