@@ -22,6 +22,29 @@ pub struct Client {
     /// The namespace of functions, triggers and invocations; the server's
     /// default (`default`) when none.
     namespace: Option<String>,
+    /// Told how uploads go (a progress bar).
+    uploads: Option<UploadWatcher>,
+}
+
+/// How an upload goes, as a [`Client::watch_uploads`] hook hears it.
+#[derive(Debug, Clone, Copy)]
+pub enum Upload<'a> {
+    /// A file of `size` bytes starts.
+    Started { file: &'a str, size: u64 },
+    /// `bytes` more were handed to the connection.
+    Sent { bytes: u64 },
+    /// Its last byte was handed over.
+    Finished,
+}
+
+/// A hook on uploads.
+#[derive(Clone)]
+pub struct UploadWatcher(pub std::sync::Arc<dyn Fn(Upload<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for UploadWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UploadWatcher")
+    }
 }
 
 /// A function's answer to `invoke`, whatever its status.
@@ -70,6 +93,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             namespace: None,
+            uploads: None,
         }
     }
 
@@ -108,11 +132,18 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             http,
             namespace: None,
+            uploads: None,
         })
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// This client, telling `watcher` how each file upload goes.
+    pub fn watch_uploads(mut self, watcher: UploadWatcher) -> Self {
+        self.uploads = Some(watcher);
+        self
     }
 
     /// This client, working in `namespace` (`*`: every one, to list).
@@ -182,17 +213,41 @@ impl Client {
             .map_err(|e| Error::internal(format!("unexpected answer from the API: {e}")))
     }
 
-    async fn file_part(path: &Path) -> Result<Part> {
+    async fn file_part(&self, path: &Path) -> Result<Part> {
+        use futures::StreamExt;
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::invalid(format!("cannot open {}: {e}", path.display())))?;
         let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-        let stream = tokio_util::io::ReaderStream::new(file);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "code".into());
-        Ok(Part::stream_with_length(reqwest::Body::wrap_stream(stream), len).file_name(name))
+        let stream = tokio_util::io::ReaderStream::new(file);
+        let body = match self.uploads.clone() {
+            None => reqwest::Body::wrap_stream(stream),
+            Some(UploadWatcher(hook)) => {
+                hook(Upload::Started {
+                    file: &name,
+                    size: len,
+                });
+                let end = hook.clone();
+                let stream = stream
+                    .inspect(move |chunk| {
+                        if let Ok(chunk) = chunk {
+                            hook(Upload::Sent {
+                                bytes: chunk.len() as u64,
+                            });
+                        }
+                    })
+                    .chain(futures::stream::poll_fn(move |_| {
+                        end(Upload::Finished);
+                        std::task::Poll::Ready(None)
+                    }));
+                reqwest::Body::wrap_stream(stream)
+            }
+        };
+        Ok(Part::stream_with_length(body, len).file_name(name))
     }
 
     async fn submit<T: DeserializeOwned>(
@@ -225,7 +280,7 @@ impl Client {
                             .mime_str("application/json")
                             .map_err(|e| Error::internal(e.to_string()))?,
                     )
-                    .part(part, Self::file_part(path).await?);
+                    .part(part, self.file_part(path).await?);
                 self.json(request.multipart(form)).await
             }
         }

@@ -42,7 +42,7 @@ use flare_store::logs::Logs;
 use flare_store::{PackageStore, Revision, Store};
 use tokio::sync::{Mutex, watch};
 
-pub use client::{Client, InvokeResponse};
+pub use client::{Client, InvokeResponse, Upload, UploadWatcher};
 pub use environments::EnvironmentView;
 pub use error::ApiError;
 pub use functions::FunctionView;

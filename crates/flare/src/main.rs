@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod progress;
 mod spec;
 
 use clap::{Parser, Subcommand};

@@ -134,6 +134,34 @@ fn function(name: &str, code: &str) -> String {
     )
 }
 
+/// A pure-Python wheel of package `tiny` (`tiny.VALUE == "from tiny"`) at
+/// `path`: a requirement pip installs without any index.
+fn tiny_wheel(path: &Path) {
+    use std::io::Write;
+    let wheel = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(wheel);
+    for (name, text) in [
+        ("tiny/__init__.py", "VALUE = 'from tiny'\n"),
+        (
+            "tiny-0.1.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: tiny\nVersion: 0.1\n",
+        ),
+        (
+            "tiny-0.1.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: flare-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        ),
+        (
+            "tiny-0.1.dist-info/RECORD",
+            "tiny/__init__.py,,\ntiny-0.1.dist-info/METADATA,,\ntiny-0.1.dist-info/WHEEL,,\ntiny-0.1.dist-info/RECORD,,\n",
+        ),
+    ] {
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
 const PROJECT: &str = "apiVersion: flare.dev/v1\nkind: Project\nmetadata:\n  name: shop\n";
 
 #[test]
@@ -540,7 +568,6 @@ fn spec_init_names_a_project_once_and_checks_its_name() {
 
 #[test]
 fn python_and_node_dependencies_are_vendored_into_the_package() {
-    use std::io::Write;
     let server = common::Server::start();
     server.environment("python", "0");
     server.environment("node", "0");
@@ -550,28 +577,7 @@ fn python_and_node_dependencies_are_vendored_into_the_package() {
     server.ok_in(work.path(), &["new", "-l", "python", "pydep"]);
     let py = work.path().join("pydep");
     std::fs::create_dir(py.join("wheels")).unwrap();
-    let wheel = std::fs::File::create(py.join("wheels/tiny-0.1-py3-none-any.whl")).unwrap();
-    let mut zip = zip::ZipWriter::new(wheel);
-    for (name, text) in [
-        ("tiny/__init__.py", "VALUE = 'from tiny'\n"),
-        (
-            "tiny-0.1.dist-info/METADATA",
-            "Metadata-Version: 2.1\nName: tiny\nVersion: 0.1\n",
-        ),
-        (
-            "tiny-0.1.dist-info/WHEEL",
-            "Wheel-Version: 1.0\nGenerator: flare-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        ),
-        (
-            "tiny-0.1.dist-info/RECORD",
-            "tiny/__init__.py,,\ntiny-0.1.dist-info/METADATA,,\ntiny-0.1.dist-info/WHEEL,,\ntiny-0.1.dist-info/RECORD,,\n",
-        ),
-    ] {
-        zip.start_file(name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zip.write_all(text.as_bytes()).unwrap();
-    }
-    zip.finish().unwrap();
+    tiny_wheel(&py.join("wheels/tiny-0.1-py3-none-any.whl"));
     std::fs::write(
         py.join("requirements.txt"),
         "./wheels/tiny-0.1-py3-none-any.whl\n",
@@ -678,4 +684,60 @@ fn a_spec_holds_a_canary_and_replaces_it_when_it_changes() {
     let pruned = server.ok(&["spec", "apply", "--dir", d, "--prune"]);
     assert!(pruned.contains("delete canary rollout"), "{pruned}");
     server.fails(&["canary", "get", "--name", "rollout"]);
+}
+
+#[test]
+fn deploy_shows_progress_on_a_terminal_and_plain_lines_elsewhere() {
+    let server = common::Server::start();
+    server.environment("python", "0");
+    let work = tempfile::tempdir().unwrap();
+    server.ok_in(work.path(), &["new", "-l", "python", "bars"]);
+    let dir = work.path().join("bars");
+    std::fs::create_dir(dir.join("wheels")).unwrap();
+    tiny_wheel(&dir.join("wheels/tiny-0.1-py3-none-any.whl"));
+    std::fs::write(
+        dir.join("requirements.txt"),
+        "./wheels/tiny-0.1-py3-none-any.whl\n",
+    )
+    .unwrap();
+
+    // On a terminal (script(1) gives the CLI a pseudo-terminal): a spinner
+    // while pip runs, a bar over the apply's steps, a bar for the upload.
+    let terminal = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} deploy", env!("CARGO_BIN_EXE_flare")),
+            "/dev/null",
+        ])
+        .current_dir(&dir)
+        .env("FLARE_API", &server.api)
+        .env("FLARE_TOKEN", &server.token)
+        .env("XDG_CONFIG_HOME", &server.config_home)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&terminal.stdout);
+    assert!(terminal.status.success(), "{shown}");
+    for drawn in [
+        "pip install -r requirements.txt (",
+        "0/2 create function bars",
+        "uploading bars.zip",
+        "/2 create http trigger bars",
+    ] {
+        assert!(shown.contains(drawn), "{drawn:?} not drawn: {shown:?}");
+    }
+    assert!(shown.contains("project bars: 2 changed"), "{shown}");
+
+    // Elsewhere (a pipe): the plain lines only.
+    std::fs::write(dir.join("main.py"), "def main(req):\n    return 'v2'\n").unwrap();
+    let piped = server.cli_in(&dir, &["deploy"]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&piped.stdout),
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(piped.status.success(), "{all}");
+    assert!(all.contains("update function bars (code)"), "{all}");
+    for drawn in ["uploading", "/2 ", "\u{1b}["] {
+        assert!(!all.contains(drawn), "{drawn:?} drawn into a pipe: {all:?}");
+    }
 }

@@ -120,7 +120,8 @@ impl Resolved {
         };
         Ok(
             flare_api::Client::build(&self.api, self.token.as_deref(), pem.as_deref())?
-                .in_namespace(self.namespace.clone()),
+                .in_namespace(self.namespace.clone())
+                .watch_uploads(crate::progress::uploads()),
         )
     }
 }

@@ -117,10 +117,16 @@ pub async fn wait(client: &flare_api::Client, package: Package) -> anyhow::Resul
     let name = package.metadata.name.clone();
     eprintln!("building {name} ({} source)", package.spec.environment);
     let mut package = package;
+    let spinner = crate::progress::spinner(format!("building {name}: pending"));
     while !package.spec.status.state.finished() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         package = client.get_package(&name).await?;
+        spinner.set_message(format!(
+            "building {name}: {}",
+            format!("{:?}", package.spec.status.state).to_lowercase()
+        ));
     }
+    spinner.finish_and_clear();
     if package.spec.status.state == BuildState::Failed {
         let log = client.package_log(&name).await.unwrap_or_default();
         eprint!("{log}");

@@ -357,7 +357,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
 /// Runs `command`, failing with what it printed.
 fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let output = command.output().with_context(|| {
+    let spinner = crate::progress::spinner(what);
+    let output = command.output();
+    spinner.finish_and_clear();
+    let output = output.with_context(|| {
         format!(
             "cannot run {what} ({:?}); is it installed?",
             command.get_program()

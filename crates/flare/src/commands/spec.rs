@@ -331,7 +331,9 @@ pub async fn apply(dir: &Path, flags: PlanFlags, client: &flare_api::Client) -> 
         return Ok(());
     }
     let mut changed = 0;
+    let bar = crate::progress::steps(plan.len());
     for p in &plan {
+        bar.set_message(format!("{} {} {}", p.step, p.kind.noun(), p.name));
         match (p.step, p.declared) {
             (Step::Create | Step::Update | Step::Replace, Some(d)) => {
                 let code = if p.upload { d.code.as_deref() } else { None };
@@ -366,7 +368,9 @@ pub async fn apply(dir: &Path, flags: PlanFlags, client: &flare_api::Client) -> 
             }
             _ => {}
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     println!(
         "project {}: {changed} changed, {} unchanged",
         set.project,

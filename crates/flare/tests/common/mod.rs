@@ -142,16 +142,21 @@ impl Server {
         command.output().expect("run flare")
     }
 
-    /// Runs the CLI in `dir` and insists that it succeeds; returns stdout.
-    pub fn ok_in(&self, dir: &Path, args: &[&str]) -> String {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flare"));
-        command
+    /// Runs the CLI in `dir`, as the admin.
+    pub fn cli_in(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_flare"))
             .args(args)
             .current_dir(dir)
             .env("FLARE_API", &self.api)
             .env("FLARE_TOKEN", &self.token)
-            .env("XDG_CONFIG_HOME", &self.config_home);
-        let out = command.output().expect("run flare");
+            .env("XDG_CONFIG_HOME", &self.config_home)
+            .output()
+            .expect("run flare")
+    }
+
+    /// Runs the CLI in `dir` and insists that it succeeds; returns stdout.
+    pub fn ok_in(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.cli_in(dir, args);
         assert!(
             out.status.success(),
             "flare {args:?} in {} failed: {}{}",
