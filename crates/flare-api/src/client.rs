@@ -63,6 +63,7 @@ pub struct LogFilter {
     pub until: Option<String>,
     pub invocation: Option<String>,
     pub contains: Option<String>,
+    pub stream: Option<String>,
     pub limit: Option<usize>,
 }
 
@@ -78,6 +79,7 @@ impl LogFilter {
         push("until", &self.until);
         push("invocation", &self.invocation);
         push("contains", &self.contains);
+        push("stream", &self.stream);
         push("limit", &self.limit.map(|l| l.to_string()));
         if follow {
             pairs.push(("follow", "true".into()));

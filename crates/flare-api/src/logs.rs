@@ -28,6 +28,8 @@ pub(crate) struct LogParams {
     until: Option<String>,
     invocation: Option<String>,
     contains: Option<String>,
+    /// stdout, stderr or system.
+    stream: Option<String>,
     limit: Option<usize>,
     #[serde(default)]
     follow: bool,
@@ -76,6 +78,17 @@ impl LogParams {
                 .map(|s| parse_time("until", s))
                 .transpose()?,
             contains: self.contains.clone(),
+            stream: self
+                .stream
+                .as_deref()
+                .map(|s| {
+                    flare_model::LogStream::parse(s).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "stream: \"{s}\" is not one of stdout, stderr, system"
+                        ))
+                    })
+                })
+                .transpose()?,
             after_id: None,
             limit,
         })

@@ -31,6 +31,88 @@ const QUEUE_CAPACITY: usize = 64 * 1024;
 /// Lines written per transaction at most.
 const BATCH: usize = 4096;
 
+/// Makes the text index of log lines: FTS5 trigrams of each line (any
+/// substring of 3 characters or more can be looked up), without a copy of
+/// the text. Lines reach it in the background ([`index_lines`]), in big
+/// batches, so the log writer keeps its pace; `logs_indexed` says up to
+/// which line id it holds, and what is above is read by a scan.
+pub(crate) fn index_text(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS logs_text USING fts5(
+             line, content='', contentless_delete=1, tokenize='trigram', detail='none'
+         );
+         CREATE TABLE IF NOT EXISTS logs_indexed (
+             one  INTEGER PRIMARY KEY CHECK (one = 1),
+             upto INTEGER NOT NULL
+         );
+         INSERT OR IGNORE INTO logs_indexed (one, upto) VALUES (1, 0);
+         CREATE TRIGGER IF NOT EXISTS logs_text_delete AFTER DELETE ON logs
+             WHEN old.id <= (SELECT upto FROM logs_indexed)
+         BEGIN
+             DELETE FROM logs_text WHERE rowid = old.id;
+         END;",
+    )
+    .map_err(db_err)
+}
+
+/// Lines indexed per transaction: big enough to amortize FTS5's work,
+/// small enough that the log writer never waits long for the database.
+const INDEX_BATCH: i64 = 2048;
+
+/// Indexes the lines above the mark, batch by batch, until `logs` is
+/// dropped; sleeps while there is nothing new.
+fn index_lines(conn: Connection, logs: std::sync::Weak<Logs>) {
+    let step = |conn: &mut Connection| -> rusqlite::Result<usize> {
+        let tx = conn.transaction()?;
+        let upto: i64 = tx.query_row("SELECT upto FROM logs_indexed", [], |r| r.get(0))?;
+        let added = tx.execute(
+            "INSERT INTO logs_text (rowid, line)
+                 SELECT id, line FROM logs WHERE id > ?1 ORDER BY id LIMIT ?2",
+            params![upto, INDEX_BATCH],
+        )?;
+        if added > 0 {
+            tx.execute(
+                "UPDATE logs_indexed SET upto = (
+                     SELECT max(id) FROM (SELECT id FROM logs WHERE id > ?1 ORDER BY id LIMIT ?2)
+                 )",
+                params![upto, INDEX_BATCH],
+            )?;
+        }
+        tx.commit()?;
+        Ok(added)
+    };
+    let mut conn = conn;
+    while logs.strong_count() > 0 {
+        match step(&mut conn) {
+            Ok(added) if added as i64 == INDEX_BATCH => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!("log text index: {e}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The FTS5 query for lines holding `text` (3 characters or more): every
+/// trigram of it (at most 32, spread over it), the exact match left to
+/// `instr`.
+fn trigram_query(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let all: Vec<String> = chars.windows(3).map(|w| w.iter().collect()).collect();
+    let step = all.len().div_ceil(32).max(1);
+    let mut picked: Vec<&String> = all.iter().step_by(step).collect();
+    if let Some(last) = all.last()
+        && picked.last() != Some(&last)
+    {
+        picked.push(last);
+    }
+    picked.dedup();
+    picked
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// What to read back. `None` fields do not filter.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
@@ -41,6 +123,8 @@ pub struct LogQuery {
     pub until_us: Option<i64>,
     /// Substring the line must contain.
     pub contains: Option<String>,
+    /// Only lines of this stream.
+    pub stream: Option<LogStream>,
     /// Only lines with an id above this.
     pub after_id: Option<i64>,
     /// The last `limit` matching lines are returned, oldest first.
@@ -58,6 +142,7 @@ impl LogQuery {
                 .contains
                 .as_ref()
                 .is_none_or(|c| r.line.contains(c.as_str()))
+            && self.stream.is_none_or(|s| s == r.stream)
             && self.after_id.is_none_or(|id| entry.id > id)
     }
 }
@@ -206,6 +291,7 @@ fn spawn_writer(
     // may lose the last lines, which is the right trade for a log.
     let writer = connect(db, "NORMAL")?;
     let reader = connect(db, "NORMAL")?;
+    index_text(&writer)?;
     writer
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS log_forgotten (
@@ -220,6 +306,12 @@ fn spawn_writer(
         reader: Mutex::new(reader),
         followers: followers.clone(),
     });
+    let indexer = connect(db, "NORMAL")?;
+    let watched = Arc::downgrade(&logs);
+    std::thread::Builder::new()
+        .name("flare-log-index".into())
+        .spawn(move || index_lines(indexer, watched))
+        .map_err(|e| Error::internal(format!("cannot start log indexer: {e}")))?;
     let gate = Arc::new(Gate::default());
     let writer = Writer {
         forgotten: forgotten(&writer)?,
@@ -421,58 +513,109 @@ fn insert(conn: &mut Connection, batch: &[LogRecord], position: Option<u64>) -> 
     Ok(first_id.unwrap_or(0))
 }
 
+/// The last `limit` lines with an id in (`after`, `upto`] that pass `q`'s
+/// filters (and, given, the FTS5 query `text_index`), oldest first. Only
+/// the filters asked for are in the SQL, so SQLite picks the index that
+/// fits (`?1 IS NULL OR ...` would hide them all from the planner).
+fn select(
+    conn: &Connection,
+    q: &LogQuery,
+    after: i64,
+    upto: Option<i64>,
+    text_index: Option<String>,
+    limit: i64,
+) -> Result<Vec<LogEntry>> {
+    let mut sql =
+        String::from("SELECT id, ts_us, function, invocation, stream, line FROM logs WHERE id > ?");
+    let mut args: Vec<rusqlite::types::Value> = vec![after.into()];
+    let mut filter = |clause: &str, value: rusqlite::types::Value| {
+        sql.push_str(clause);
+        args.push(value);
+    };
+    if let Some(upto) = upto {
+        filter(" AND id <= ?", upto.into());
+    }
+    if let Some(function) = &q.function {
+        filter(" AND function = ?", function.clone().into());
+    }
+    if let Some(invocation) = &q.invocation {
+        filter(" AND invocation = ?", invocation.clone().into());
+    }
+    if let Some(since) = q.since_us {
+        filter(" AND ts_us >= ?", since.into());
+    }
+    if let Some(until) = q.until_us {
+        filter(" AND ts_us < ?", until.into());
+    }
+    if let Some(stream) = q.stream {
+        filter(" AND stream = ?", stream.as_str().to_string().into());
+    }
+    if let Some(query) = text_index {
+        filter(
+            " AND id IN (SELECT rowid FROM logs_text WHERE logs_text MATCH ?)",
+            query.into(),
+        );
+    }
+    if let Some(text) = &q.contains {
+        filter(" AND instr(line, ?) > 0", text.clone().into());
+    }
+    filter(" ORDER BY id DESC LIMIT ?", limit.into());
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), |row| {
+            let stream: String = row.get(4)?;
+            Ok(LogEntry {
+                id: row.get(0)?,
+                record: LogRecord {
+                    ts_us: row.get(1)?,
+                    function: row.get(2)?,
+                    invocation: row.get(3)?,
+                    stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
+                    line: row.get(5)?,
+                },
+            })
+        })
+        .map_err(db_err)?;
+    let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+    entries.reverse();
+    Ok(entries)
+}
+
 impl Logs {
     pub fn query(&self, q: &LogQuery) -> Result<Vec<LogEntry>> {
         let conn = self
             .reader
             .lock()
             .map_err(|_| Error::internal("logs: reader lock poisoned"))?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, ts_us, function, invocation, stream, line FROM logs
-                 WHERE (?1 IS NULL OR function = ?1)
-                   AND (?2 IS NULL OR invocation = ?2)
-                   AND (?3 IS NULL OR ts_us >= ?3)
-                   AND (?4 IS NULL OR ts_us < ?4)
-                   AND (?5 IS NULL OR instr(line, ?5) > 0)
-                   AND id > ?6
-                 ORDER BY id DESC LIMIT ?7",
-            )
-            .map_err(db_err)?;
+        let after = q.after_id.unwrap_or(0);
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(
-                params![
-                    q.function,
-                    q.invocation,
-                    q.since_us,
-                    q.until_us,
-                    q.contains,
-                    q.after_id.unwrap_or(0),
-                    limit
-                ],
-                |row| {
-                    let stream: String = row.get(4)?;
-                    Ok(LogEntry {
-                        id: row.get(0)?,
-                        record: LogRecord {
-                            ts_us: row.get(1)?,
-                            function: row.get(2)?,
-                            invocation: row.get(3)?,
-                            stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
-                            line: row.get(5)?,
-                        },
-                    })
-                },
-            )
+        let indexed = q.contains.as_ref().is_some_and(|t| t.chars().count() >= 3);
+        if !indexed {
+            return select(&conn, q, after, None, None, limit);
+        }
+        // The newest lines, not indexed yet, by a scan; then the index for
+        // the rest, below the mark read once for both.
+        let upto: i64 = conn
+            .query_row("SELECT upto FROM logs_indexed", [], |r| r.get(0))
             .map_err(db_err)?;
-        let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
-        entries.reverse();
-        Ok(entries)
+        let mut newest = select(&conn, q, after.max(upto), None, None, limit)?;
+        let missing = limit - newest.len() as i64;
+        if missing > 0 && upto > after {
+            let text = q.contains.as_deref().unwrap_or_default();
+            let mut older = select(
+                &conn,
+                q,
+                after,
+                Some(upto),
+                Some(trigram_query(text)),
+                missing,
+            )?;
+            older.append(&mut newest);
+            newest = older;
+        }
+        Ok(newest)
     }
 
-    /// The position in a cluster's log stream this node has stored up to
-    /// (0: nothing yet).
     pub fn position(&self) -> Result<u64> {
         let conn = self
             .reader
@@ -522,6 +665,134 @@ mod tests {
             stream: LogStream::Stdout,
             line: line.into(),
         }
+    }
+
+    /// Lines stored directly (as the writer does), in one transaction.
+    fn insert(db: &Path, records: &[LogRecord]) {
+        let mut conn = connect(db, "NORMAL").unwrap();
+        let mut batch = records.to_vec();
+        insert_batch(&mut conn, &mut batch);
+    }
+
+    fn insert_batch(conn: &mut Connection, batch: &mut [LogRecord]) {
+        let tx = conn.transaction().unwrap();
+        for r in batch.iter() {
+            tx.execute(
+                "INSERT INTO logs (ts_us, function, invocation, stream, line) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.ts_us, r.function, r.invocation, r.stream.as_str(), r.line],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    fn indexed_upto(db: &Path) -> i64 {
+        let conn = connect(db, "NORMAL").unwrap();
+        conn.query_row("SELECT upto FROM logs_indexed", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn text_is_found_through_the_index_and_above_it_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let db = store.path().to_path_buf();
+        let (_sender, logs) = start(&db).unwrap();
+        let mut lines: Vec<LogRecord> = (0..5000)
+            .map(|i| record("a", &format!("i{i}"), i, &format!("line {i} of many")))
+            .collect();
+        lines[10].line = "card Declined for \"ada\"".into();
+        lines[4000].line = "card declined again".into();
+        lines[4001].stream = LogStream::Stderr;
+        insert(&db, &lines);
+        // The indexer reaches every line in the background.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while indexed_upto(&db) < 5000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the index never caught up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Lines the index has not reached yet are found by the scan.
+        insert(
+            &db,
+            &[
+                record("a", "new", 6000, "declined, newest"),
+                record("b", "new", 6001, "declined elsewhere"),
+            ],
+        );
+        let find = |text: &str, function: Option<&str>| -> Vec<String> {
+            logs.query(&LogQuery {
+                contains: Some(text.into()),
+                function: function.map(str::to_string),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.line)
+            .collect()
+        };
+        // Exact and case-sensitive, oldest first, indexed and not.
+        assert_eq!(
+            find("declined", None),
+            [
+                "card declined again",
+                "declined, newest",
+                "declined elsewhere"
+            ]
+        );
+        assert_eq!(
+            find("declined", Some("a")),
+            ["card declined again", "declined, newest"]
+        );
+        assert_eq!(
+            find("Declined for \"ada\"", None),
+            ["card Declined for \"ada\""]
+        );
+        // Shorter than a trigram: a scan, still exact.
+        assert_eq!(find("4000", None), Vec::<String>::new());
+        assert_eq!(
+            find("39", None).len(),
+            100,
+            "the limit holds: the newest 100"
+        );
+        assert_eq!(find("zz", None), Vec::<String>::new());
+        // A limit smaller than what the scan found takes the newest.
+        let newest = logs
+            .query(&LogQuery {
+                contains: Some("declined".into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(newest[0].record.line, "declined elsewhere");
+        // By stream.
+        let stderr = logs
+            .query(&LogQuery {
+                stream: Some(LogStream::Stderr),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(stderr.len(), 1);
+        assert_eq!(stderr[0].record.line, "line 4001 of many");
+        // Lines deleted (retention) leave the index too: a line made later
+        // with a reused id is not matched by the text of the old one.
+        let conn = connect(&db, "NORMAL").unwrap();
+        conn.execute("DELETE FROM logs WHERE id > 4000", [])
+            .unwrap();
+        let text_rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM logs_text WHERE logs_text MATCH '\"ecl\"'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(text_rows, 1, "only line 10 is left holding \"ecl\"");
+        assert_eq!(find("declined", None), Vec::<String>::new());
+        assert_eq!(find("Declined", None), ["card Declined for \"ada\""]);
     }
 
     #[tokio::test]

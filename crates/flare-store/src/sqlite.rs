@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, ts_us);
 CREATE INDEX IF NOT EXISTS logs_by_invocation ON logs (invocation);
+CREATE INDEX IF NOT EXISTS logs_by_time ON logs (ts_us);
 ";
 
 /// The resource store on SQLite. One connection behind a mutex: writes are
@@ -85,6 +86,7 @@ impl SqliteStore {
             .map_err(db_err)?;
         conn.execute_batch(crate::audit::SCHEMA).map_err(db_err)?;
         crate::audit::migrate(&conn)?;
+        crate::logs::index_text(&conn)?;
         let revision: u64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
                 r.get(0)

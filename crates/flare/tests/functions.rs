@@ -266,6 +266,33 @@ fn logs_are_kept_per_invocation_and_followed() {
     assert_eq!(none.lines().count(), 1, "newest line only: {none}");
     let err = server.fails(&["fn", "logs", "--name", "chatty", "--since", "yesterday"]);
     assert!(err.contains("since"), "{err}");
+    // By stream, and in a time range that ends before the calls.
+    let stderr = server.ok(&["fn", "logs", "--name", "chatty", "--stream", "stderr"]);
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert!(stderr.lines().all(|l| l.contains(" stderr [")), "{stderr}");
+    let before = server.ok(&[
+        "fn", "logs", "--name", "chatty", "--since", "1h", "--until", "1m",
+    ]);
+    assert_eq!(
+        before.lines().count(),
+        0,
+        "nothing before the calls: {before}"
+    );
+    let bad = server.fails(&["fn", "logs", "--name", "chatty", "--stream", "stdin"]);
+    assert!(bad.contains("stdout") && bad.contains("stderr"), "{bad}");
+    let raw = common::client_with_token(&server.token)
+        .get(format!(
+            "{}/v1/functions/chatty/logs?stream=stdin",
+            server.api
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    assert!(
+        raw.text()
+            .unwrap()
+            .contains("not one of stdout, stderr, system")
+    );
 
     // The follower saw the same lines as they came.
     let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());

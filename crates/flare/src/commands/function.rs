@@ -249,12 +249,20 @@ enum FunctionCommand {
         /// Only lines newer than this: a duration (10m, 2h) or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
+        /// Only lines older than this: a duration (10m: until ten minutes
+        /// ago) or an RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
         /// Only lines of this invocation.
         #[arg(long)]
         invocation: Option<String>,
-        /// Only lines containing this text.
+        /// Only lines containing this text (case-sensitive; indexed, so a
+        /// search of a big log is fast).
         #[arg(long)]
         contains: Option<String>,
+        /// Only lines of this stream.
+        #[arg(long, value_parser = ["stdout", "stderr", "system"])]
+        stream: Option<String>,
         /// At most this many (the newest). [default: 1000]
         #[arg(long)]
         limit: Option<usize>,
@@ -605,16 +613,19 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             name,
             follow,
             since,
+            until,
             invocation,
             contains,
+            stream,
             limit,
             output,
         } => {
             let filter = LogFilter {
                 since,
-                until: None,
+                until,
                 invocation,
                 contains,
+                stream,
                 limit,
             };
             let json = output.format != crate::output::Format::Table;
