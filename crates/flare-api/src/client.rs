@@ -461,6 +461,15 @@ impl Client {
         response.text().await.map_err(|e| self.unreachable(e))
     }
 
+    /// Function `name`'s points on the server's node over the last hour.
+    pub async fn function_metrics(&self, name: &str) -> Result<crate::MetricsView> {
+        self.json(
+            self.http
+                .get(self.scoped(&format!("/v1/functions/{name}/metrics"))),
+        )
+        .await
+    }
+
     /// The versions of function `name`, oldest first.
     pub async fn list_versions(&self, name: &str) -> Result<Vec<crate::versions::VersionView>> {
         self.json(

@@ -487,6 +487,27 @@ pub(crate) async fn delete(
     }))
 }
 
+/// What `GET /v1/functions/{name}/metrics` answers: the function's
+/// points on this node over the last hour, one per step, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsView {
+    pub step_seconds: u64,
+    pub points: Vec<flare_executor::MetricPoint>,
+}
+
+pub(crate) async fn metrics(
+    State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<MetricsView>> {
+    let function = api.load(&scope, &name)?;
+    Ok(Json(MetricsView {
+        step_seconds: flare_executor::HISTORY_STEP.as_secs(),
+        points: api.executor.history(&function.qualified_name()),
+    }))
+}
+
 /// Stores a wasm package after checking that it is a servable component;
 /// functions can then refer to it by digest.
 pub(crate) async fn upload_package(

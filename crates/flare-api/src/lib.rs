@@ -45,7 +45,7 @@ use tokio::sync::{Mutex, watch};
 pub use client::{Client, InvokeResponse, Upload, UploadWatcher};
 pub use environments::EnvironmentView;
 pub use error::ApiError;
-pub use functions::FunctionView;
+pub use functions::{FunctionView, MetricsView};
 pub use mqtriggers::MqTriggerView;
 pub use secrets::KeysView;
 
@@ -203,6 +203,7 @@ pub fn router(api: Arc<Api>) -> Router {
                 .layer(uploads),
         )
         .route("/v1/functions/{name}/logs", get(logs::query))
+        .route("/v1/functions/{name}/metrics", get(functions::metrics))
         .route("/v1/functions/{name}/versions", get(versions::list))
         .route("/v1/functions/{name}/rollback", post(versions::rollback))
         .route("/v1/functions/{name}/invoke", any(functions::invoke))

@@ -98,6 +98,8 @@ pub struct Executor {
     /// Generation of each environment whose pool is running.
     pub(crate) environments: RwLock<HashMap<String, u64>>,
     pub(crate) metrics: RwLock<HashMap<String, Arc<crate::metrics::FunctionMetrics>>>,
+    /// Every function's recent points, for charts.
+    pub(crate) history: std::sync::Mutex<crate::history::History>,
     pub(crate) logs: LogSender,
     pub(crate) deployments: RwLock<HashMap<String, Arc<Deployment>>>,
     applied: watch::Sender<Revision>,
@@ -137,6 +139,7 @@ impl Executor {
             packages,
             environments: RwLock::default(),
             metrics: RwLock::default(),
+            history: std::sync::Mutex::default(),
             logs,
             deployments: RwLock::default(),
             applied: watch::Sender::new(0),

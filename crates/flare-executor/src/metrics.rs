@@ -9,7 +9,7 @@ use crate::Executor;
 use crate::deploy::State;
 
 /// Upper bounds of the duration histogram, in seconds.
-const BUCKETS: [f64; 14] = [
+pub(crate) const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -18,9 +18,9 @@ const BUCKETS: [f64; 14] = [
 pub(crate) struct FunctionMetrics {
     /// By status class: 1xx .. 5xx.
     by_class: [AtomicU64; 5],
-    buckets: [AtomicU64; BUCKETS.len()],
+    pub(crate) buckets: [AtomicU64; BUCKETS.len()],
     sum_us: AtomicU64,
-    count: AtomicU64,
+    pub(crate) count: AtomicU64,
     pub queued: AtomicU64,
     pub rejected: AtomicU64,
 }
@@ -39,6 +39,11 @@ impl FunctionMetrics {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Requests answered with a 5xx (timeouts included).
+    pub(crate) fn errors(&self) -> u64 {
+        self.by_class[4].load(Ordering::Relaxed)
+    }
 }
 
 impl Executor {
@@ -47,7 +52,7 @@ impl Executor {
     pub fn outcomes(&self, name: &str) -> (u64, u64) {
         let metrics = self.metrics_for(name);
         let requests = metrics.count.load(Ordering::Relaxed);
-        (requests, metrics.by_class[4].load(Ordering::Relaxed))
+        (requests, metrics.errors())
     }
 }
 

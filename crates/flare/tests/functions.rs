@@ -405,3 +405,54 @@ fn cli_explains_itself_and_reports_an_unreachable_api() {
         "{err}"
     );
 }
+
+#[test]
+fn a_functions_recent_metrics_are_kept_in_ten_second_steps() {
+    let server = Server::start();
+    server.create("hello", "hello_rust", &[]);
+    server.create("chatty", "misbehave", &[]);
+    for _ in 0..20 {
+        assert_eq!(server.get("/fn/hello").status(), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(server.get("/fn/chatty/trap").status(), 500);
+    }
+    // The sampler takes a point every 10 s: wait for the one holding them.
+    let points = |name: &str| -> Vec<serde_json::Value> {
+        let out = server.ok(&[
+            "fn", "metrics", "--name", name, "--last", "1h", "-o", "json",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let sum = |points: &[serde_json::Value], key: &str| -> u64 {
+        points.iter().map(|p| p[key].as_u64().unwrap()).sum()
+    };
+    let hello = eventually(Duration::from_secs(40), || {
+        let got = points("hello");
+        (sum(&got, "requests") == 20).then_some(got)
+    });
+    assert_eq!(hello.len(), 360, "one point per 10 s over an hour");
+    assert!(
+        hello
+            .windows(2)
+            .all(|w| w[1]["at"].as_u64().unwrap() - w[0]["at"].as_u64().unwrap() == 10),
+        "steps of 10 s, oldest first"
+    );
+    assert_eq!(sum(&hello, "errors"), 0);
+    let busy: Vec<&serde_json::Value> = hello.iter().filter(|p| p["requests"] != 0).collect();
+    assert!(
+        busy.iter().all(|p| p["p99Ms"].as_f64().unwrap() > 0.0),
+        "{busy:?}"
+    );
+    let chatty = eventually(Duration::from_secs(40), || {
+        let got = points("chatty");
+        (sum(&got, "requests") == 3).then_some(got)
+    });
+    assert_eq!(sum(&chatty, "errors"), 3);
+
+    // The table shows the steps that had requests.
+    let table = server.ok(&["fn", "metrics", "--name", "hello", "--last", "1h"]);
+    assert!(table.starts_with("UNTIL (UTC)"), "{table}");
+    let missing = server.fails(&["fn", "metrics", "--name", "nobody"]);
+    assert!(missing.contains("not found"), "{missing}");
+}

@@ -239,6 +239,17 @@ enum FunctionCommand {
         #[arg(long, requires = "asynchronous")]
         max_retries: Option<u32>,
     },
+    /// Show what a function did on the API's node, 10 s at a time: requests,
+    /// errors, duration percentiles, cold starts, instances.
+    Metrics {
+        #[arg(long)]
+        name: String,
+        /// How far back (at most 1h).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        last: std::time::Duration,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// Show a function's log lines.
     Logs {
         #[arg(long)]
@@ -564,6 +575,44 @@ pub async fn run(args: FunctionArgs) -> anyhow::Result<()> {
             }
             let view = client.update_function(&doc, code.as_deref()).await?;
             show(output, &[view], true)
+        }
+        FunctionCommand::Metrics { name, last, output } => {
+            let view = client.function_metrics(&name).await?;
+            let newest = view.points.last().map_or(0, |p| p.at);
+            let since = newest.saturating_sub(last.as_secs());
+            let points: Vec<_> = view.points.into_iter().filter(|p| p.at > since).collect();
+            let ms = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
+            let rows = || {
+                points
+                    .iter()
+                    .map(|p| {
+                        let at = time::OffsetDateTime::from_unix_timestamp(p.at as i64)
+                            .map(|t| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()))
+                            .unwrap_or_default();
+                        vec![
+                            at,
+                            p.requests.to_string(),
+                            p.errors.to_string(),
+                            ms(p.p50_ms),
+                            ms(p.p99_ms),
+                            p.cold_starts.to_string(),
+                            p.instances.to_string(),
+                            p.busy.to_string(),
+                        ]
+                    })
+                    .collect()
+            };
+            let headers = [
+                "UNTIL (UTC)",
+                "REQUESTS",
+                "ERRORS",
+                "P50 MS",
+                "P99 MS",
+                "COLD",
+                "INSTANCES",
+                "BUSY",
+            ];
+            crate::output::print_resources(output.format, &points, false, &headers, rows)
         }
         FunctionCommand::Delete { name } => {
             client.delete_function(&name).await?;

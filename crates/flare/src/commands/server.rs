@@ -575,6 +575,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => flare_access::seal::Sealer::open_dir(data_dir)?,
     });
     executor.set_sealer(sealer.clone());
+    executor.keep_history();
     if let Some(shared) = &cluster_packages {
         executor.set_remote_packages(shared.clone());
     }
