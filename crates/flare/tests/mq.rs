@@ -1175,3 +1175,63 @@ fn kafka_an_answer_over_the_broker_limit_goes_to_the_error_topic_once() {
     assert_eq!(view["status"]["failed"], 1, "{view}");
     assert_eq!(view["status"]["restarts"], 0, "{view}");
 }
+
+/// A NATS trigger deleted and made again under its name on another topic
+/// finds the stream and durable its namesake left: both follow the new
+/// topic (before, the stream kept only the old subject, so messages on the
+/// new one had no stream and the trigger, "connected", got nothing).
+#[test]
+fn nats_a_trigger_made_again_on_another_topic_gets_that_topics_messages() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let server = Server::start();
+    python_function(&server, "worker");
+    let trigger = unique("again");
+    let subject = trigger.replace('-', "_");
+    let output = format!("flare.test.{subject}.out");
+    let client = runtime
+        .block_on(async_nats::connect("nats://127.0.0.1:4222"))
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut answers = runtime.block_on(client.subscribe(output.clone())).unwrap();
+    runtime.block_on(client.flush()).unwrap();
+    use futures::StreamExt;
+    for (round, topic) in ["first", "second"].iter().enumerate() {
+        let topic = format!("flare.test.{subject}.{topic}");
+        server.ok(&[
+            "mqt",
+            "create",
+            "--name",
+            &trigger,
+            "--function",
+            "worker",
+            "--mqtype",
+            "nats",
+            "--topic",
+            &topic,
+            "--resptopic",
+            &output,
+        ]);
+        wait_connected(&server, &trigger);
+        let published = runtime.block_on(async {
+            js.publish(topic.clone(), format!("round-{round}").into())
+                .await?
+                .await
+        });
+        assert!(published.is_ok(), "{topic}: {published:?}");
+        let answer = runtime
+            .block_on(tokio::time::timeout(
+                Duration::from_secs(20),
+                answers.next(),
+            ))
+            .unwrap_or_else(|_| panic!("no answer to the message on {topic}"))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&answer.payload),
+            format!("processed:round-{round}")
+        );
+        server.ok(&["mqt", "delete", "--name", &trigger]);
+    }
+    let stream = format!("FLARE_{}", trigger.to_uppercase().replace('-', "_"));
+    let _ = runtime.block_on(js.delete_stream(&stream));
+}

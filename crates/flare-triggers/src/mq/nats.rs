@@ -41,16 +41,46 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
         Ok(name) => js.get_stream(name).await.map_err(|e| e.to_string())?,
         Err(_) => {
             let name = stream_name(&context.broker_name());
-            js.get_or_create_stream(stream::Config {
-                name,
-                subjects: vec![spec.topic.clone()],
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot create a stream for {}: {e}", spec.topic))?
+            let mut stream = js
+                .get_or_create_stream(stream::Config {
+                    name,
+                    subjects: vec![spec.topic.clone()],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot create a stream for {}: {e}", spec.topic))?;
+            // Ours, made for an earlier trigger of this name on another
+            // topic: it takes this one too, or nothing would arrive.
+            let name = stream.cached_info().config.name.clone();
+            let mut config = stream
+                .info()
+                .await
+                .map_err(|e| format!("cannot read stream {name}: {e}"))?
+                .config
+                .clone();
+            if !config.subjects.contains(&spec.topic) {
+                config.subjects.push(spec.topic.clone());
+                js.update_stream(&config).await.map_err(|e| {
+                    format!("cannot add {} to stream {}: {e}", spec.topic, config.name)
+                })?;
+            }
+            stream
         }
     };
     let durable = format!("flare-{}", context.broker_name());
+    // A durable left by an earlier trigger of this name filters another
+    // topic: it goes, since what it had read is of no use to this one.
+    if let Ok(mut old) = stream
+        .get_consumer::<consumer::pull::Config>(&durable)
+        .await
+        && let Ok(info) = old.info().await
+        && info.config.filter_subject != spec.topic
+    {
+        stream
+            .delete_consumer(&durable)
+            .await
+            .map_err(|e| format!("cannot replace consumer {durable}: {e}"))?;
+    }
     let consumer = stream
         .get_or_create_consumer(
             &durable,
