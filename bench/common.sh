@@ -17,7 +17,9 @@ build_all() {
 start_flare() {
   local data=$1 out
   out=$(mktemp)
-  FLARE_LOG=warn "$FLARE" server --data-dir "$data" --addr 127.0.0.1:0 --api-addr 127.0.0.1:0 >"$out" &
+  # FLARE_SERVER_ARGS: more flags for this server (word-split).
+  # shellcheck disable=SC2086
+  FLARE_LOG=warn "$FLARE" server --data-dir "$data" --addr 127.0.0.1:0 --api-addr 127.0.0.1:0 ${FLARE_SERVER_ARGS:-} >"$out" &
   FLARE_PID=$!
   for _ in $(seq 200); do
     grep -q '^api listening' "$out" && break

@@ -24,6 +24,8 @@ pub(crate) struct Deployment {
     pub name: Arc<str>,
     pub namespace: Arc<str>,
     pub generation: u64,
+    /// The version it serves (0: stored before versions were kept).
+    pub version: u64,
     /// The generations of the secrets and configs it was prepared with:
     /// a change to one of them prepares it again.
     pub inputs: Vec<u64>,
@@ -119,6 +121,8 @@ pub struct Executor {
     preparing: tokio::sync::Mutex<()>,
     /// This node's share of every function's limits (a cluster's).
     share: watch::Sender<crate::Share>,
+    /// Spans for invocations, when the server exports them.
+    pub(crate) tracing: std::sync::OnceLock<crate::trace::Tracing>,
 }
 
 /// How long a client may take to send a request body, unless the server
@@ -151,6 +155,7 @@ impl Executor {
             store: std::sync::OnceLock::new(),
             preparing: tokio::sync::Mutex::new(()),
             share: watch::Sender::new(crate::Share::default()),
+            tracing: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,6 +174,11 @@ impl Executor {
     /// deploy without one.
     pub fn set_sealer(&self, sealer: Arc<flare_access::seal::Sealer>) {
         let _ = self.sealer.set(sealer);
+    }
+
+    /// Makes a span for every invocation with `tracer` from now on.
+    pub fn set_tracer(&self, tracer: opentelemetry_sdk::trace::SdkTracer) {
+        let _ = self.tracing.set(crate::trace::Tracing::new(tracer));
     }
 
     /// Fetches packages this node lacks from `remote` (cluster mode).
@@ -543,6 +553,7 @@ impl Executor {
         let name = qualified(&doc.metadata.name, &doc.metadata.namespace);
         let namespace: Arc<str> = doc.metadata.namespace.as_str().into();
         let generation = doc.metadata.generation;
+        let version = doc.metadata.version;
         let function = match Resource::<FunctionSpec>::from_document(doc) {
             Ok(function) => function,
             Err(e) => {
@@ -603,6 +614,7 @@ impl Executor {
             name: name.as_str().into(),
             namespace,
             generation,
+            version,
             inputs,
             share,
             spec,

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use flare_model::{Error, ErrorCode, Failure};
-use flare_runtime::{Call, ResponseBody};
+use flare_runtime::{Call, ColdStart, ResponseBody, full_body};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, HeaderValue, Request, Response};
 
@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::Executor;
 use crate::deploy::State;
+use crate::trace::{Traced, Tracing};
 
 /// The response header that carries the invocation id.
 pub const INVOCATION_HEADER: &str = "x-flare-invocation-id";
@@ -223,6 +224,41 @@ impl Executor {
         B: http_body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let Some(tracing) = self.tracing.get() else {
+            return self.invoke_once(name, request, invocation, None).await;
+        };
+        let (mut parts, body) = request.into_parts();
+        let traced = tracing.start(name, &mut parts.headers);
+        let request = Request::from_parts(parts, body);
+        let mut invoked = self
+            .invoke_once(name, request, invocation, Some((tracing, &traced)))
+            .await;
+        if traced.recording() {
+            match &mut invoked.result {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = std::mem::replace(response.body_mut(), full_body(Bytes::new()));
+                    *response.body_mut() = traced.answered(status, body);
+                }
+                Err(e) => traced.failed(e.status(), &e.message),
+            }
+        }
+        invoked
+    }
+
+    /// One invocation, its phases noted on `traced` when it is traced.
+    async fn invoke_once<B>(
+        &self,
+        name: &str,
+        request: Request<B>,
+        invocation: Option<Arc<str>>,
+        traced: Option<(&Tracing, &Traced)>,
+    ) -> Invoked
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let traced = traced.filter(|(_, traced)| traced.recording());
         if let Err(e) = self.ensure(name).await {
             return Invoked::refused(e);
         }
@@ -265,6 +301,7 @@ impl Executor {
                         ready.function.capacity()
                     ));
                 }
+                let began = traced.map(|_| SystemTime::now());
                 let position = metrics.queued.fetch_add(1, Ordering::AcqRel);
                 let queued = Queued(&metrics.queued);
                 if position >= queue {
@@ -278,6 +315,9 @@ impl Executor {
                 )
                 .await;
                 drop(queued);
+                if let (Some((tracing, traced)), Some(began)) = (traced, began) {
+                    traced.phase(tracing, "queue", began, SystemTime::now());
+                }
                 match waited {
                     Ok(Ok(permit)) => permit,
                     _ => {
@@ -298,18 +338,47 @@ impl Executor {
         }
 
         let invocation = invocation.unwrap_or_else(|| self.next_invocation_id());
+        if let Some((_, traced)) = traced {
+            let trigger = crate::trace::trigger_of(&parts.headers);
+            traced.set(|| {
+                crate::trace::attributes(
+                    name,
+                    &deployment.namespace,
+                    deployment.version,
+                    &invocation,
+                    trigger,
+                )
+            });
+        }
         let request = Request::from_parts(parts, body);
         let started = Instant::now();
+        let called = traced.map(|_| SystemTime::now());
+        let cold_start = traced.map(|_| Arc::new(ColdStart::default()));
         let call = Call {
             invocation: invocation.clone(),
             request,
             guard: Box::new(permit),
+            cold_start: cold_start.clone(),
         };
         let result = match ready.function.invoke(call).await {
             Ok(response) => deliver(self, response, started, name, &invocation),
             Err(e) => Err(e.to_error(name, &invocation)),
         };
         metrics.record(status_of(&result), started.elapsed());
+        if let (Some((tracing, traced)), Some(called)) = (traced, called) {
+            let cold = cold_start.as_deref().and_then(ColdStart::get);
+            if let Some((began, ended)) = cold {
+                traced.phase(tracing, "start", began, ended);
+            }
+            let ran_from = cold.map_or(called, |(_, ended)| ended);
+            traced.phase(tracing, "function", ran_from, SystemTime::now());
+            traced.set(|| {
+                vec![opentelemetry::KeyValue::new(
+                    "faas.coldstart",
+                    cold.is_some(),
+                )]
+            });
+        }
         Invoked {
             invocation: Some(invocation),
             result,

@@ -16,6 +16,7 @@ mod invoke;
 mod metrics;
 mod share;
 mod submit;
+mod trace;
 
 pub use deploy::{
     DEFAULT_BODY_TIMEOUT, DeploymentStatus, Executor, InstanceStatus, KeepAliveStatus,

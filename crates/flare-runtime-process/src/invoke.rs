@@ -28,10 +28,13 @@ impl ProcessRuntime {
         invocation: Arc<str>,
         request: http::Request<Bytes>,
         guard: Box<dyn Send>,
+        cold_start: Option<Arc<flare_runtime::ColdStart>>,
     ) -> std::result::Result<http::Response<Bytes>, Failure> {
         let (runtime, function) = (self.clone(), function.clone());
         Detached::new(async move {
-            let result = runtime.attempt(&function, &invocation, request).await;
+            let result = runtime
+                .attempt(&function, &invocation, request, cold_start.as_deref())
+                .await;
             drop(guard);
             result
         })
@@ -43,12 +46,15 @@ impl ProcessRuntime {
         function: &Arc<ProcessFunction>,
         invocation: &Arc<str>,
         request: http::Request<Bytes>,
+        cold_start: Option<&flare_runtime::ColdStart>,
     ) -> std::result::Result<http::Response<Bytes>, Failure> {
         let limits = function.limits;
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let _active = Active::begin(function);
         let timed_out = || Failure::Timeout(limits.timeout);
-        let lease = match tokio::time::timeout_at(deadline, self.instance_for(function)).await {
+        let lease = match tokio::time::timeout_at(deadline, self.instance_for(function, cold_start))
+            .await
+        {
             Ok(Ok(lease)) => lease,
             Ok(Err(e)) => {
                 // The caller sees a generic message; the reason is the
@@ -103,9 +109,11 @@ impl ProcessRuntime {
     /// An instance with room for one more request: the least busy live
     /// one, or a new one while below max scale; otherwise waits for room,
     /// at most the function's queue timeout (then [`Failure::Busy`], a 503).
+    /// A start made for it is noted in `cold_start`.
     async fn instance_for(
         &self,
         function: &Arc<ProcessFunction>,
+        cold_start: Option<&flare_runtime::ColdStart>,
     ) -> std::result::Result<Lease, Failure> {
         let per_instance = function.limits.instance_concurrency;
         let queue_timeout = function.limits.queue_timeout;
@@ -139,10 +147,15 @@ impl ProcessRuntime {
                 // then serves the next request instead of being thrown
                 // away, and the lease it comes with is dropped, unused.
                 let runtime = self.clone();
+                let began = std::time::SystemTime::now();
                 let start = tokio::spawn(async move { runtime.finish_start(slot).await });
-                return start
+                let started = start
                     .await
                     .unwrap_or_else(|e| Err(Failure::Start(format!("start task failed: {e}"))));
+                if let Some(cold_start) = cold_start {
+                    cold_start.record(began, std::time::SystemTime::now());
+                }
+                return started;
             }
             if tokio::time::timeout_at(wait_until, freed).await.is_err() {
                 return Err(Failure::Busy(format!(

@@ -439,7 +439,13 @@ impl Function for Served {
         call: Call,
     ) -> std::result::Result<http::Response<ResponseBody>, Failure> {
         self.runtime
-            .invoke(&self.function, call.invocation, call.request, call.guard)
+            .invoke(
+                &self.function,
+                call.invocation,
+                call.request,
+                call.guard,
+                call.cold_start,
+            )
             .await
             .map(|response| response.map(full_body))
     }

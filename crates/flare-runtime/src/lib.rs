@@ -63,6 +63,25 @@ pub struct Call {
     /// is stopped: the caller's concurrency permit. A runtime drops it
     /// however the call ends, a caller that went away included.
     pub guard: Box<dyn Send>,
+    /// For a traced call: where the runtime notes an instance it started
+    /// for this call.
+    pub cold_start: Option<Arc<ColdStart>>,
+}
+
+/// When an instance was started and specialized for one call, noted by
+/// the runtime that started it.
+#[derive(Debug, Default)]
+pub struct ColdStart(std::sync::OnceLock<(std::time::SystemTime, std::time::SystemTime)>);
+
+impl ColdStart {
+    pub fn record(&self, start: std::time::SystemTime, end: std::time::SystemTime) {
+        let _ = self.0.set((start, end));
+    }
+
+    /// From when to when, if the call had a cold start.
+    pub fn get(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        self.0.get().copied()
+    }
 }
 
 /// What the executor resolves for a function beyond its spec: the values

@@ -5,6 +5,7 @@ mod commands;
 mod output;
 mod progress;
 mod spec;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 

@@ -12,10 +12,10 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-use super::{Context, Message, Outcome, dispatch, failure_document};
+use super::{Context, Message, Outcome, TraceContext, dispatch, failure_document};
 
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let context: &Context = &context;
@@ -98,6 +98,7 @@ async fn handle(
         payload: delivery.data.clone().into(),
         // AMQP says only whether it was delivered before, not how often.
         delivered: None,
+        trace: trace_of(&delivery.properties),
     };
     let outcome = context.handle(&message).await;
     let (queue, body) = match &outcome {
@@ -132,4 +133,17 @@ async fn handle(
         .map_err(|e| format!("acknowledging: {e}"))?;
     context.settle(&message, &outcome);
     Ok(())
+}
+
+/// The trace context in a delivery's headers table, as text.
+fn trace_of(properties: &lapin::BasicProperties) -> TraceContext {
+    let Some(headers) = properties.headers() else {
+        return TraceContext::default();
+    };
+    let text = |name: &str| match headers.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => Some(s.as_bytes()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().as_bytes()),
+        _ => None,
+    };
+    TraceContext::from_headers(text)
 }

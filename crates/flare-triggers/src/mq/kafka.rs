@@ -13,10 +13,10 @@ use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{Context, Message, Outcome, dispatch, failure_document};
+use super::{Context, Message, Outcome, TraceContext, dispatch, failure_document};
 
 pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
     let context: &Context = &context;
@@ -87,6 +87,17 @@ async fn handle(
         payload: payload.clone().into(),
         identity: format!("{}:{}", record.partition(), record.offset()),
         delivered: None,
+        trace: record
+            .headers()
+            .map(|headers| {
+                TraceContext::from_headers(|name| {
+                    headers
+                        .iter()
+                        .find(|h| h.key.eq_ignore_ascii_case(name))
+                        .and_then(|h| h.value)
+                })
+            })
+            .unwrap_or_default(),
     };
     let failure =
         |error: &str| failure_document(&[("topic", &spec.topic), ("key", &key)], &payload, error);

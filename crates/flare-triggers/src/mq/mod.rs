@@ -71,6 +71,46 @@ pub(crate) struct Message {
     pub identity: String,
     /// How many times the broker says it has delivered it, when it says.
     pub delivered: Option<u64>,
+    /// The W3C trace context it carries (`traceparent`, `tracestate`),
+    /// for brokers whose messages have headers: the function's trace
+    /// continues it.
+    pub trace: TraceContext,
+}
+
+/// A message's W3C trace context, as its headers carried it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// From a message's headers, looked up by name.
+    pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Self {
+        let text = |name| {
+            get(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_string)
+        };
+        TraceContext {
+            traceparent: text("traceparent"),
+            tracestate: text("tracestate"),
+        }
+    }
+
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in [
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+        ] {
+            if let Some(value) = value
+                .as_deref()
+                .and_then(|v| http::HeaderValue::from_str(v).ok())
+            {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 impl Message {
@@ -287,6 +327,7 @@ impl Context {
             if let Ok(subject) = http::HeaderValue::from_str(&message.key) {
                 request.headers_mut().insert("ce-subject", subject);
             }
+            message.trace.apply(request.headers_mut());
             let invoked = self.executor.invoke(&self.function, request).await;
             let (retry, error) = match invoked.result {
                 Ok(response) => {
@@ -784,6 +825,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"x"),
             identity: "s:1".into(),
             delivered,
+            trace: Default::default(),
         };
         let given_up = |outcome: &Outcome| matches!(outcome, Outcome::Failed(why) if why.starts_with("given up after"));
         // maxretries 0: five deliveries run (here: "no such function"),

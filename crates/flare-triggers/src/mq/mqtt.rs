@@ -77,6 +77,8 @@ async fn handle(
         identity: Message::digest(&publish.topic, &publish.payload),
         // MQTT says only whether it was delivered before (DUP).
         delivered: None,
+        // MQTT 3.1.1 messages have no headers to carry a trace context.
+        trace: Default::default(),
     };
     let outcome = context.handle(&message).await;
     match (&outcome, &spec.resptopic, &spec.errortopic) {

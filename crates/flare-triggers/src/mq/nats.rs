@@ -12,7 +12,10 @@ use async_nats::PublishErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 
-use super::{Context, MAX_EXTRA_DELIVERIES, MAX_HEADER_TEXT, Message, Outcome, dispatch, one_line};
+use super::{
+    Context, MAX_EXTRA_DELIVERIES, MAX_HEADER_TEXT, Message, Outcome, TraceContext, dispatch,
+    one_line,
+};
 
 /// How long JetStream waits for an ack before redelivering; a message being
 /// worked on is kept alive with progress acks (see [`handle`]).
@@ -167,6 +170,13 @@ async fn handle(
             |info| format!("{}:{}", info.stream, info.stream_sequence),
         ),
         delivered: info.map(|info| u64::try_from(info.delivered).unwrap_or(0)),
+        trace: message
+            .headers
+            .as_ref()
+            .map(|headers| {
+                TraceContext::from_headers(|name| headers.get(name).map(|v| v.as_str().as_bytes()))
+            })
+            .unwrap_or_default(),
     };
     let handled = context.handle(&input);
     tokio::pin!(handled);

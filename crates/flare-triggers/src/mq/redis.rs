@@ -24,7 +24,7 @@ use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
 };
 
-use super::{Context, MAX_ERROR_TEXT, Message, Outcome, truncated};
+use super::{Context, MAX_ERROR_TEXT, Message, Outcome, TraceContext, truncated};
 
 /// How long an entry read and not acknowledged stays with its consumer
 /// before another node's claims it (its consumer is gone).
@@ -112,6 +112,11 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 payload: Bytes::from(payload),
                 identity: entry.id.clone(),
                 delivered: None,
+                // An entry's other fields are its headers.
+                trace: TraceContext::from_headers(|name| match entry.map.get(name) {
+                    Some(redis::Value::BulkString(bytes)) => Some(bytes.as_slice()),
+                    _ => None,
+                }),
             };
             let outcome = context.handle(&message).await;
             (message, outcome)

@@ -134,6 +134,24 @@ pub struct ServerArgs {
     /// made on the first start.
     #[arg(long, env = "FLARE_SECRETS_KEY", value_name = "FILE")]
     secrets_key: Option<PathBuf>,
+    /// Export a span for every invocation (OpenTelemetry, OTLP) to this
+    /// collector: http://HOST:4318 with --otlp-protocol http, http://HOST:4317
+    /// with grpc. A caller's `traceparent` is continued and passed to the
+    /// function. Off without it, at no cost.
+    #[arg(long, env = "FLARE_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// How spans reach the collector: http (OTLP/HTTP, protobuf) or grpc.
+    #[arg(long, env = "FLARE_OTLP_PROTOCOL", value_enum, default_value = "http")]
+    otlp_protocol: crate::telemetry::OtlpProtocol,
+    /// The fraction of invocations Flare starts a trace for (0.01: one in
+    /// a hundred); a caller's sampled trace is always continued.
+    #[arg(
+        long,
+        env = "FLARE_TRACE_SAMPLE_RATE",
+        default_value = "1",
+        value_parser = crate::telemetry::parse_sample_rate
+    )]
+    trace_sample_rate: f64,
     /// A NATS credentials file (.creds) to connect with.
     #[arg(
         long,
@@ -426,8 +444,25 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args_new_admin_token = args.new_admin_token;
+    let otlp = args
+        .otlp_endpoint
+        .clone()
+        .map(|endpoint| (endpoint, args.otlp_protocol, args.trace_sample_rate));
     let settings = args.settings()?;
     let data_dir = &settings.data_dir;
+    // A bad exporter setting is an error before anything starts.
+    let spans = match &otlp {
+        Some((endpoint, protocol, rate)) => {
+            let node = match &settings.cluster {
+                Some(c) => c.node_name.clone(),
+                None => default_node_name().unwrap_or_else(|_| "flare".into()),
+            };
+            let provider = crate::telemetry::provider(endpoint, *protocol, *rate, &node)?;
+            tracing::info!(endpoint, protocol = ?protocol, sample_rate = rate, "exporting invocation spans");
+            Some(provider)
+        }
+        None => None,
+    };
     // An operator's key file is checked before anything starts.
     let file_sealer = match &settings.secrets_key {
         Some(file) => Some(
@@ -576,6 +611,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
     executor.set_sealer(sealer.clone());
     executor.keep_history();
+    if let Some(provider) = &spans {
+        executor.set_tracer(crate::telemetry::tracer(provider));
+    }
     if let Some(shared) = &cluster_packages {
         executor.set_remote_packages(shared.clone());
     }
@@ -787,6 +825,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         served = api_server => served.context("API failed")?,
     }
     tracing::info!("shutting down");
+    if let Some(provider) = spans {
+        // What is still batched goes out, within the export timeout.
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown());
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(15), flushed).await {
+            tracing::warn!("spans not all exported at shutdown: {e}");
+        }
+    }
     if let (Some(cluster), Some(heartbeat)) = (cluster, heartbeat) {
         heartbeat.abort();
         cluster.leave().await;

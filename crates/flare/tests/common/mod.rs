@@ -52,6 +52,14 @@ impl Server {
         server
     }
 
+    /// [`Server::start_with`] with these environment variables set.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut server = Server::start_in_env(tmp.path(), args, env);
+        server._tmp = Some(tmp);
+        server
+    }
+
     /// A server on `data_dir`, which outlives it.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
         Server::start_in_env(data_dir, extra, &[])
