@@ -85,9 +85,9 @@ fn need(method: &Method, path: &str) -> Need {
         }
         "/metrics" | "/v1/nodes" => Need::Everywhere(Permission::Read),
         "/v1/tokens" | "/v1/tokens/{name}" | "/v1/audit" => Need::Everywhere(Permission::Manage),
-        "/v1/functions/{name}/invoke" | "/v1/functions/{name}/invoke/{*rest}" => {
-            Need::In(Permission::Invoke)
-        }
+        "/v1/functions/{name}/invoke"
+        | "/v1/functions/{name}/invoke/{*rest}"
+        | "/v1/invocations/{id}/retry" => Need::In(Permission::Invoke),
         _ if reads => Need::In(Permission::Read),
         _ => Need::In(Permission::Write),
     }
@@ -524,6 +524,10 @@ mod tests {
         assert_eq!(
             need(&get, "/v1/tokens"),
             Need::Everywhere(Permission::Manage)
+        );
+        assert_eq!(
+            need(&Method::POST, "/v1/invocations/{id}/retry"),
+            Need::In(Permission::Invoke)
         );
         assert_eq!(
             need(&get, "/v1/functions/{name}/invoke/{*rest}"),

@@ -853,6 +853,21 @@ impl Client {
             .await
     }
 
+    /// Submits a failed invocation's request again; the new invocation's id.
+    pub async fn retry_invocation(&self, id: &str) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Accepted {
+            invocation: String,
+        }
+        let accepted: Accepted = self
+            .json(
+                self.http
+                    .post(self.scoped(&format!("/v1/invocations/{id}/retry"))),
+            )
+            .await?;
+        Ok(accepted.invocation)
+    }
+
     pub async fn list_mq(&self) -> Result<Vec<crate::MqTriggerView>> {
         self.json(self.http.get(self.scoped("/v1/mqtriggers")))
             .await

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use flare_model::{ALL_NAMESPACES, Error, qualified, split_qualified};
+use flare_model::{ALL_NAMESPACES, Error, ErrorCode, qualified, split_qualified};
 use flare_store::invocations::{Invocation, InvocationFilter, InvocationStatus};
 use serde::Deserialize;
 
@@ -46,6 +46,45 @@ pub(crate) async fn list(
         limit,
     };
     Ok(Json(api.queue.invocations(filter).await?))
+}
+
+/// `POST /v1/invocations/{id}/retry`: a failed invocation's request
+/// submitted again, as a new invocation (202 with its id); the failed one
+/// stays as it was.
+pub(crate) async fn retry(
+    State(api): State<Arc<Api>>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    let invocation = api.queue.invocation(&id).await?;
+    let (_, namespace) = split_qualified(&invocation.request.function);
+    if namespace != scope.one()? {
+        return Err(Error::not_found("invocation", &id).into());
+    }
+    if invocation.status != InvocationStatus::Failed {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "invocation {id} is {}; only a failed one is retried",
+                invocation.status.as_str()
+            ),
+        )
+        .into());
+    }
+    if !api.queue.keeps_bodies() {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "invocation {id} cannot be retried: in cluster mode a finished invocation's body is not kept; invoke the function again"
+            ),
+        )
+        .into());
+    }
+    let retried = api
+        .executor
+        .resubmit(&*api.queue, &invocation.request)
+        .await?;
+    Ok(flare_executor::accepted(&retried).map(axum::body::Body::from))
 }
 
 pub(crate) async fn get(

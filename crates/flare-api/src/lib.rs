@@ -263,6 +263,7 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/v1/invocations", get(invocations::list))
         .route("/v1/invocations/{id}", get(invocations::get))
+        .route("/v1/invocations/{id}/retry", post(invocations::retry))
         .route("/v1/timertriggers", get(timers::list).post(timers::create))
         .route(
             "/v1/timertriggers/{name}",

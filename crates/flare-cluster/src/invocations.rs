@@ -395,6 +395,12 @@ async fn say_progress(message: Arc<jetstream::Message>) {
 
 #[async_trait::async_trait]
 impl InvocationQueue for NatsQueue {
+    /// A finished invocation's record holds no body (it may be far bigger
+    /// than a record; the bodies bucket lets it go at the end).
+    fn keeps_bodies(&self) -> bool {
+        false
+    }
+
     async fn submit(&self, mut new: NewInvocation) -> Result<()> {
         let body = std::mem::take(&mut new.body);
         let request = serde_json::to_string(&new)

@@ -119,4 +119,35 @@ impl Executor {
             .await?;
         Ok(id)
     }
+
+    /// Submits `request` (a stored invocation's) again as a new
+    /// invocation; its id. Refused, with nothing stored, when its function
+    /// is gone or its body is now over the function's limit.
+    pub async fn resubmit(
+        &self,
+        queue: &dyn InvocationQueue,
+        request: &NewInvocation,
+    ) -> Result<Arc<str>, Error> {
+        let limit = self
+            .max_body_bytes(&request.function)
+            .ok_or_else(|| Error::not_found("function", &request.function))?;
+        if request.body.len() as u64 > limit {
+            return Err(Error::new(
+                flare_model::ErrorCode::PayloadTooLarge,
+                format!(
+                    "the invocation's body of {} bytes is over function \"{}\"'s limit of {limit} bytes",
+                    request.body.len(),
+                    request.function
+                ),
+            ));
+        }
+        let id = self.next_invocation_id();
+        queue
+            .submit(NewInvocation {
+                id: id.to_string(),
+                ..request.clone()
+            })
+            .await?;
+        Ok(id)
+    }
 }

@@ -355,6 +355,12 @@ pub trait InvocationQueue: Send + Sync {
     /// returns how many.
     async fn forget_namespace(&self, namespace: &str) -> Result<u64>;
 
+    /// Whether a finished invocation's record keeps its request body (so
+    /// it can be retried).
+    fn keeps_bodies(&self) -> bool {
+        true
+    }
+
     /// The most response bytes kept with an invocation's record.
     fn max_result(&self) -> usize {
         1 << 20

@@ -231,6 +231,13 @@ fn no_role_does_more_than_its_row_allows() {
             404,
         );
         add(
+            "POST",
+            p("/v1/invocations/nope/retry"),
+            String::new(),
+            Needs::Invoke,
+            404,
+        );
+        add(
             "PUT",
             p("/v1/functions/hello"),
             function(namespace),

@@ -272,3 +272,59 @@ fn credentials_are_never_stored_with_an_invocation() {
     assert!(!record.contains("s3cret"), "{record}");
     assert!(record.contains("visible"), "{record}");
 }
+
+#[test]
+fn a_failed_invocation_is_retried_as_a_new_one_once_the_function_is_fixed() {
+    let server = Server::start();
+    server.create("flaky", "misbehave", &[]);
+    let failed_id = submit(
+        &server,
+        "/async/fn/flaky/trap",
+        &[("x-flare-max-retries", "0"), ("x-kept", "along")],
+        "payload-1",
+    );
+    let failed = outcome(&server, &failed_id, "failed");
+    assert_eq!(failed["attempts"], 1, "{failed}");
+
+    // Fixed: the same name now runs the echo function.
+    let echo = common::guest("echo");
+    server.ok(&[
+        "fn",
+        "update",
+        "--name",
+        "flaky",
+        "--code",
+        echo.to_str().unwrap(),
+    ]);
+    let retried_id = server
+        .ok(&["invocations", "retry", "--id", &failed_id])
+        .trim()
+        .to_string();
+    assert!(
+        !retried_id.is_empty() && retried_id != failed_id,
+        "{retried_id}"
+    );
+    let retried = outcome(&server, &retried_id, "succeeded");
+    let echoed: serde_json::Value =
+        serde_json::from_str(retried["result_body"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed["body"], "payload-1", "the same body: {echoed}");
+    assert_eq!(echoed["path"], "/trap", "the same path: {echoed}");
+    assert!(
+        echoed.to_string().contains("along"),
+        "the same headers: {echoed}"
+    );
+
+    // The failed one is as it was.
+    let before = outcome(&server, &failed_id, "failed");
+    assert_eq!(before["attempts"], 1, "{before}");
+
+    // Only a failed one is retried; an unknown id is not found. Neither
+    // stores anything.
+    let err = server.fails(&["invocations", "retry", "--id", &retried_id]);
+    assert!(err.contains("only a failed one"), "{err}");
+    let err = server.fails(&["invocations", "retry", "--id", "nothing"]);
+    assert!(err.contains("not found"), "{err}");
+    let all = server.ok(&["invocations", "list", "--function", "flaky", "-o", "json"]);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&all).unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+}

@@ -38,6 +38,12 @@ enum InvocationCommand {
         #[command(flatten)]
         output: OutputFlag,
     },
+    /// Run a failed invocation's request again, as a new invocation; prints
+    /// its id. The failed one stays as it was.
+    Retry {
+        #[arg(long)]
+        id: String,
+    },
 }
 
 fn rows(invocations: &[Invocation]) -> Vec<Vec<String>> {
@@ -83,6 +89,11 @@ pub async fn run(args: InvocationArgs) -> anyhow::Result<()> {
             print(output.format, &invocation, &HEADERS, || {
                 rows(std::slice::from_ref(&invocation))
             })
+        }
+        InvocationCommand::Retry { id } => {
+            let retried = client.retry_invocation(&id).await?;
+            println!("{retried}");
+            Ok(())
         }
     }
 }
