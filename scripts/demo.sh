@@ -49,6 +49,7 @@ Try, in another terminal:
   $flare fn list
   $flare fn test --name echo --method POST --body '{"a":1}'
   $flare fn logs --name echo --follow
+Or open the console at $FLARE_API/ui/ and sign in with the token in $token_file.
 Ctrl-C stops the server.
 TXT
 wait $server

@@ -19,6 +19,12 @@ scripts/services.sh
 echo "== guests (wasm32-wasip2)"
 scripts/build-guests.sh >/dev/null
 
+echo "== console assets (ui/dist is what ui/build.sh makes from ui/src)"
+rebuilt="$(mktemp -d)"
+ui/build.sh "$rebuilt" >/dev/null
+diff -r "$rebuilt" ui/dist
+rm -rf "$rebuilt"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

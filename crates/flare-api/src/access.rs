@@ -68,6 +68,8 @@ fn need(method: &Method, path: &str) -> Need {
     let reads = matches!(*method, Method::GET | Method::HEAD);
     match path {
         "/v1/openapi.json" | "/v1/spec.schema.json" => Need::Open,
+        // The console's own files: what it shows needs a token.
+        "/ui" | "/ui/" | "/ui/app.js" | "/ui/app.css" => Need::Open,
         "/healthz" => Need::Health,
         "/v1/whoami" => Need::Token,
         // Cluster-wide: anyone with a token may see them (a namespace
@@ -519,6 +521,8 @@ mod tests {
         let get = Method::GET;
         assert_eq!(need(&get, "/healthz"), Need::Health);
         assert_eq!(need(&get, "/v1/openapi.json"), Need::Open);
+        assert_eq!(need(&get, "/ui/"), Need::Open);
+        assert_eq!(need(&get, "/ui/app.js"), Need::Open);
         assert_eq!(need(&get, "/v1/whoami"), Need::Token);
         assert_eq!(need(&get, "/metrics"), Need::Everywhere(Permission::Read));
         assert_eq!(

@@ -29,6 +29,7 @@ mod schema;
 mod secrets;
 mod timers;
 mod triggers;
+mod ui;
 pub mod versions;
 
 use std::sync::Arc;
@@ -176,6 +177,10 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route("/v1/spec.schema.json", get(spec_schema))
         .route("/metrics", get(metrics))
         .route("/v1/whoami", get(access::whoami))
