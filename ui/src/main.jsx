@@ -248,7 +248,7 @@ function FunctionPage({ name, who }) {
       </section>
       <TestForm name={name} who={who} onDone={metrics.reload} />
       <Logs name={name} />
-      {f && <Details name={name} f={f} />}
+      {f && <Details name={name} f={f} who={who} onChanged={fn.reload} />}
     </main>
   );
 }
@@ -489,8 +489,25 @@ function Logs({ name }) {
   );
 }
 
-function Details({ name, f }) {
-  const versions = useLoad(() => json(scoped(`${fnPath(name)}/versions`)), [name]);
+function Details({ name, f, who, onChanged }) {
+  const versions = useLoad(() => json(scoped(`${fnPath(name)}/versions`)), [name, f.metadata.version]);
+  const [said, setSaid] = useState(null);
+  const [error, setError] = useState(null);
+  const changes = who.role === 'admin' || who.role === 'developer';
+  const serve = async (version) => {
+    setError(null);
+    try {
+      await json(scoped(`${fnPath(name)}/rollback`), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ version }),
+      });
+      setSaid(`Version ${version} is serving now.`);
+      onChanged();
+    } catch (e) {
+      setError(e);
+    }
+  };
   const related = useLoad(async () => {
     const [aliases, http, mq, timers, canaries] = await Promise.all(
       ['/v1/aliases', '/v1/httptriggers', '/v1/mqtriggers', '/v1/timertriggers', '/v1/canaries'].map((p) => json(scoped(p)).catch(() => [])),
@@ -508,14 +525,25 @@ function Details({ name, f }) {
       <section aria-labelledby="versions-title">
         <h2 id="versions-title">Versions and aliases</h2>
         <Problem error={versions.error} />
+        <p role="status">{said}</p>
+        <Problem error={error} />
         {versions.data && (
           <Table
             caption="Versions (newest last)"
-            columns={['Version', 'Created', 'Package']}
+            columns={['Version', 'Created', 'Package', 'Serving']}
             rows={versions.data.map((v) => [
-              v.version ?? v.metadata?.version,
-              time(v.createdAt ?? v.created_at ?? v.metadata?.created_at),
-              <code>{(v.spec?.package?.digest ?? v.package?.digest ?? '').slice(0, 19)}</code>,
+              v.version,
+              time(v.createdAt),
+              <code>{v.spec.package.digest.slice(0, 19)}</code>,
+              v.serving ? (
+                'serving'
+              ) : changes ? (
+                <button type="button" onClick={() => serve(v.version)}>
+                  Serve version {v.version}
+                </button>
+              ) : (
+                '—'
+              ),
             ])}
           />
         )}

@@ -132,6 +132,23 @@ try {
   check(/ms$/.test(await page.textContent('#test-duration')), 'the duration is shown');
   await page.waitForSelector(`.log li:has-text("${LOG_LINE}")`);
 
+  say('the log filters of flare fn logs: text, time range');
+  await page.click('button:text("Stop following")');
+  await page.fill('#logs-contains', 'console-test');
+  await page.click('button:text("Search")');
+  await page.waitForSelector(`.log li:has-text("${LOG_LINE}")`);
+  await page.fill('#logs-contains', 'no-line-has-this');
+  await page.click('button:text("Search")');
+  await page.waitForSelector('text=No lines match.');
+  await page.fill('#logs-contains', '');
+  await page.fill('#logs-until', '1h');
+  await page.click('button:text("Search")');
+  await page.waitForSelector('text=No lines match.');
+  await page.fill('#logs-until', '');
+  await page.fill('#logs-since', '2000-01-01T00:00:00Z');
+  await page.click('button:text("Search")');
+  await page.waitForSelector(`.log li:has-text("${LOG_LINE}")`);
+
   say('its chart moves (the 10 s metric points, polled)');
   await page.waitForFunction(() => Number(document.querySelector('#chart-rate')?.dataset.total) > 0, null, { timeout: 60_000 });
   await accessible('function', { labels: true });
@@ -148,6 +165,15 @@ try {
     { timeout: 60_000 },
   );
   check(!(await page.isVisible('text=Loading the Flare console')), 'the loading note is gone');
+
+  say('a developer serves an earlier version from the versions table');
+  await page.click(`table a:text-is("${FUNCTION}")`);
+  await headingFocused(`Function ${FUNCTION}`);
+  await page.waitForSelector('td:text-is("serving")');
+  await page.click('button:text("Serve version 1")');
+  await page.waitForSelector('[role=status]:has-text("Version 1 is serving now.")');
+  await page.waitForSelector('.summary:has-text("version 1")');
+  await page.waitForSelector('button:text("Serve version 2")');
 
   say('the other pages open, each with the focus on its heading and what it lists');
   const shows = {
@@ -193,6 +219,8 @@ try {
   await page.click(`table a:text-is("${FUNCTION}")`);
   await page.waitForSelector(`h1:text("Function ${FUNCTION}")`);
   check(await page.isDisabled('button:text("Invoke")'), 'the Invoke button is disabled for a viewer');
+  await page.waitForSelector('td:text-is("serving")');
+  check((await page.$$('button:has-text("Serve version")')).length === 0, 'a viewer is offered no version to serve');
   await page.waitForSelector('text=A viewer token cannot invoke functions.');
 
   check(problems.length === 0, `the page reported problems:\n  ${problems.join('\n  ')}`);

@@ -90,6 +90,8 @@ fn the_console_signs_in_invokes_a_function_and_shows_its_log_line_live() {
     )
     .unwrap();
     server.create_in("python", "console", &code, &[]);
+    // A second version, for the versions table.
+    server.ok(&["fn", "update", "--name", "console", "--memory", "192"]);
     server.ok(&[
         "ht",
         "create",
