@@ -65,6 +65,10 @@ printf "A old build              %10s req/s\n" "${med[A]}"
 printf "B tracing off            %10s req/s   B/A %s (target >= 0.98)\n" "${med[B]}" "$(ratio "${med[A]}" "${med[B]}")"
 printf "C tracing on, 1%% sampled %10s req/s   C/A %s (target >= 0.90)\n" "${med[C]}" "$(ratio "${med[A]}" "${med[C]}")"
 printf "D tracing on, all        %10s req/s   D/A %s\n" "${med[D]}" "$(ratio "${med[A]}" "${med[D]}")"
+# The servers first (they flush their spans on the way out), then the sink.
+kill "${pids[@]}" 2>/dev/null
+for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+pids=()
 kill $SINK_PID && wait $SINK_PID 2>/dev/null
 tail -1 "$sink_out"
 rm -f "$results"
