@@ -597,6 +597,14 @@ fn a_restarted_node_rejoins_and_losing_nats_keeps_functions_served() {
         echo.to_str().unwrap(),
     ]);
     assert!(err.contains("NATS"), "{err}");
+    // Over the API: 503, for a client to try again later.
+    let refused = common::client_with_token(&a.token)
+        .post(format!("{}/v1/namespaces", a.api))
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"Namespace","metadata":{"name":"later"},"spec":{}}"#)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 503);
 
     // NATS back: the nodes reconnect by themselves and changes go through.
     cluster.restart(0);
