@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::kafka::Kafka;
 use common::{Server, eventually, http};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -492,4 +493,164 @@ fn bad_tracing_settings_are_refused_before_the_server_starts() {
             "{args:?}: nothing was written"
         );
     }
+}
+
+#[test]
+fn a_request_that_waits_for_a_permit_has_a_queue_phase() {
+    let receiver = Receiver::http();
+    let server = traced_server(&receiver, "http", &[]);
+    server.create("slow", "misbehave", &["--concurrency", "1", "--queue", "4"]);
+    let router = server.router.clone();
+    let first = std::thread::spawn(move || {
+        http()
+            .get(format!("{router}/fn/slow/sleep?ms=3000"))
+            .send()
+            .unwrap()
+            .status()
+    });
+    // The first holds the only permit for 3 s (the timeout is 5 s): the
+    // second waits for it.
+    eventually(Duration::from_secs(20), || {
+        let view: serde_json::Value =
+            serde_json::from_str(&server.ok(&["fn", "get", "--name", "slow", "-o", "json"]))
+                .unwrap();
+        (view["status"]["inFlight"] == 1).then_some(())
+    });
+    let response = http()
+        .get(format!("{}/fn/slow/sleep?ms=1", server.router))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let invocation = invocation_id(&response);
+    assert_eq!(first.join().unwrap(), 200);
+
+    let span = receiver.span("the queued request's span", |s| {
+        of_invocation(s, &invocation)
+    });
+    let queue = receiver.span("its queue phase", |s| {
+        s.name == "queue" && s.parent_span_id == span.span_id
+    });
+    let run = receiver.span("its function phase", |s| {
+        s.name == "function" && s.parent_span_id == span.span_id
+    });
+    assert!(queue.end_time_unix_nano > queue.start_time_unix_nano);
+    assert!(queue.start_time_unix_nano >= span.start_time_unix_nano);
+    assert!(queue.end_time_unix_nano <= run.start_time_unix_nano);
+}
+
+#[test]
+fn redis_amqp_and_kafka_messages_continue_the_trace_they_carry() {
+    let receiver = Receiver::http();
+    let server = traced_server(&receiver, "http", &[]);
+    server.create("echo", "echo", &[]);
+    let topic = format!("flare-traces-{}", std::process::id());
+    let (_cluster, kafka) = Kafka::start(&[(&topic, 1)]);
+    for (name, kind) in [
+        ("traced-redis", "redis"),
+        ("traced-amqp", "amqp"),
+        ("traced-kafka", "kafka"),
+    ] {
+        let mut args = vec![
+            "mqt",
+            "create",
+            "--name",
+            name,
+            "--function",
+            "echo",
+            "--mqtype",
+            kind,
+            "--topic",
+            &topic,
+        ];
+        let url = kafka.url();
+        if kind == "kafka" {
+            args.extend(["--broker", &url]);
+        }
+        server.ok(&args);
+        eventually(Duration::from_secs(20), || {
+            let view: serde_json::Value =
+                serde_json::from_str(&server.ok(&["mqt", "get", "--name", name, "-o", "json"]))
+                    .unwrap();
+            (view["status"]["connected"] == true).then_some(())
+        });
+    }
+    let parent = "00f067aa0ba902b7";
+    let redis_trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let amqp_trace = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let kafka_trace = "7bf92f3577b34da6a3ce929d0e0e4736";
+
+    // A Redis entry's fields besides the payload are its headers.
+    let added = Command::new("redis-cli")
+        .args([
+            "XADD",
+            &topic,
+            "*",
+            "payload",
+            "traced",
+            "traceparent",
+            &format!("00-{redis_trace}-{parent}-01"),
+        ])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    // An AMQP message's headers table.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_connection, channel) = runtime.block_on(common::amqp_channel());
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(format!("00-{amqp_trace}-{parent}-01").into()),
+    );
+    runtime.block_on(async {
+        channel
+            .basic_publish(
+                "".into(),
+                topic.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                b"traced",
+                lapin::BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+
+    // A Kafka record's headers.
+    kafka.send_with_headers(
+        &topic,
+        "k",
+        None,
+        &[("traceparent", &format!("00-{kafka_trace}-{parent}-01"))],
+        "traced",
+    );
+
+    for (broker, trace) in [
+        ("redis", redis_trace),
+        ("amqp", amqp_trace),
+        ("kafka", kafka_trace),
+    ] {
+        let span = receiver.span(&format!("the {broker} message's span"), |s| {
+            s.name == "echo" && id(&s.trace_id) == trace
+        });
+        assert_eq!(id(&span.parent_span_id), parent, "{broker}");
+        assert_eq!(
+            attribute(&span, "faas.trigger").as_deref(),
+            Some("pubsub"),
+            "{broker}"
+        );
+    }
+
+    server.ok(&["mqt", "delete", "--name", "traced-redis"]);
+    server.ok(&["mqt", "delete", "--name", "traced-amqp"]);
+    server.ok(&["mqt", "delete", "--name", "traced-kafka"]);
+    let _ = Command::new("redis-cli").args(["DEL", &topic]).output();
+    runtime.block_on(async {
+        let _ = channel
+            .queue_delete(
+                topic.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+    });
 }

@@ -51,9 +51,29 @@ impl Kafka {
 
     /// Produces `text` to `topic` with `key` (to `partition`, if given).
     pub fn send(&self, topic: &str, key: &str, partition: Option<i32>, text: &str) {
+        self.send_with_headers(topic, key, partition, &[], text);
+    }
+
+    /// [`Kafka::send`] with these record headers.
+    pub fn send_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        partition: Option<i32>,
+        headers: &[(&str, &str)],
+        text: &str,
+    ) {
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
         let mut record = rdkafka::producer::FutureRecord::to(topic)
             .key(key)
-            .payload(text);
+            .payload(text)
+            .headers(owned);
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
