@@ -242,9 +242,9 @@ function FunctionPage({ name, who }) {
         </p>
       )}
       <section aria-labelledby="charts-title">
-        <h2 id="charts-title">Last hour</h2>
+        <h2 id="charts-title">Last hour{metrics.data?.nodes > 1 ? `, ${metrics.data.nodes} nodes` : ''}</h2>
         <Problem error={metrics.error} />
-        <Charts points={metrics.data?.points || []} step={metrics.data?.stepSeconds || metrics.data?.step_seconds || 10} />
+        <Charts points={metrics.data?.points || []} step={metrics.data?.stepSeconds || 10} />
       </section>
       <TestForm name={name} who={who} onDone={metrics.reload} />
       <Logs name={name} />

@@ -488,11 +488,15 @@ pub(crate) async fn delete(
 }
 
 /// What `GET /v1/functions/{name}/metrics` answers: the function's
-/// points on this node over the last hour, one per step, oldest first.
+/// points over the last hour, one per step, oldest first, added up over
+/// the `nodes` that answered (in a cluster, every live node within a
+/// second; this node alone otherwise).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsView {
     pub step_seconds: u64,
+    #[serde(default)]
+    pub nodes: usize,
     pub points: Vec<flare_executor::MetricPoint>,
 }
 
@@ -502,10 +506,56 @@ pub(crate) async fn metrics(
     Path(name): Path<String>,
 ) -> ApiResult<Json<MetricsView>> {
     let function = api.load(&scope, &name)?;
+    let name = function.qualified_name();
+    let (nodes, points) = match &api.cluster_metrics {
+        Some(exchange) => api.cluster_history(exchange, &name).await,
+        None => (1, api.executor.history(&name)),
+    };
     Ok(Json(MetricsView {
         step_seconds: flare_executor::HISTORY_STEP.as_secs(),
-        points: api.executor.history(&function.qualified_name()),
+        nodes,
+        points,
     }))
+}
+
+impl Api {
+    /// `function`'s points from every live node that answers, added up;
+    /// this node's own when none can be asked (NATS away).
+    async fn cluster_history(
+        &self,
+        exchange: &flare_cluster::metrics::MetricsExchange,
+        function: &str,
+    ) -> (usize, Vec<flare_executor::MetricPoint>) {
+        let (functions_warm, busy) = self.executor.load();
+        let live = self
+            .membership
+            .nodes(flare_cluster::Load {
+                functions_warm,
+                busy,
+            })
+            .await
+            .map_or(1, |nodes| nodes.len().max(1));
+        let answers = match exchange.gather(function, live).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::debug!("metrics of {function} from this node only: {e}");
+                Vec::new()
+            }
+        };
+        let shared: Vec<Vec<flare_executor::SharedPoint>> = answers
+            .iter()
+            .filter_map(|answer| serde_json::from_slice(answer).ok())
+            .collect();
+        if shared.is_empty() {
+            return (1, self.executor.history(function));
+        }
+        let nodes = shared.len();
+        (
+            nodes,
+            self.executor
+                .combined_history(shared.into_iter().flatten().collect()),
+        )
+    }
 }
 
 /// Stores a wasm package after checking that it is a servable component;

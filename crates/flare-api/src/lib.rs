@@ -77,6 +77,7 @@ pub struct Api {
     pub(crate) membership: flare_cluster::Membership,
     pub(crate) cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
     pub(crate) cluster_logs: Option<Arc<flare_cluster::logs::LogStream>>,
+    pub(crate) cluster_metrics: Option<Arc<flare_cluster::metrics::MetricsExchange>>,
     pub(crate) builder: Option<Arc<dyn builds::Builder>>,
 }
 
@@ -104,6 +105,9 @@ pub struct ApiParts {
     pub cluster_packages: Option<Arc<flare_cluster::packages::NatsPackages>>,
     /// In cluster mode, the log stream every node keeps a replica of.
     pub cluster_logs: Option<Arc<flare_cluster::logs::LogStream>>,
+    /// In cluster mode, where a function's metric points of every node
+    /// are gathered.
+    pub cluster_metrics: Option<Arc<flare_cluster::metrics::MetricsExchange>>,
     /// What builds functions' sources; `None`: sources are refused.
     pub builder: Option<Arc<dyn builds::Builder>>,
 }
@@ -150,6 +154,7 @@ impl Api {
             membership: parts.membership,
             cluster_packages: parts.cluster_packages,
             cluster_logs: parts.cluster_logs,
+            cluster_metrics: parts.cluster_metrics,
             builder: parts.builder,
         })
     }

@@ -12,6 +12,7 @@ pub mod idle;
 pub mod invocations;
 pub mod leases;
 pub mod logs;
+pub mod metrics;
 pub mod packages;
 pub mod store;
 

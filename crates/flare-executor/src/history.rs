@@ -59,7 +59,89 @@ struct Counters {
 #[derive(Default)]
 pub(crate) struct History {
     last: HashMap<String, Counters>,
-    points: HashMap<String, VecDeque<MetricPoint>>,
+    points: HashMap<String, VecDeque<SharedPoint>>,
+}
+
+/// One node's step of one function as nodes exchange it: counts that add
+/// up across nodes (the duration histogram's cumulative buckets, not its
+/// quantiles, which do not).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedPoint {
+    pub at: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests at or under each bound of the duration histogram.
+    pub buckets: Vec<u64>,
+    pub cold_starts: u64,
+    pub instances: u64,
+    pub busy: u64,
+}
+
+impl SharedPoint {
+    fn add(&mut self, other: &SharedPoint) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.cold_starts += other.cold_starts;
+        self.instances += other.instances;
+        self.busy += other.busy;
+    }
+
+    fn point(&self) -> MetricPoint {
+        let mut buckets = [0u64; BUCKETS.len()];
+        for (to, from) in buckets.iter_mut().zip(&self.buckets) {
+            *to = *from;
+        }
+        MetricPoint {
+            at: self.at,
+            requests: self.requests,
+            errors: self.errors,
+            p50_ms: quantile(&buckets, self.requests, 0.5),
+            p99_ms: quantile(&buckets, self.requests, 0.99),
+            cold_starts: self.cold_starts,
+            instances: self.instances,
+            busy: self.busy,
+        }
+    }
+}
+
+/// One point per step for the span ending at `now` (the latest step end
+/// at or before it) from `points` of any number of nodes, added up where
+/// they share a step; zeros where nothing happened.
+pub fn combine(points: impl IntoIterator<Item = SharedPoint>, now: u64) -> Vec<MetricPoint> {
+    let step = STEP.as_secs();
+    let count = SPAN.as_secs() / step;
+    let first = (now - now % step).saturating_sub((count - 1) * step);
+    let mut by_step: std::collections::BTreeMap<u64, SharedPoint> = Default::default();
+    for point in points {
+        if point.at >= first && point.at % step == 0 {
+            by_step
+                .entry(point.at)
+                .or_insert_with(|| SharedPoint {
+                    at: point.at,
+                    ..SharedPoint::default()
+                })
+                .add(&point);
+        }
+    }
+    (0..count)
+        .map(|i| {
+            let at = first + i * step;
+            by_step.get(&at).map_or(
+                MetricPoint {
+                    at,
+                    ..MetricPoint::default()
+                },
+                SharedPoint::point,
+            )
+        })
+        .collect()
 }
 
 /// The bound (ms) of the bucket holding the `q` quantile of the requests
@@ -91,12 +173,11 @@ impl History {
         for (i, n) in buckets.iter_mut().enumerate() {
             *n = now.buckets[i].saturating_sub(before.buckets[i]);
         }
-        let point = MetricPoint {
+        let point = SharedPoint {
             at,
             requests,
             errors: now.errors.saturating_sub(before.errors),
-            p50_ms: quantile(&buckets, requests, 0.5),
-            p99_ms: quantile(&buckets, requests, 0.99),
+            buckets: buckets.to_vec(),
             cold_starts: now.cold_starts.saturating_sub(before.cold_starts),
             instances: instances.0,
             busy: instances.1,
@@ -117,26 +198,15 @@ impl History {
     /// One point per step for the span ending at `now` (the latest step
     /// end at or before it), zeros where nothing happened.
     fn points(&self, name: &str, now: u64) -> Vec<MetricPoint> {
-        let step = STEP.as_secs();
-        let count = SPAN.as_secs() / step;
-        let first = (now - now % step).saturating_sub((count - 1) * step);
-        // Both in time order: one walk.
-        let mut stored = self.points.get(name).into_iter().flatten().peekable();
-        (0..count)
-            .map(|i| {
-                let at = first + i * step;
-                while stored.peek().is_some_and(|p| p.at < at) {
-                    stored.next();
-                }
-                match stored.peek() {
-                    Some(p) if p.at == at => (*p).clone(),
-                    _ => MetricPoint {
-                        at,
-                        ..MetricPoint::default()
-                    },
-                }
-            })
-            .collect()
+        combine(self.shared(name), now)
+    }
+
+    /// The steps of `name` in which something happened, oldest first.
+    fn shared(&self, name: &str) -> Vec<SharedPoint> {
+        self.points
+            .get(name)
+            .map(|points| points.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -216,6 +286,21 @@ impl Executor {
             .map(|h| h.points(name, unix_now()))
             .unwrap_or_default()
     }
+
+    /// `name`'s steps on this node in which something happened, as nodes
+    /// exchange them (to be [`combine`]d with the other nodes').
+    pub fn shared_history(&self, name: &str) -> Vec<SharedPoint> {
+        self.history
+            .lock()
+            .map(|h| h.shared(name))
+            .unwrap_or_default()
+    }
+
+    /// `points` of every node (this one's included) as one series over the
+    /// last [`SPAN`].
+    pub fn combined_history(&self, points: Vec<SharedPoint>) -> Vec<MetricPoint> {
+        combine(points, unix_now())
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +362,45 @@ mod tests {
         // An idle function keeps nothing.
         h.record("idle", T + 100, Counters::default(), (0, 0));
         assert!(!h.points.contains_key("idle"));
+    }
+
+    #[test]
+    fn nodes_points_add_up_by_step_and_their_quantiles_from_the_sum() {
+        const T: u64 = 1_800_000_000;
+        let (mut a, mut b) = (History::default(), History::default());
+        // a: 100 fast requests; b: 100 at 1 s, in the same step.
+        a.record("f", T + 100, counters(100, 0, 100), (1, 0));
+        b.record("f", T + 100, counters(100, 3, 0), (2, 1));
+        b.record("f", T + 110, counters(101, 3, 0), (2, 0));
+        let mut all = a.shared("f");
+        all.extend(b.shared("f"));
+        let points = combine(all, T + 115);
+        assert_eq!(points.len(), 360);
+        let at = |t: u64| points.iter().find(|p| p.at == T + t).unwrap().clone();
+        let both = at(100);
+        assert_eq!((both.requests, both.errors), (200, 3));
+        assert_eq!((both.instances, both.busy), (3, 1));
+        // Half at 1 ms, half at 1 s: p50 1 ms, p99 1 s; neither node's own.
+        assert_eq!((both.p50_ms, both.p99_ms), (Some(1.0), Some(1000.0)));
+        assert_eq!(at(110).requests, 1);
+        // A node's own series is the same through either path.
+        assert_eq!(a.points("f", T + 115), combine(a.shared("f"), T + 115));
+        // A point off the step grid or out of the span is not counted.
+        let odd = SharedPoint {
+            at: T + 105,
+            requests: 7,
+            ..SharedPoint::default()
+        };
+        let old = SharedPoint {
+            at: T - 7200,
+            requests: 9,
+            ..SharedPoint::default()
+        };
+        let total: u64 = combine([odd, old], T + 115)
+            .iter()
+            .map(|p| p.requests)
+            .sum();
+        assert_eq!(total, 0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use deploy::{
     DEFAULT_BODY_TIMEOUT, DeploymentStatus, Executor, InstanceStatus, KeepAliveStatus,
 };
 pub use flare_runtime::{ResponseBody, Runtime, full_body};
-pub use history::{MetricPoint, SPAN as HISTORY_SPAN, STEP as HISTORY_STEP};
+pub use history::{MetricPoint, SPAN as HISTORY_SPAN, STEP as HISTORY_STEP, SharedPoint};
 pub use invoke::{INVOCATION_HEADER, Invoked};
 pub use share::Share;
 pub use submit::{ASYNC_HEADER, CALLBACK_HEADER, RETRIES_HEADER, accepted};

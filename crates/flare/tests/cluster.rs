@@ -547,6 +547,32 @@ fn a_function_created_on_one_node_is_served_by_another() {
     });
     assert!(env.contains("PASSWORD=s3cret"), "{env}");
 
+    // A function's charts add up every node's points: requests on a and on
+    // b, seen whole from either.
+    let served_on = |node: &common::Server| node.get("/fn/wasm/ok").status() == 200;
+    let mut sent = 1; // the env request above
+    for node in [&a, &a, &a, &b, &b] {
+        assert!(served_on(node));
+        sent += 1;
+    }
+    for node in [&a, &b] {
+        common::eventually(Duration::from_secs(40), || {
+            let view: serde_json::Value = common::client_with_token(&node.token)
+                .get(format!("{}/v1/functions/wasm/metrics", node.api))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let requests: u64 = view["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["requests"].as_u64().unwrap())
+                .sum();
+            (view["nodes"] == 2 && requests == sent).then_some(())
+        });
+    }
+
     // Deleted through a: gone from b.
     a.ok(&["fn", "delete", "--name", "hello"]);
     common::eventually(Duration::from_secs(10), || {

@@ -706,6 +706,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // ... and every node answers for its metric points, so charts show
+    // the cluster.
+    let cluster_metrics = match &cluster {
+        Some(cluster) => {
+            let executor = executor.clone();
+            let exchange = flare_cluster::metrics::MetricsExchange::new(
+                cluster.jetstream().client(),
+                move |function| {
+                    serde_json::to_vec(&executor.shared_history(function)).unwrap_or_default()
+                },
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot answer metrics requests on NATS at {}: {e}",
+                    cluster.servers()
+                )
+            })?;
+            Some(Arc::new(exchange))
+        }
+        None => None,
+    };
     tokio::spawn(executor.clone().run(store.clone()));
     tokio::spawn(router.clone().run(store.clone()));
     tokio::spawn(timers.run());
@@ -746,6 +768,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         membership,
         cluster_packages,
         cluster_logs,
+        cluster_metrics,
         builder: Some(builder),
     });
     // A cluster sees this node from its first heartbeat on.
