@@ -1571,13 +1571,25 @@ fn a_nats_server_killed_under_load_loses_nothing_acknowledged() {
     }
 
     // Every accepted invocation ends with its result.
-    let finished = common::eventually(Duration::from_secs(120), || {
-        // Refused (503) while the streams elect new leaders.
-        let out = a.cli(&["invocations", "list", "--limit", "1000", "-o", "json"]);
-        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-        let done = all.iter().filter(|i| i["status"] == "succeeded").count();
-        (done == N).then_some(all)
-    });
+    let seen = std::cell::RefCell::new(String::from("no listing yet"));
+    let finished = common::eventually_or(
+        Duration::from_secs(120),
+        || {
+            // Refused (503) while the streams elect new leaders.
+            let out = a.cli(&["invocations", "list", "--limit", "1000", "-o", "json"]);
+            let Ok(all) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else {
+                *seen.borrow_mut() = String::from_utf8_lossy(&out.stderr).into_owned();
+                return None;
+            };
+            let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+            for i in &all {
+                *by_status.entry(i["status"].to_string()).or_default() += 1;
+            }
+            *seen.borrow_mut() = format!("{} listed: {by_status:?}", all.len());
+            (by_status.get("\"succeeded\"") == Some(&N)).then_some(all)
+        },
+        || seen.borrow().clone(),
+    );
     let mut listed: Vec<&str> = finished.iter().map(|i| i["id"].as_str().unwrap()).collect();
     listed.sort_unstable();
     let mut submitted: Vec<&str> = ids.iter().map(String::as_str).collect();

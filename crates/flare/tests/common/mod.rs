@@ -334,8 +334,13 @@ pub fn error_of(body: &str) -> (String, String) {
     )
 }
 
-/// Polls `check` until it returns Some, for at most `limit`.
-pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+/// [`eventually`], saying `state()` (what was last seen) when the time
+/// is up.
+pub fn eventually_or<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    state: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
@@ -343,10 +348,16 @@ pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T
         }
         assert!(
             start.elapsed() < limit,
-            "condition not met within {limit:?}"
+            "condition not met within {limit:?}; last seen: {}",
+            state()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls `check` until it returns Some, for at most `limit`.
+pub fn eventually<T>(limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    eventually_or(limit, check, || "nothing recorded".into())
 }
 
 /// Builds a jar with examples/java/build.sh: `src` compiled against
