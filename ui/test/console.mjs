@@ -117,6 +117,7 @@ try {
   await page.waitForSelector('#chart-rate');
   await page.waitForSelector('#spec-title');
   await page.waitForSelector(`section:has(#triggers-title) code:text("${TRIGGER_PATH}")`);
+  await page.waitForSelector('section:has(#versions-title) li:text("prod → version 1")');
 
   say('follow its logs, invoke it from the test form, see the line arrive live');
   await page.click('button:text("Follow")');
@@ -174,6 +175,13 @@ try {
   await page.waitForSelector('[role=status]:has-text("Version 1 is serving now.")');
   await page.waitForSelector('.summary:has-text("version 1")');
   await page.waitForSelector('button:text("Serve version 2")');
+
+  say("a canary's state on its function's page");
+  await page.goto(`${API}/ui/#/functions/canaried`);
+  await headingFocused('Function canaried');
+  const canary = await page.waitForSelector('section:has(#canary-title) p:has-text("slowly: version 1 → 2 by 10%")');
+  check(/running/.test(await canary.textContent()), `canary: ${await canary.textContent()}`);
+  check(/% of traffic on version 2/.test(await canary.textContent()), `canary: ${await canary.textContent()}`);
 
   say('the other pages open, each with the focus on its heading and what it lists');
   const shows = {

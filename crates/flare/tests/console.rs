@@ -93,6 +93,35 @@ fn the_console_signs_in_invokes_a_function_and_shows_its_log_line_live() {
     // A second version, for the versions table.
     server.ok(&["fn", "update", "--name", "console", "--memory", "192"]);
     server.ok(&[
+        "alias",
+        "create",
+        "--function",
+        "console",
+        "--name",
+        "prod",
+        "--version",
+        "1",
+    ]);
+    // A function in the middle of a canary, for its page.
+    server.create_in("python", "canaried", &code, &[]);
+    server.ok(&["fn", "update", "--name", "canaried", "--memory", "192"]);
+    server.ok(&[
+        "canary",
+        "create",
+        "--name",
+        "slowly",
+        "--function",
+        "canaried",
+        "--from",
+        "1",
+        "--to",
+        "2",
+        "--step",
+        "10",
+        "--interval",
+        "1h",
+    ]);
+    server.ok(&[
         "ht",
         "create",
         "--name",
