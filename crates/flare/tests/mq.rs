@@ -1232,6 +1232,13 @@ fn nats_a_trigger_made_again_on_another_topic_gets_that_topics_messages() {
         );
         server.ok(&["mqt", "delete", "--name", &trigger]);
     }
+    // The stream follows the topic: the first one's messages are no longer
+    // kept where nothing reads them.
     let stream = format!("FLARE_{}", trigger.to_uppercase().replace('-', "_"));
+    let subjects = runtime.block_on(async {
+        let mut stream = js.get_stream(&stream).await.unwrap();
+        stream.info().await.unwrap().config.subjects.clone()
+    });
+    assert_eq!(subjects, [format!("flare.test.{subject}.second")]);
     let _ = runtime.block_on(js.delete_stream(&stream));
 }

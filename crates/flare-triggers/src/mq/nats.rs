@@ -52,8 +52,9 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| format!("cannot create a stream for {}: {e}", spec.topic))?;
-            // Ours, made for an earlier trigger of this name on another
-            // topic: it takes this one too, or nothing would arrive.
+            // Ours, and made for an earlier trigger of this name on
+            // another topic: it follows the topic, or nothing would arrive
+            // (and the old topic's messages would pile up unread).
             let name = stream.cached_info().config.name.clone();
             let mut config = stream
                 .info()
@@ -61,10 +62,10 @@ pub(crate) async fn consume(context: Arc<Context>) -> Result<(), String> {
                 .map_err(|e| format!("cannot read stream {name}: {e}"))?
                 .config
                 .clone();
-            if !config.subjects.contains(&spec.topic) {
-                config.subjects.push(spec.topic.clone());
+            if config.subjects != [spec.topic.clone()] {
+                config.subjects = vec![spec.topic.clone()];
                 js.update_stream(&config).await.map_err(|e| {
-                    format!("cannot add {} to stream {}: {e}", spec.topic, config.name)
+                    format!("cannot move stream {} to {}: {e}", config.name, spec.topic)
                 })?;
             }
             stream
