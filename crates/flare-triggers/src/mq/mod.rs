@@ -80,21 +80,27 @@ pub(crate) struct Message {
 /// A message's W3C trace context, as its headers carried it.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TraceContext {
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
+    pub traceparent: Option<http::HeaderValue>,
+    pub tracestate: Option<http::HeaderValue>,
 }
 
+/// The longest trace header taken from a message: W3C's `tracestate`
+/// limit (32 members) fits well within; a longer one is not a trace
+/// context but a payload smuggled into the function's headers.
+const MAX_TRACE_HEADER: usize = 1024;
+
 impl TraceContext {
-    /// From a message's headers, looked up by name.
+    /// From a message's headers, looked up by name: values that fit in an
+    /// HTTP header and [`MAX_TRACE_HEADER`], the others dropped.
     pub fn from_headers<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Self {
-        let text = |name| {
+        let value = |name| {
             get(name)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_string)
+                .filter(|v| v.len() <= MAX_TRACE_HEADER)
+                .and_then(|v| http::HeaderValue::from_bytes(v).ok())
         };
         TraceContext {
-            traceparent: text("traceparent"),
-            tracestate: text("tracestate"),
+            traceparent: value("traceparent"),
+            tracestate: value("tracestate"),
         }
     }
 
@@ -103,11 +109,8 @@ impl TraceContext {
             ("traceparent", &self.traceparent),
             ("tracestate", &self.tracestate),
         ] {
-            if let Some(value) = value
-                .as_deref()
-                .and_then(|v| http::HeaderValue::from_str(v).ok())
-            {
-                headers.insert(name, value);
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
             }
         }
     }
@@ -792,7 +795,10 @@ mod tests {
         assert_ne!(stream("a.b-c"), stream("a-b.c"));
     }
 
-    use super::{Lanes, MAX_ERROR_PAYLOAD, MAX_ERROR_TEXT, failure_document, one_line};
+    use super::{
+        Lanes, MAX_ERROR_PAYLOAD, MAX_ERROR_TEXT, MAX_TRACE_HEADER, TraceContext, failure_document,
+        one_line,
+    };
 
     #[tokio::test]
     async fn a_message_delivered_too_often_is_given_up_without_running() {
@@ -912,5 +918,35 @@ mod tests {
         assert!(lanes.has_room());
         assert_eq!(lanes.admit("a", 1), Some(1));
         assert!(!lanes.has_room());
+    }
+
+    #[test]
+    fn a_messages_trace_headers_reach_the_request_only_when_they_are_headers() {
+        let parent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".as_slice();
+        let huge = vec![b'a'; MAX_TRACE_HEADER + 1];
+        let broken = b"line\nbreak".as_slice();
+        let cases: [(&[u8], &[u8], bool, bool); 3] = [
+            (parent, b"vendor=1", true, true),
+            (parent, &huge, true, false),
+            (broken, b"vendor=\x7f", false, false),
+        ];
+        for (traceparent, tracestate, kept_parent, kept_state) in cases {
+            let trace = TraceContext::from_headers(|name| match name {
+                "traceparent" => Some(traceparent),
+                "tracestate" => Some(tracestate),
+                _ => None,
+            });
+            let mut headers = http::HeaderMap::new();
+            trace.apply(&mut headers);
+            assert_eq!(headers.contains_key("traceparent"), kept_parent);
+            assert_eq!(headers.contains_key("tracestate"), kept_state);
+            if kept_parent {
+                assert_eq!(headers["traceparent"].as_bytes(), parent);
+            }
+        }
+        // No trace context: nothing is added.
+        let mut headers = http::HeaderMap::new();
+        TraceContext::from_headers(|_| None).apply(&mut headers);
+        assert!(headers.is_empty());
     }
 }
