@@ -95,7 +95,9 @@ impl Traced {
         span.end_with_timestamp(end);
     }
 
-    /// Marks the invocation failed with `status` and `why`.
+    /// The invocation was refused with `status` for `why`: an error of
+    /// Flare's or the function's (5xx) marks the span failed; a caller's
+    /// (4xx) does not, as OpenTelemetry's HTTP conventions have it.
     pub fn failed(&self, status: u16, why: &str) {
         if let Some(context) = self.context.as_ref().filter(|_| self.recording) {
             let span = context.span();
@@ -103,7 +105,9 @@ impl Traced {
                 "http.response.status_code",
                 i64::from(status),
             ));
-            span.set_status(Status::error(why.to_string()));
+            if status >= 500 {
+                span.set_status(Status::error(why.to_string()));
+            }
         }
     }
 

@@ -303,6 +303,26 @@ fn an_invocation_is_one_span_that_continues_the_callers_trace_over_otlp_http() {
     let status = failed.status.clone().unwrap_or_default();
     assert_eq!(status.code, StatusCode::Error as i32, "{status:?}");
 
+    // A caller's mistake (a body over the function's limit: 413) is
+    // recorded, not marked an error.
+    server.create("small", "echo", &["--max-body", "16"]);
+    let response = http()
+        .post(format!("{}/fn/small", server.router))
+        .header("traceparent", format!("00-{TRACE}-{CALLER}-01"))
+        .body("x".repeat(100))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let refused = receiver.span("the refused request's span", |s| {
+        s.name == "small" && id(&s.trace_id) == TRACE
+    });
+    assert_eq!(
+        attribute(&refused, "http.response.status_code").as_deref(),
+        Some("413")
+    );
+    let status = refused.status.clone().unwrap_or_default();
+    assert_ne!(status.code, StatusCode::Error as i32, "{status:?}");
+
     // A process function's first request starts an instance: a cold start
     // with its own phase before the function's.
     server.python_env("1");
@@ -438,6 +458,23 @@ fn a_sample_rate_of_zero_exports_only_what_callers_sampled() {
         names.iter().all(|(_, trace)| trace == TRACE),
         "only the sampled trace is exported: {names:?}"
     );
+}
+
+#[test]
+fn without_an_exporter_a_callers_trace_context_reaches_the_function_untouched() {
+    let server = Server::start();
+    server.create("echo", "echo", &[]);
+    let traceparent = format!("00-{TRACE}-{CALLER}-01");
+    let answer: serde_json::Value = http()
+        .get(format!("{}/fn/echo", server.router))
+        .header("traceparent", &traceparent)
+        .header("tracestate", "vendor=kept")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(answer["headers"]["traceparent"], traceparent.as_str());
+    assert_eq!(answer["headers"]["tracestate"], "vendor=kept");
 }
 
 #[test]
