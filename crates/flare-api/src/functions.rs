@@ -526,13 +526,11 @@ impl Api {
         exchange: &flare_cluster::metrics::MetricsExchange,
         function: &str,
     ) -> (usize, Vec<flare_executor::MetricPoint>) {
-        let (functions_warm, busy) = self.executor.load();
+        // Only their number: a cluster's list is its heartbeats, which
+        // this node's own load does not enter.
         let live = self
             .membership
-            .nodes(flare_cluster::Load {
-                functions_warm,
-                busy,
-            })
+            .nodes(flare_cluster::Load::default())
             .await
             .map_or(1, |nodes| nodes.len().max(1));
         let answers = match exchange.gather(function, live).await {

@@ -79,18 +79,18 @@ pub struct SharedPoint {
 }
 
 impl SharedPoint {
+    /// Adds `other`'s counts (another node's answer: saturating, and only
+    /// as many buckets as this node has, whatever it sent).
     fn add(&mut self, other: &SharedPoint) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        if self.buckets.len() < other.buckets.len() {
-            self.buckets.resize(other.buckets.len(), 0);
-        }
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.buckets.resize(BUCKETS.len(), 0);
         for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
+            *mine = mine.saturating_add(*theirs);
         }
-        self.cold_starts += other.cold_starts;
-        self.instances += other.instances;
-        self.busy += other.busy;
+        self.cold_starts = self.cold_starts.saturating_add(other.cold_starts);
+        self.instances = self.instances.saturating_add(other.instances);
+        self.busy = self.busy.saturating_add(other.busy);
     }
 
     fn point(&self) -> MetricPoint {
@@ -383,8 +383,19 @@ mod tests {
         // Half at 1 ms, half at 1 s: p50 1 ms, p99 1 s; neither node's own.
         assert_eq!((both.p50_ms, both.p99_ms), (Some(1.0), Some(1000.0)));
         assert_eq!(at(110).requests, 1);
-        // A node's own series is the same through either path.
-        assert_eq!(a.points("f", T + 115), combine(a.shared("f"), T + 115));
+        // Another node's answer cannot overflow the sum or grow it.
+        let hostile = SharedPoint {
+            at: T + 100,
+            requests: u64::MAX,
+            buckets: vec![u64::MAX; 1000],
+            ..SharedPoint::default()
+        };
+        let mut sum = a.shared("f");
+        sum.push(hostile);
+        let summed = combine(sum, T + 115);
+        let step = summed.iter().find(|p| p.at == T + 100).unwrap();
+        assert_eq!(step.requests, u64::MAX);
+        assert_eq!(step.p99_ms, Some(0.5), "the first bucket holds them all");
         // A point off the step grid or out of the span is not counted.
         let odd = SharedPoint {
             at: T + 105,
