@@ -82,7 +82,7 @@ pub(crate) async fn retry(
     }
     let retried = api
         .executor
-        .resubmit(&*api.queue, &invocation.request)
+        .resubmit(&*api.queue, invocation.request)
         .await?;
     Ok(flare_executor::accepted(&retried).map(axum::body::Body::from))
 }

@@ -126,7 +126,7 @@ impl Executor {
     pub async fn resubmit(
         &self,
         queue: &dyn InvocationQueue,
-        request: &NewInvocation,
+        request: NewInvocation,
     ) -> Result<Arc<str>, Error> {
         let limit = self
             .max_body_bytes(&request.function)
@@ -145,7 +145,7 @@ impl Executor {
         queue
             .submit(NewInvocation {
                 id: id.to_string(),
-                ..request.clone()
+                ..request
             })
             .await?;
         Ok(id)

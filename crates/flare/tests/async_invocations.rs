@@ -324,7 +324,18 @@ fn a_failed_invocation_is_retried_as_a_new_one_once_the_function_is_fixed() {
     assert!(err.contains("only a failed one"), "{err}");
     let err = server.fails(&["invocations", "retry", "--id", "nothing"]);
     assert!(err.contains("not found"), "{err}");
+    // Asked from another namespace, the failed one is not found there;
+    // once its function is gone, it cannot run again.
+    server.ok(&["ns", "create", "team-a"]);
+    let err = server.fails(&["-n", "team-a", "invocations", "retry", "--id", &failed_id]);
+    assert!(err.contains("not found"), "{err}");
+    server.ok(&["fn", "delete", "--name", "flaky"]);
+    let err = server.fails(&["invocations", "retry", "--id", &failed_id]);
+    assert!(
+        err.contains("function") && err.contains("not found"),
+        "{err}"
+    );
     let all = server.ok(&["invocations", "list", "--function", "flaky", "-o", "json"]);
     let all: Vec<serde_json::Value> = serde_json::from_str(&all).unwrap();
-    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all.len(), 2, "nothing stored by a refused retry: {all:?}");
 }
