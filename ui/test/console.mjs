@@ -129,9 +129,12 @@ try {
   const status = await page.waitForSelector('#test-status');
   check((await status.textContent()).startsWith('200'), `status: ${await status.textContent()}`);
   const body = await page.textContent('#test-body-out');
-  check(body.length > 0, 'the response body is shown');
+  check(body.includes('<b id=injected>hello</b>'), `the response body is shown as text: ${body}`);
+  check((await page.$('#injected')) === null, 'markup in a body is not rendered');
   check(/ms$/.test(await page.textContent('#test-duration')), 'the duration is shown');
   await page.waitForSelector(`.log li:has-text("${LOG_LINE}")`);
+  check((await page.$('.log img')) === null, 'markup in a log line is not rendered');
+  check(await page.evaluate(() => globalThis.pwned === undefined), 'nothing in a log line ran');
 
   say('the log filters of flare fn logs: text, time range');
   await page.click('button:text("Stop following")');

@@ -86,7 +86,8 @@ fn the_console_signs_in_invokes_a_function_and_shows_its_log_line_live() {
     let code = dir.path().join("console.py");
     std::fs::write(
         &code,
-        "def main(req):\n    print(\"console-test-line\", flush=True)\n    return \"hello from the console test\"\n",
+        // Markup in a log line and a body: the console shows it as text.
+        "def main(req):\n    print(\"console-test-line <img src=x onerror=window.pwned=1>\", flush=True)\n    return \"<b id=injected>hello</b> from the console test\"\n",
     )
     .unwrap();
     server.create_in("python", "console", &code, &[]);
@@ -155,6 +156,8 @@ fn the_console_signs_in_invokes_a_function_and_shows_its_log_line_live() {
     .unwrap();
 
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
+    // This run's screenshots, not an earlier run's.
+    let _ = std::fs::remove_dir_all(&shots);
     let output = Command::new("node")
         .arg("test/console.mjs")
         .current_dir(&ui)
