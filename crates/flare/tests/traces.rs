@@ -691,3 +691,27 @@ fn redis_amqp_and_kafka_messages_continue_the_trace_they_carry() {
             .await;
     });
 }
+
+#[test]
+fn a_caller_that_goes_away_mid_request_still_leaves_a_span() {
+    let receiver = Receiver::http();
+    let server = traced_server(&receiver, "http", &[]);
+    server.create("slow", "misbehave", &[]);
+    let gone = "1af7651916cd43dd8448eb211c80319c";
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .get(format!("{}/fn/slow/sleep?ms=2000", server.router))
+        .header("traceparent", format!("00-{gone}-{CALLER}-01"))
+        .send();
+    assert!(sent.is_err(), "the caller gave up before the answer");
+    let span = receiver.span("the abandoned request's span", |s| {
+        s.name == "slow" && id(&s.trace_id) == gone
+    });
+    assert_eq!(id(&span.parent_span_id), CALLER);
+    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    // The server goes on serving, traced.
+    assert_eq!(server.get("/fn/slow/ok").status(), 200);
+}
